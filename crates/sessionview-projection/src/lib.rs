@@ -1,1 +1,16 @@
-//! placeholder
+//! The projection core: a pure fold from (read-model rows, events) to new rows.
+//!
+//! Architecture invariant: no IO, no SQL, no async. The store loads rows and saves [`Changes`];
+//! the projector moves bytes and offsets; everything the event contract's rules decide happens here.
+
+mod apply;
+mod fold;
+mod rows;
+
+pub use apply::{Effect, Reject, apply};
+pub use fold::{
+    Changes, DeadLetter, Fold, LoadRequest, Loaded, Outcome, ParkedEvent, Position, plan,
+};
+pub use rows::{
+    KernelRow, RESULT_FAILURE, RESULT_SUCCESS, RESULT_UNDEFINED, SessionRow, SessionState,
+};

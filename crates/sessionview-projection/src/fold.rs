@@ -1,0 +1,367 @@
+//! Folding a batch of raw messages into row changes: dedup by `event_id`, parking, dead letters.
+//!
+//! The same [`Fold`] serves the projector (one batch at a time, over rows loaded from the store) and
+//! tests (a whole stream over an empty start), so there is exactly one implementation of the rules.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use sessionview_events::{DecodeError, Event, EventType};
+use uuid::Uuid;
+
+use crate::apply::{Effect, Reject, apply};
+use crate::rows::SessionState;
+
+/// Where a message sits in its source: a Kafka partition and offset, or line `offset` of a file
+/// (partition 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Position {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// An event waiting for its session's `session_enqueued`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParkedEvent {
+    /// The source the event came from (a topic, or `file:PATH`).
+    pub source: String,
+    pub position: Position,
+    pub session_id: Uuid,
+    pub event_id: Uuid,
+    pub bytes: Vec<u8>,
+}
+
+/// An event that cannot be applied, kept with its bytes, position and the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub source: String,
+    pub position: Position,
+    pub event_id: Option<Uuid>,
+    pub event_type: Option<String>,
+    pub session_id: Option<Uuid>,
+    /// A short, stable label such as `malformed` or `unknown_kernel`.
+    pub label: &'static str,
+    /// The full human-readable reason, naming the event type and field.
+    pub reason: String,
+    pub bytes: Vec<u8>,
+}
+
+/// What happened to one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Outcome {
+    Applied,
+    /// Valid, but targets a terminal kernel (counted, not applied).
+    Ignored,
+    /// Same `event_id` as an event already applied, parked or dead-lettered.
+    Duplicate,
+    Parked,
+    DeadLettered,
+}
+
+impl Outcome {
+    /// The metric label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::Ignored => "ignored",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Parked => "parked",
+            Outcome::DeadLettered => "dead_lettered",
+        }
+    }
+}
+
+/// What a batch needs from the store before it can be folded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadRequest {
+    /// Sessions the batch's events belong to.
+    pub session_ids: Vec<Uuid>,
+    /// The batch's event ids, to find those already seen.
+    pub event_ids: Vec<Uuid>,
+    /// Sessions enqueued in this batch, whose parked events may be released.
+    pub parked_for: Vec<Uuid>,
+}
+
+/// The rows a batch starts from.
+#[derive(Debug, Clone, Default)]
+pub struct Loaded {
+    pub sessions: HashMap<Uuid, SessionState>,
+    /// Those of the requested event ids that were already seen.
+    pub seen: HashSet<Uuid>,
+    /// Parked events of the requested sessions, in source order.
+    pub parked: Vec<ParkedEvent>,
+}
+
+/// Decodes a batch and says what the store must load for it.
+pub fn plan(messages: &[&[u8]]) -> (Vec<Result<Event, DecodeError>>, LoadRequest) {
+    let decoded: Vec<_> = messages.iter().map(|b| Event::decode(b)).collect();
+    let mut sessions = HashSet::new();
+    let mut req = LoadRequest::default();
+    for e in decoded.iter().flatten() {
+        if sessions.insert(e.session_id) {
+            req.session_ids.push(e.session_id);
+        }
+        req.event_ids.push(e.event_id);
+        if e.event_type() == EventType::SessionEnqueued {
+            req.parked_for.push(e.session_id);
+        }
+    }
+    (decoded, req)
+}
+
+/// Everything a folded batch must write, in one transaction.
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    /// Sessions whose rows changed (whole rows, kernels included).
+    pub sessions: Vec<SessionState>,
+    /// Sessions created in this batch (their dependencies are written once).
+    pub created: Vec<Uuid>,
+    /// Event ids to remember as seen, with their session.
+    pub seen: Vec<(Uuid, Uuid)>,
+    /// Newly parked events that are still waiting at the end of the batch.
+    pub parked: Vec<ParkedEvent>,
+    /// Previously stored parked events that were applied and must be removed.
+    pub released: Vec<(String, Position)>,
+    pub dead_letters: Vec<DeadLetter>,
+    /// Outcome counts per event type (`"unknown"` when the type could not be read).
+    pub tally: BTreeMap<(&'static str, Outcome), u64>,
+}
+
+#[derive(Debug, Clone)]
+struct Parked {
+    event: ParkedEvent,
+    /// Already in the store (must be deleted when released).
+    stored: bool,
+}
+
+/// The fold: state plus a record of what changed.
+#[derive(Debug, Default)]
+pub struct Fold {
+    sessions: HashMap<Uuid, SessionState>,
+    seen: HashSet<Uuid>,
+    parked: HashMap<Uuid, Vec<Parked>>,
+    dirty: HashSet<Uuid>,
+    created: Vec<Uuid>,
+    new_seen: Vec<(Uuid, Uuid)>,
+    released: Vec<(String, Position)>,
+    dead_letters: Vec<DeadLetter>,
+    tally: BTreeMap<(&'static str, Outcome), u64>,
+}
+
+impl Fold {
+    /// A fold over nothing: the start of a full rebuild or of a test stream.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A fold that starts from rows loaded from the store.
+    pub fn from_loaded(loaded: Loaded) -> Self {
+        let mut parked: HashMap<Uuid, Vec<Parked>> = HashMap::new();
+        let mut stored = loaded.parked;
+        stored.sort_by_key(|p| p.position);
+        for event in stored {
+            parked.entry(event.session_id).or_default().push(Parked {
+                event,
+                stored: true,
+            });
+        }
+        Self {
+            sessions: loaded.sessions,
+            seen: loaded.seen,
+            parked,
+            ..Self::default()
+        }
+    }
+
+    /// Decodes and applies one raw message.
+    pub fn apply_bytes(&mut self, source: &str, position: Position, bytes: &[u8]) -> Outcome {
+        self.apply_decoded(source, position, bytes, Event::decode(bytes))
+    }
+
+    /// Applies one message that [`plan`] already decoded.
+    pub fn apply_decoded(
+        &mut self,
+        source: &str,
+        position: Position,
+        bytes: &[u8],
+        decoded: Result<Event, DecodeError>,
+    ) -> Outcome {
+        let event = match decoded {
+            Ok(e) => e,
+            Err(err) => {
+                let event_type = err.event_type.clone();
+                let label = err.label();
+                self.dead_letters.push(DeadLetter {
+                    source: source.to_owned(),
+                    position,
+                    event_id: None,
+                    event_type,
+                    session_id: None,
+                    label,
+                    reason: err.to_string(),
+                    bytes: bytes.to_vec(),
+                });
+                return self.count("unknown", Outcome::DeadLettered);
+            }
+        };
+        let type_name = event.event_type().as_str();
+        // Rule 4: a duplicate is decided by event_id alone.
+        if !self.seen.insert(event.event_id) {
+            return self.count(type_name, Outcome::Duplicate);
+        }
+        self.new_seen.push((event.event_id, event.session_id));
+        let outcome = self.apply_event(source, position, bytes, &event);
+        self.count(type_name, outcome)
+    }
+
+    fn apply_event(
+        &mut self,
+        source: &str,
+        position: Position,
+        bytes: &[u8],
+        event: &Event,
+    ) -> Outcome {
+        let mut slot = self.sessions.remove(&event.session_id);
+        let existed = slot.is_some();
+        let result = apply(&mut slot, event);
+        if let Some(state) = slot {
+            self.sessions.insert(event.session_id, state);
+        }
+        match result {
+            Ok(Effect::Applied) => {
+                self.dirty.insert(event.session_id);
+                if !existed {
+                    self.created.push(event.session_id);
+                    self.release_parked(event.session_id);
+                }
+                Outcome::Applied
+            }
+            Ok(Effect::IgnoredTerminal) => Outcome::Ignored,
+            Ok(Effect::Park) => {
+                self.parked
+                    .entry(event.session_id)
+                    .or_default()
+                    .push(Parked {
+                        event: ParkedEvent {
+                            source: source.to_owned(),
+                            position,
+                            session_id: event.session_id,
+                            event_id: event.event_id,
+                            bytes: bytes.to_vec(),
+                        },
+                        stored: false,
+                    });
+                Outcome::Parked
+            }
+            Err(reject) => {
+                self.dead_letter(source, position, bytes, event, &reject);
+                Outcome::DeadLettered
+            }
+        }
+    }
+
+    /// Rule 5: right after `session_enqueued`, the events that waited for it, in original order.
+    fn release_parked(&mut self, session_id: Uuid) {
+        let Some(waiting) = self.parked.remove(&session_id) else {
+            return;
+        };
+        for Parked { event: p, stored } in waiting {
+            if stored {
+                self.released.push((p.source.clone(), p.position));
+            }
+            // A parked event passed validation when it arrived; decoding is deterministic.
+            let decoded = Event::decode(&p.bytes);
+            let type_name = decoded
+                .as_ref()
+                .map(|e| e.event_type().as_str())
+                .unwrap_or("unknown");
+            let outcome = match decoded {
+                Ok(event) => self.apply_event(&p.source, p.position, &p.bytes, &event),
+                Err(err) => {
+                    self.dead_letters.push(DeadLetter {
+                        source: p.source.clone(),
+                        position: p.position,
+                        event_id: Some(p.event_id),
+                        event_type: err.event_type.clone(),
+                        session_id: Some(p.session_id),
+                        label: err.label(),
+                        reason: err.to_string(),
+                        bytes: p.bytes.clone(),
+                    });
+                    Outcome::DeadLettered
+                }
+            };
+            // The park was counted when it arrived; count what finally happened as well.
+            self.count(type_name, outcome);
+        }
+    }
+
+    fn dead_letter(
+        &mut self,
+        source: &str,
+        position: Position,
+        bytes: &[u8],
+        event: &Event,
+        reject: &Reject,
+    ) {
+        self.dead_letters.push(DeadLetter {
+            source: source.to_owned(),
+            position,
+            event_id: Some(event.event_id),
+            event_type: Some(event.event_type().as_str().to_owned()),
+            session_id: Some(event.session_id),
+            label: reject.label(),
+            reason: format!("{}: {reject}", event.event_type()),
+            bytes: bytes.to_vec(),
+        });
+    }
+
+    fn count(&mut self, event_type: &'static str, outcome: Outcome) -> Outcome {
+        *self.tally.entry((event_type, outcome)).or_default() += 1;
+        outcome
+    }
+
+    /// The current state of every session the fold knows.
+    pub fn sessions(&self) -> &HashMap<Uuid, SessionState> {
+        &self.sessions
+    }
+
+    /// Events still waiting, by session.
+    pub fn parked(&self) -> impl Iterator<Item = &ParkedEvent> {
+        self.parked.values().flatten().map(|p| &p.event)
+    }
+
+    /// Dead letters recorded so far.
+    pub fn dead_letters(&self) -> &[DeadLetter] {
+        &self.dead_letters
+    }
+
+    /// Ends the batch: the rows and bookkeeping it must write.
+    pub fn finish(mut self) -> Changes {
+        let mut dirty: Vec<Uuid> = self.dirty.into_iter().collect();
+        dirty.sort();
+        let sessions = dirty
+            .iter()
+            .filter_map(|id| self.sessions.remove(id))
+            .collect();
+        let mut parked: Vec<ParkedEvent> = self
+            .parked
+            .into_values()
+            .flatten()
+            .filter(|p| !p.stored)
+            .map(|p| p.event)
+            .collect();
+        parked.sort_by_key(|p| p.position);
+        Changes {
+            sessions,
+            created: self.created,
+            seen: self.new_seen,
+            parked,
+            released: self.released,
+            dead_letters: self.dead_letters,
+            tally: self.tally,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,239 @@
+//! Fold tests: duplicates, parking, dead letters, and batch-size invariance on simulated streams.
+
+use super::*;
+use proptest::prelude::*;
+use sessionview_simulator::{SimConfig, Simulator};
+
+fn pos(offset: i64) -> Position {
+    Position {
+        partition: 0,
+        offset,
+    }
+}
+
+fn fold_all(messages: &[Vec<u8>]) -> Fold {
+    let mut fold = Fold::new();
+    for (i, m) in messages.iter().enumerate() {
+        fold.apply_bytes("t", pos(i as i64), m);
+    }
+    fold
+}
+
+fn sim(cfg: SimConfig) -> Vec<Vec<u8>> {
+    Simulator::new(cfg).map(|m| m.bytes).collect()
+}
+
+fn tables(fold: &Fold) -> Vec<SessionState> {
+    let mut v: Vec<_> = fold.sessions().values().cloned().collect();
+    v.sort_by_key(|s| s.session.id);
+    v
+}
+
+/// Folds `messages` in batches of `size`, persisting between batches the way the store does:
+/// only what `Changes` says, and loading only what `LoadRequest` asks for.
+fn fold_in_batches(messages: &[Vec<u8>], size: usize) -> (Vec<SessionState>, usize, usize) {
+    let mut sessions: HashMap<Uuid, SessionState> = HashMap::new();
+    let mut seen: HashSet<Uuid> = HashSet::new();
+    let mut parked: Vec<ParkedEvent> = Vec::new();
+    let mut dead = 0;
+    for (b, chunk) in messages.chunks(size).enumerate() {
+        let refs: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
+        let (decoded, req) = plan(&refs);
+        let loaded = Loaded {
+            sessions: req
+                .session_ids
+                .iter()
+                .filter_map(|id| sessions.get(id).map(|s| (*id, s.clone())))
+                .collect(),
+            seen: req
+                .event_ids
+                .iter()
+                .filter(|id| seen.contains(id))
+                .copied()
+                .collect(),
+            parked: parked
+                .iter()
+                .filter(|p| req.parked_for.contains(&p.session_id))
+                .cloned()
+                .collect(),
+        };
+        let mut fold = Fold::from_loaded(loaded);
+        for (i, (bytes, d)) in refs.iter().zip(decoded).enumerate() {
+            fold.apply_decoded("t", pos((b * size + i) as i64), bytes, d);
+        }
+        let changes = fold.finish();
+        for s in changes.sessions {
+            sessions.insert(s.session.id, s);
+        }
+        seen.extend(changes.seen.iter().map(|(e, _)| *e));
+        parked.retain(|p| !changes.released.contains(&(p.source.clone(), p.position)));
+        parked.extend(changes.parked);
+        dead += changes.dead_letters.len();
+    }
+    let mut v: Vec<_> = sessions.into_values().collect();
+    v.sort_by_key(|s| s.session.id);
+    (v, parked.len(), dead)
+}
+
+#[test]
+fn duplicates_have_no_effect_wherever_they_land() {
+    let clean = sim(SimConfig {
+        sessions: 150,
+        seed: 11,
+        ..SimConfig::default()
+    });
+    let dup = sim(SimConfig {
+        sessions: 150,
+        seed: 11,
+        duplicate_ratio: 0.1,
+        ..SimConfig::default()
+    });
+    assert!(dup.len() > clean.len());
+    let a = fold_all(&clean);
+    let b = fold_all(&dup);
+    assert_eq!(tables(&a), tables(&b));
+    let dups = b
+        .finish()
+        .tally
+        .iter()
+        .filter(|((_, o), _)| *o == Outcome::Duplicate)
+        .map(|(_, n)| n)
+        .sum::<u64>();
+    assert_eq!(dups as usize, dup.len() - clean.len());
+}
+
+#[test]
+fn early_events_are_applied_in_order_after_their_enqueue() {
+    let clean = sim(SimConfig {
+        sessions: 150,
+        seed: 12,
+        ..SimConfig::default()
+    });
+    let early = sim(SimConfig {
+        sessions: 150,
+        seed: 12,
+        early_ratio: 0.3,
+        ..SimConfig::default()
+    });
+    let a = fold_all(&clean);
+    let b = fold_all(&early);
+    assert_eq!(tables(&a), tables(&b));
+    assert_eq!(b.parked().count(), 0, "everything parked was released");
+    let parked = b
+        .finish()
+        .tally
+        .iter()
+        .filter(|((_, o), _)| *o == Outcome::Parked)
+        .map(|(_, n)| *n)
+        .sum::<u64>();
+    assert!(parked > 0, "the early stream must actually park something");
+}
+
+#[test]
+fn poison_is_dead_lettered_and_the_rest_is_projected() {
+    let clean = sim(SimConfig {
+        sessions: 200,
+        seed: 13,
+        ..SimConfig::default()
+    });
+    let poisoned = sim(SimConfig {
+        sessions: 200,
+        seed: 13,
+        poison_ratio: 0.2,
+        ..SimConfig::default()
+    });
+    let a = fold_all(&clean);
+    let b = fold_all(&poisoned);
+    assert_eq!(tables(&a), tables(&b));
+    let dead = b.dead_letters();
+    assert_eq!(dead.len(), poisoned.len() - clean.len());
+    let labels: HashSet<_> = dead.iter().map(|d| d.label).collect();
+    for l in [
+        "malformed",
+        "unknown_type",
+        "bad_field",
+        "unknown_kernel",
+        "unknown_version",
+    ] {
+        assert!(labels.contains(l), "no {l} dead letter among {labels:?}");
+    }
+    for d in dead {
+        assert!(!d.reason.is_empty() && !d.bytes.is_empty());
+    }
+}
+
+#[test]
+fn parked_events_of_a_dead_lettered_enqueue_stay_parked() {
+    let sid = "12c45b55-ce3c-418d-9c58-223bbba307f1";
+    let bad_enqueue = format!(
+        r#"{{"event_id":"00000000-0000-4000-8000-000000000001","event_type":"session_enqueued","schema_version":1,"occurred_at":"2020-01-01T00:00:00Z","session_id":"{sid}","payload":{{"kernels":[]}}}}"#
+    );
+    let preparing = format!(
+        r#"{{"event_id":"00000000-0000-4000-8000-000000000002","event_type":"kernel_preparing","schema_version":1,"occurred_at":"2020-01-01T00:00:01Z","session_id":"{sid}","kernel_id":"{sid}","payload":{{}}}}"#
+    );
+    let mut fold = Fold::new();
+    assert_eq!(
+        fold.apply_bytes("t", pos(0), preparing.as_bytes()),
+        Outcome::Parked
+    );
+    assert_eq!(
+        fold.apply_bytes("t", pos(1), bad_enqueue.as_bytes()),
+        Outcome::DeadLettered
+    );
+    assert_eq!(fold.parked().count(), 1);
+    assert!(fold.sessions().is_empty());
+    // A re-delivered parked event is a duplicate, not parked twice.
+    assert_eq!(
+        fold.apply_bytes("t", pos(2), preparing.as_bytes()),
+        Outcome::Duplicate
+    );
+    assert_eq!(fold.parked().count(), 1);
+}
+
+#[test]
+fn blank_and_garbage_lines_are_dead_letters_with_their_bytes() {
+    let mut fold = Fold::new();
+    assert_eq!(
+        fold.apply_bytes("t", pos(0), b"not json"),
+        Outcome::DeadLettered
+    );
+    let d = &fold.dead_letters()[0];
+    assert_eq!(d.bytes, b"not json");
+    assert_eq!(d.label, "malformed");
+    assert_eq!(d.position, pos(0));
+}
+
+#[test]
+fn batch_boundaries_do_not_change_the_result() {
+    let msgs = sim(SimConfig {
+        sessions: 120,
+        seed: 14,
+        duplicate_ratio: 0.1,
+        early_ratio: 0.3,
+        poison_ratio: 0.1,
+        ..SimConfig::default()
+    });
+    let whole = fold_all(&msgs);
+    let expected = tables(&whole);
+    let dead = whole.dead_letters().len();
+    for size in [1, 7, 64, 1000] {
+        let (got, parked, got_dead) = fold_in_batches(&msgs, size);
+        assert_eq!(got, expected, "batch size {size}");
+        assert_eq!(parked, 0, "batch size {size}");
+        assert_eq!(got_dead, dead, "batch size {size}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Rule 4: applying a stream twice gives exactly the tables of applying it once.
+    #[test]
+    fn applying_a_stream_twice_equals_once(seed in 0u64..10_000, sessions in 1u64..40, batch in 1usize..50) {
+        let msgs = sim(SimConfig { sessions, seed, duplicate_ratio: 0.05, early_ratio: 0.2, ..SimConfig::default() });
+        let twice: Vec<_> = msgs.iter().chain(msgs.iter()).cloned().collect();
+        let (once, _, _) = fold_in_batches(&msgs, batch);
+        let (again, _, _) = fold_in_batches(&twice, batch);
+        prop_assert_eq!(once, again);
+    }
+}
