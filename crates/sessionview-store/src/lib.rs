@@ -1,1 +1,124 @@
-//! placeholder
+//! The store: all SQL of sessionview, behind one interface that every backend implements.
+//!
+//! Architecture invariant: no other crate holds SQL. A batch's rows, its bookkeeping (seen event
+//! ids, parked events, dead letters) and its source positions are written in one transaction, and
+//! positions advance only by compare-and-set, so a batch applies at most once even when two
+//! projector instances both believe they own a partition.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+use sessionview_projection::{Changes, LoadRequest, Loaded, SessionState};
+use uuid::Uuid;
+
+mod error;
+mod postgres;
+
+pub use error::StoreError;
+pub use postgres::PgStore;
+
+/// One partition's position move within a commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Advance {
+    pub partition: i32,
+    /// The stored next offset the batch started from; `None` when the partition has no stored
+    /// position yet.
+    pub expected: Option<i64>,
+    /// The next offset after the batch.
+    pub next: i64,
+}
+
+/// Everything one batch writes, atomically.
+#[derive(Debug, Clone, Copy)]
+pub struct Commit<'a> {
+    /// The source the batch came from: a Kafka topic, or `file:PATH`.
+    pub source: &'a str,
+    pub advances: &'a [Advance],
+    pub changes: &'a Changes,
+}
+
+/// The result of a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// Rows and positions are written.
+    Committed,
+    /// Nothing was written: the stored position of these partitions is no longer the one the batch
+    /// started from (another instance applied events there). Re-read the positions and re-seek.
+    Conflict { partitions: Vec<i32> },
+}
+
+/// A stored dead letter, as `sessionview dead-letters` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredDeadLetter {
+    pub id: i64,
+    pub source: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub event_id: Option<Uuid>,
+    pub event_type: Option<String>,
+    pub session_id: Option<Uuid>,
+    pub label: String,
+    pub reason: String,
+    pub payload: Vec<u8>,
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// Which dead letters to list.
+#[derive(Debug, Clone, Default)]
+pub struct DeadLetterFilter {
+    /// Only ids greater than this (for paging).
+    pub after_id: Option<i64>,
+    pub source: Option<String>,
+    pub label: Option<String>,
+    pub limit: i64,
+}
+
+/// Counts of the bookkeeping tables, for status output and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreCounts {
+    pub sessions: i64,
+    pub kernels: i64,
+    pub seen_events: i64,
+    pub parked_events: i64,
+    pub dead_letters: i64,
+}
+
+/// The interface the projector (and later the query service and replay) needs from a backend.
+///
+/// Every method is one round of work against the database; implementations must make
+/// [`Store::commit`] a single transaction.
+pub trait Store: Clone + Send + Sync + 'static {
+    /// Creates or upgrades the schema. Idempotent.
+    fn migrate(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Stored next offsets of a source, by partition.
+    fn positions(
+        &self,
+        source: &str,
+    ) -> impl Future<Output = Result<BTreeMap<i32, i64>, StoreError>> + Send;
+
+    /// The rows and bookkeeping a batch needs before it is folded.
+    fn load(&self, req: &LoadRequest) -> impl Future<Output = Result<Loaded, StoreError>> + Send;
+
+    /// Writes a folded batch and advances positions by compare-and-set, in one transaction.
+    fn commit(
+        &self,
+        commit: Commit<'_>,
+    ) -> impl Future<Output = Result<CommitOutcome, StoreError>> + Send;
+
+    /// Dead letters, oldest first.
+    fn dead_letters(
+        &self,
+        filter: &DeadLetterFilter,
+    ) -> impl Future<Output = Result<Vec<StoredDeadLetter>, StoreError>> + Send;
+
+    /// Every session with its kernels, ordered by id (for verification and tests).
+    fn all_sessions(&self) -> impl Future<Output = Result<Vec<SessionState>, StoreError>> + Send;
+
+    /// Row counts of every table.
+    fn counts(&self) -> impl Future<Output = Result<StoreCounts, StoreError>> + Send;
+
+    /// Whether the database answers (readiness).
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}

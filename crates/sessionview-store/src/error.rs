@@ -1,0 +1,62 @@
+//! The store's error type, and which errors are worth retrying.
+
+/// What went wrong talking to the database.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database URL names a backend this build does not have.
+    #[error("unsupported database URL {0:?}: expected postgres://... or postgresql://...")]
+    UnsupportedUrl(String),
+    /// Any error from the database driver.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Applying migrations failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored row cannot be read back into the model (a value the projector never writes).
+    #[error("corrupt row in {table}: {detail}")]
+    Corrupt { table: &'static str, detail: String },
+}
+
+impl StoreError {
+    /// Whether retrying the same work later may succeed: lost connections, pool exhaustion,
+    /// serialization failures, deadlocks, a server shutting down or starting up.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Database(e) => is_transient_sqlx(e),
+            StoreError::UnsupportedUrl(_) | StoreError::Migrate(_) | StoreError::Corrupt { .. } => {
+                false
+            }
+        }
+    }
+}
+
+fn is_transient_sqlx(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            let code = code.as_ref();
+            // 08: connection exception; 40001: serialization failure; 40P01: deadlock;
+            // 53: insufficient resources; 57P01..03: admin/crash shutdown, cannot connect now.
+            code.starts_with("08")
+                || code == "40001"
+                || code == "40P01"
+                || code.starts_with("53")
+                || matches!(code, "57P01" | "57P02" | "57P03")
+        }),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_and_pool_timeouts_are_transient_but_bad_urls_are_not() {
+        let io = StoreError::Database(sqlx::Error::Io(std::io::Error::other("reset")));
+        assert!(io.is_transient());
+        assert!(StoreError::Database(sqlx::Error::PoolTimedOut).is_transient());
+        assert!(!StoreError::UnsupportedUrl("mysql://x".into()).is_transient());
+        assert!(!StoreError::Database(sqlx::Error::RowNotFound).is_transient());
+    }
+}
