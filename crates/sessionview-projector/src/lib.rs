@@ -1,1 +1,241 @@
-//! placeholder
+//! The projector: moves events from a source (Kafka or an NDJSON archive) through the fold into the
+//! store, exactly once.
+//!
+//! Architecture invariant: this is the only crate that links rdkafka. It holds no SQL (the store
+//! does) and decides no projection rule (the fold does); it moves bytes and positions.
+//!
+//! Runtime shape: a source (a consumer thread for Kafka, a task for a file) sends
+//! [`applier::Item`]s over a bounded channel to the applier task, which gathers batches bounded by
+//! size and linger time, folds them, and commits rows and positions in one transaction.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sessionview_projection::Outcome;
+use sessionview_store::{Store, StoreError};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+mod applier;
+mod file;
+mod kafka;
+pub mod metrics;
+
+pub use applier::SourceMessage;
+pub use file::source_name as file_source_name;
+
+/// Batch bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchConfig {
+    /// Most messages in one batch (one transaction).
+    pub max_events: usize,
+    /// Longest wait for more messages once a batch has its first.
+    pub linger: Duration,
+    /// Messages buffered between the source and the applier.
+    pub channel_capacity: usize,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_events: 5000,
+            linger: Duration::from_millis(50),
+            channel_capacity: 20_000,
+        }
+    }
+}
+
+/// Where the Kafka source reads.
+#[derive(Debug, Clone)]
+pub struct KafkaSourceConfig {
+    /// Comma-separated `host:port` list.
+    pub brokers: String,
+    pub topic: String,
+    /// Consumer group: instances in one group share the partitions.
+    pub group: String,
+    pub session_timeout: Duration,
+    /// Extra librdkafka settings (`key=value`), applied last.
+    pub options: Vec<(String, String)>,
+}
+
+/// A source of events.
+#[derive(Debug, Clone)]
+pub enum SourceConfig {
+    Kafka(KafkaSourceConfig),
+    /// An NDJSON archive; with `follow`, keep reading as it grows.
+    File {
+        path: PathBuf,
+        follow: bool,
+    },
+}
+
+/// A source URL that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid source {url:?}: {why} (expected kafka://HOST:PORT[,HOST:PORT...]/TOPIC or file://PATH)"
+)]
+pub struct BadSource {
+    pub url: String,
+    pub why: &'static str,
+}
+
+impl SourceConfig {
+    /// Parses `kafka://HOST:PORT/TOPIC` or `file://PATH`; `group` and `session_timeout` apply to
+    /// Kafka only.
+    pub fn parse(url: &str, group: &str, session_timeout: Duration) -> Result<Self, BadSource> {
+        let bad = |why| BadSource {
+            url: url.to_owned(),
+            why,
+        };
+        if let Some(rest) = url.strip_prefix("kafka://") {
+            let (brokers, topic) = rest.split_once('/').ok_or_else(|| bad("no topic"))?;
+            if brokers.is_empty() {
+                return Err(bad("no broker address"));
+            }
+            if topic.is_empty() || topic.contains('/') {
+                return Err(bad("the topic must be one non-empty path segment"));
+            }
+            Ok(SourceConfig::Kafka(KafkaSourceConfig {
+                brokers: brokers.to_owned(),
+                topic: topic.to_owned(),
+                group: group.to_owned(),
+                session_timeout,
+                options: Vec::new(),
+            }))
+        } else if let Some(path) = url.strip_prefix("file://") {
+            if path.is_empty() {
+                return Err(bad("no path"));
+            }
+            Ok(SourceConfig::File {
+                path: PathBuf::from(path),
+                follow: false,
+            })
+        } else {
+            Err(bad("unknown scheme"))
+        }
+    }
+
+    /// The name positions and dead letters are stored under.
+    pub fn source_name(&self) -> String {
+        match self {
+            SourceConfig::Kafka(k) => k.topic.clone(),
+            SourceConfig::File { path, .. } => file::source_name(path),
+        }
+    }
+}
+
+/// How a projection run went.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    /// Messages in committed batches.
+    pub messages: u64,
+    pub batches: u64,
+    /// Batches discarded by a position conflict.
+    pub conflicts: u64,
+    pub outcomes: BTreeMap<Outcome, u64>,
+    pub elapsed: Duration,
+}
+
+/// Why projection stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectorError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot start the consumer thread: {0}")]
+    Thread(std::io::Error),
+    #[error("the source stopped unexpectedly: {0}")]
+    SourceFailed(String),
+}
+
+/// Projects `source` into `store` until the source ends (`exit_at_end`, or the end of a file not
+/// followed) or `shutdown` fires. A batch in flight at shutdown is committed before returning.
+pub async fn run<S: Store>(
+    source: SourceConfig,
+    store: S,
+    batch: BatchConfig,
+    exit_at_end: bool,
+    shutdown: CancellationToken,
+) -> Result<Summary, ProjectorError> {
+    let shared = Arc::new(applier::Shared::default());
+    let (tx, rx) = mpsc::channel(batch.channel_capacity);
+    // The source stops when the applier is done, whatever the reason.
+    let source_stop = shutdown.child_token();
+    let applier = applier::Applier::new(
+        store.clone(),
+        source.source_name(),
+        Arc::clone(&shared),
+        batch,
+    );
+    match source {
+        SourceConfig::Kafka(cfg) => {
+            let thread = kafka::spawn(&cfg, store, shared, tx, exit_at_end, source_stop.clone())?;
+            let result = applier.run(rx, shutdown).await;
+            source_stop.cancel();
+            tokio::task::spawn_blocking(move || thread.join())
+                .await
+                .map_err(|e| ProjectorError::SourceFailed(e.to_string()))?
+                .map_err(|_| ProjectorError::SourceFailed("consumer thread panicked".into()))?;
+            result
+        }
+        SourceConfig::File { path, follow } => {
+            let reader = tokio::spawn(file::read(
+                path,
+                store,
+                shared,
+                tx,
+                follow && !exit_at_end,
+                source_stop.clone(),
+            ));
+            let result = applier.run(rx, shutdown).await;
+            source_stop.cancel();
+            reader
+                .await
+                .map_err(|e| ProjectorError::SourceFailed(e.to_string()))??;
+            result
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_source_urls() {
+        let t = Duration::from_secs(6);
+        let SourceConfig::Kafka(k) =
+            SourceConfig::parse("kafka://a:9092,b:9092/sessionview.events", "g", t).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (k.brokers.as_str(), k.topic.as_str(), k.group.as_str()),
+            ("a:9092,b:9092", "sessionview.events", "g")
+        );
+        let SourceConfig::File { path, .. } =
+            SourceConfig::parse("file:///tmp/x.ndjson", "g", t).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(path, PathBuf::from("/tmp/x.ndjson"));
+        for bad in [
+            "kafka://host:9092",
+            "kafka:///topic",
+            "kafka://h/a/b",
+            "nats://x",
+            "file://",
+        ] {
+            let err = SourceConfig::parse(bad, "g", t).unwrap_err();
+            assert!(err.to_string().contains(bad), "{err}");
+        }
+    }
+}

@@ -1,1 +1,290 @@
-fn main() {}
+//! The `sessionview` command: one binary, a module per subcommand.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use sessionview_projector::{BatchConfig, SourceConfig};
+use sessionview_store::{DeadLetterFilter, PgStore, Store};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+mod simulate;
+mod telemetry;
+
+/// sessionview: a read model of compute sessions, projected from lifecycle events.
+#[derive(Debug, Parser)]
+#[command(name = "sessionview", version, about, long_about = None)]
+struct Cli {
+    /// Log line format.
+    #[arg(long, global = true, env = "SESSIONVIEW_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: telemetry::LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create or upgrade the database schema.
+    Migrate(DbArgs),
+    /// Project events from Kafka (or an NDJSON archive) into the database.
+    Project(ProjectArgs),
+    /// Write a simulated, contract-valid event stream to Kafka or a file.
+    Simulate(simulate::SimulateArgs),
+    /// List dead-lettered events with their reason and source position.
+    DeadLetters(DeadLetterArgs),
+}
+
+#[derive(Debug, Args)]
+struct DbArgs {
+    /// Database URL: postgres://USER@HOST:PORT/DB.
+    #[arg(long, env = "SESSIONVIEW_DATABASE_URL")]
+    database_url: String,
+    /// Largest number of database connections.
+    #[arg(long, env = "SESSIONVIEW_DB_MAX_CONNECTIONS", default_value_t = 4)]
+    db_max_connections: u32,
+}
+
+impl DbArgs {
+    async fn connect(&self) -> anyhow::Result<PgStore> {
+        PgStore::connect(&self.database_url, self.db_max_connections)
+            .await
+            .with_context(|| format!("connecting to {}", redact(&self.database_url)))
+    }
+}
+
+/// Hides a password in a URL for messages.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[derive(Debug, Args)]
+struct ProjectArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    /// Where events come from: kafka://HOST:PORT/TOPIC or file://PATH (an NDJSON archive).
+    #[arg(long, env = "SESSIONVIEW_SOURCE")]
+    source: String,
+    /// Kafka consumer group; instances in one group share the topic's partitions.
+    #[arg(long, env = "SESSIONVIEW_GROUP", default_value = "sessionview-projector")]
+    group: String,
+    /// Most events in one batch (one database transaction).
+    #[arg(long, env = "SESSIONVIEW_BATCH_SIZE", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    batch_size: u32,
+    /// Longest wait, in milliseconds, for more events once a batch has its first.
+    #[arg(long, env = "SESSIONVIEW_BATCH_LINGER_MS", default_value_t = 50)]
+    batch_linger_ms: u64,
+    /// Stop once every assigned partition (or the file) has reached the end it had at start.
+    #[arg(long, env = "SESSIONVIEW_EXIT_AT_END")]
+    exit_at_end: bool,
+    /// For file:// sources: keep reading as the file grows.
+    #[arg(long, env = "SESSIONVIEW_FOLLOW")]
+    follow: bool,
+    /// Kafka session timeout in milliseconds (a dead instance's partitions move after this).
+    #[arg(long, env = "SESSIONVIEW_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
+    session_timeout_ms: u64,
+    /// Extra librdkafka consumer setting KEY=VALUE (repeatable; comma-separated in the env var).
+    #[arg(long = "kafka-option", env = "SESSIONVIEW_KAFKA_OPTIONS", value_delimiter = ',')]
+    kafka_options: Vec<String>,
+    /// Serve /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9464).
+    #[arg(long, env = "SESSIONVIEW_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Args)]
+struct DeadLetterArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    /// Most dead letters to list.
+    #[arg(long, env = "SESSIONVIEW_LIMIT", default_value_t = 50)]
+    limit: i64,
+    /// List only dead letters with an id greater than this (paging).
+    #[arg(long, env = "SESSIONVIEW_AFTER_ID")]
+    after_id: Option<i64>,
+    /// Only this source (a topic, or file:PATH).
+    #[arg(long = "from-source", env = "SESSIONVIEW_DEAD_LETTER_SOURCE")]
+    source: Option<String>,
+    /// Only this label: malformed, bad_field, unknown_type, unknown_version, invalid,
+    /// unknown_kernel, duplicate_enqueue, bad_slots.
+    #[arg(long, env = "SESSIONVIEW_LABEL")]
+    label: Option<String>,
+    /// Print the raw bytes of each event too.
+    #[arg(long, env = "SESSIONVIEW_SHOW_PAYLOAD")]
+    show_payload: bool,
+    /// Output: a text table or JSON lines.
+    #[arg(long, env = "SESSIONVIEW_FORMAT", value_enum, default_value = "text")]
+    format: OutputFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OutputFormat {
+    Text,
+    Json,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    telemetry::init_logging(cli.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(dispatch(cli.command));
+    if let Err(e) = &result {
+        tracing::error!(error = format!("{e:#}"), "sessionview failed");
+    }
+    result
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Migrate(db) => {
+            let store = db.connect().await?;
+            store.migrate().await.context("migrating the schema")?;
+            println!("schema is up to date");
+            Ok(())
+        }
+        Command::Project(args) => project(args).await,
+        Command::Simulate(args) => simulate::run(args).await,
+        Command::DeadLetters(args) => dead_letters(args).await,
+    }
+}
+
+async fn project(args: ProjectArgs) -> anyhow::Result<()> {
+    let mut source = SourceConfig::parse(
+        &args.source,
+        &args.group,
+        Duration::from_millis(args.session_timeout_ms),
+    )?;
+    match &mut source {
+        SourceConfig::Kafka(k) => {
+            if args.follow {
+                bail!("--follow applies to file:// sources only");
+            }
+            for opt in &args.kafka_options {
+                let (key, value) = opt
+                    .split_once('=')
+                    .with_context(|| format!("--kafka-option {opt:?} is not KEY=VALUE"))?;
+                k.options.push((key.trim().into(), value.trim().into()));
+            }
+        }
+        SourceConfig::File { path, follow } => {
+            if !path.exists() && !args.follow {
+                bail!("{}: no such file", path.display());
+            }
+            *follow = args.follow;
+        }
+    }
+    let store = args.db.connect().await?;
+    store.migrate().await.context("migrating the schema")?;
+
+    let shutdown = CancellationToken::new();
+    telemetry::cancel_on_signals(shutdown.clone());
+    let ops_stop = CancellationToken::new();
+    let ops = match args.metrics_listen {
+        Some(addr) => {
+            let handle = telemetry::install_metrics()?;
+            let probe = store.clone();
+            Some(tokio::spawn(telemetry::serve_ops(
+                addr,
+                handle,
+                move || {
+                    let probe = probe.clone();
+                    async move { probe.ping().await.is_ok() }
+                },
+                ops_stop.clone(),
+            )))
+        }
+        None => None,
+    };
+    let batch = BatchConfig {
+        max_events: args.batch_size as usize,
+        linger: Duration::from_millis(args.batch_linger_ms),
+        ..BatchConfig::default()
+    };
+    info!(source = %args.source, batch_size = batch.max_events, "projecting");
+    let result =
+        sessionview_projector::run(source, store, batch, args.exit_at_end, shutdown).await;
+    ops_stop.cancel();
+    if let Some(ops) = ops {
+        ops.await??;
+    }
+    let summary = result?;
+    let secs = summary.elapsed.as_secs_f64();
+    let outcomes: Vec<String> = summary
+        .outcomes
+        .iter()
+        .map(|(o, n)| format!("{}={n}", o.as_str()))
+        .collect();
+    println!(
+        "projected {} events in {} batches in {secs:.2}s ({:.0} events/s); {}",
+        summary.messages,
+        summary.batches,
+        summary.messages as f64 / secs.max(1e-9),
+        outcomes.join(" ")
+    );
+    Ok(())
+}
+
+async fn dead_letters(args: DeadLetterArgs) -> anyhow::Result<()> {
+    if args.limit < 1 {
+        bail!("--limit must be at least 1, got {}", args.limit);
+    }
+    let store = args.db.connect().await?;
+    let rows = store
+        .dead_letters(&DeadLetterFilter {
+            after_id: args.after_id,
+            source: args.source,
+            label: args.label,
+            limit: args.limit,
+        })
+        .await
+        .context("reading dead letters")?;
+    for d in &rows {
+        match args.format {
+            OutputFormat::Json => {
+                let mut v = serde_json::json!({
+                    "id": d.id,
+                    "source": d.source,
+                    "partition": d.partition,
+                    "offset": d.offset,
+                    "event_id": d.event_id,
+                    "event_type": d.event_type,
+                    "session_id": d.session_id,
+                    "label": d.label,
+                    "reason": d.reason,
+                    "recorded_at": d.recorded_at,
+                });
+                if args.show_payload {
+                    v["payload"] = String::from_utf8_lossy(&d.payload).into();
+                }
+                println!("{v}");
+            }
+            OutputFormat::Text => {
+                println!(
+                    "#{id} {source}[{partition}]@{offset} {label}: {reason}",
+                    id = d.id,
+                    source = d.source,
+                    partition = d.partition,
+                    offset = d.offset,
+                    label = d.label,
+                    reason = d.reason
+                );
+                if args.show_payload {
+                    println!("    {}", String::from_utf8_lossy(&d.payload));
+                }
+            }
+        }
+    }
+    if rows.is_empty() && args.format == OutputFormat::Text {
+        println!("no dead letters");
+    }
+    Ok(())
+}

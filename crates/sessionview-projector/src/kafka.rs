@@ -1,0 +1,320 @@
+//! The Kafka source: a consumer-group member on its own thread, seeking to stored positions.
+//!
+//! librdkafka's rebalance callback runs on the thread that polls. That thread is a plain OS thread
+//! (not a runtime worker), so the callback can block on the database to read the stored positions
+//! and hand them to librdkafka as the assignment's offsets: Kafka's committed offsets are never
+//! used. Revocation takes the applier's lock, so it waits for an in-flight commit to finish.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Timestamp};
+use sessionview_store::Store;
+use tokio::runtime::Handle;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::applier::{Item, PartitionState, Shared, SourceMessage};
+use crate::{KafkaSourceConfig, ProjectorError};
+
+/// Reads stored positions from the store, blocking the consumer thread (with retries).
+struct Positions<S> {
+    store: S,
+    source: String,
+    handle: Handle,
+    shutdown: CancellationToken,
+}
+
+impl<S: Store> Positions<S> {
+    fn read(&self) -> Option<std::collections::BTreeMap<i32, i64>> {
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match self.handle.block_on(self.store.positions(&self.source)) {
+                Ok(p) => return Some(p),
+                Err(e) if !self.shutdown.is_cancelled() => {
+                    warn!(error = %e, retry_in = ?wait, "cannot read stored positions; retrying");
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(Duration::from_secs(10));
+                }
+                Err(e) => {
+                    error!(error = %e, "cannot read stored positions during shutdown");
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+struct Context<S> {
+    topic: String,
+    positions: Positions<S>,
+    shared: Arc<Shared>,
+    /// The consumer thread's own copy of each owned partition's epoch (read per message).
+    epochs: std::sync::Mutex<HashMap<i32, u64>>,
+    /// Partitions assigned since the last EOF bookkeeping reset.
+    fresh: std::sync::Mutex<Vec<i32>>,
+}
+
+impl<S: Store> ClientContext for Context<S> {}
+
+impl<S: Store> Context<S> {
+    fn epoch_of(&self, partition: i32) -> Option<u64> {
+        self.epochs.lock().ok()?.get(&partition).copied()
+    }
+
+    fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        let partitions: Vec<i32> = tpl
+            .elements()
+            .iter()
+            .filter(|e| e.topic() == self.topic)
+            .map(|e| e.partition())
+            .collect();
+        let stored = self.positions.read().unwrap_or_default();
+        let mut owned = self.shared.owned.blocking_lock();
+        let mut epochs = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
+        for p in &partitions {
+            let next = stored.get(p).copied();
+            let offset = next.map_or(Offset::Beginning, Offset::Offset);
+            if let Err(e) = tpl.set_partition_offset(&self.topic, *p, offset) {
+                warn!(partition = p, error = %e, "cannot set the start offset");
+            }
+            let epoch = self.shared.next_epoch();
+            owned.insert(*p, PartitionState { epoch, next });
+            epochs.insert(*p, epoch);
+            info!(topic = %self.topic, partition = p, next_offset = ?next, "partition assigned; seeking to the stored position");
+        }
+        let result = match consumer.rebalance_protocol() {
+            RebalanceProtocol::Cooperative => consumer.incremental_assign(tpl),
+            _ => consumer.assign(tpl),
+        };
+        if let Err(e) = result {
+            error!(error = %e, "assign failed");
+        }
+        if let Ok(mut fresh) = self.fresh.lock() {
+            fresh.extend(partitions);
+        }
+    }
+
+    fn revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+        {
+            // Waits for a batch that is being committed; later batches will not see these
+            // partitions as owned.
+            let mut owned = self.shared.owned.blocking_lock();
+            let mut epochs = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
+            for p in &partitions {
+                owned.remove(p);
+                epochs.remove(p);
+            }
+        }
+        info!(topic = %self.topic, ?partitions, "partitions revoked");
+        let result = match consumer.rebalance_protocol() {
+            RebalanceProtocol::Cooperative => consumer.incremental_unassign(tpl),
+            _ => consumer.unassign(),
+        };
+        if let Err(e) = result {
+            error!(error = %e, "unassign failed");
+        }
+    }
+}
+
+impl<S: Store> ConsumerContext for Context<S> {
+    fn rebalance(
+        &self,
+        base_consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.assign(base_consumer, tpl),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.revoke(base_consumer, tpl),
+            other => {
+                error!(error = ?other, "rebalance error; dropping the assignment");
+                self.revoke(base_consumer, tpl);
+            }
+        }
+    }
+}
+
+/// Starts the consumer thread. Messages and the end marker go to `tx`.
+pub(crate) fn spawn<S: Store>(
+    cfg: &KafkaSourceConfig,
+    store: S,
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Item>,
+    exit_at_end: bool,
+    shutdown: CancellationToken,
+) -> Result<std::thread::JoinHandle<()>, ProjectorError> {
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &cfg.brokers)
+        .set("group.id", &cfg.group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "true")
+        .set(
+            "session.timeout.ms",
+            cfg.session_timeout.as_millis().to_string(),
+        )
+        .set("client.id", "sessionview-projector");
+    for (k, v) in &cfg.options {
+        client.set(k, v);
+    }
+    let context = Context {
+        topic: cfg.topic.clone(),
+        positions: Positions {
+            store,
+            source: cfg.topic.clone(),
+            handle: Handle::current(),
+            shutdown: shutdown.clone(),
+        },
+        shared: Arc::clone(&shared),
+        epochs: std::sync::Mutex::new(HashMap::new()),
+        fresh: std::sync::Mutex::new(Vec::new()),
+    };
+    let consumer: BaseConsumer<Context<S>> = client.create_with_context(context)?;
+    consumer.subscribe(&[&cfg.topic])?;
+    let topic = cfg.topic.clone();
+    let thread = std::thread::Builder::new()
+        .name("kafka-consumer".into())
+        .spawn(move || poll_loop(&consumer, &topic, &shared, &tx, exit_at_end, &shutdown))
+        .map_err(ProjectorError::Thread)?;
+    Ok(thread)
+}
+
+fn poll_loop<S: Store>(
+    consumer: &BaseConsumer<Context<S>>,
+    topic: &str,
+    shared: &Shared,
+    tx: &mpsc::Sender<Item>,
+    exit_at_end: bool,
+    shutdown: &CancellationToken,
+) {
+    let ctx = consumer.context();
+    let mut at_end: HashSet<i32> = HashSet::new();
+    let mut last_watermarks = Instant::now();
+    let mut ended = false;
+    while !shutdown.is_cancelled() {
+        reseek(consumer, topic, shared);
+        if let Ok(mut fresh) = ctx.fresh.lock() {
+            for p in fresh.drain(..) {
+                at_end.remove(&p);
+            }
+        }
+        if last_watermarks.elapsed() > Duration::from_secs(5) {
+            refresh_watermarks(consumer, topic, shared);
+            last_watermarks = Instant::now();
+        }
+        if ended {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Ok(m)) => {
+                if m.topic() != topic {
+                    continue;
+                }
+                let partition = m.partition();
+                at_end.remove(&partition);
+                let Some(epoch) = ctx.epoch_of(partition) else {
+                    continue;
+                };
+                let timestamp_ms = match m.timestamp() {
+                    Timestamp::CreateTime(t) | Timestamp::LogAppendTime(t) => Some(t),
+                    Timestamp::NotAvailable => None,
+                };
+                let message = SourceMessage {
+                    partition,
+                    offset: m.offset(),
+                    epoch,
+                    // A message without a value is not an envelope: it is dead-lettered.
+                    payload: Some(m.payload().map(<[u8]>::to_vec).unwrap_or_default()),
+                    timestamp_ms,
+                };
+                if tx.blocking_send(Item::Message(message)).is_err() {
+                    break;
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+                debug!(partition = p, "reached end of partition");
+                if exit_at_end {
+                    let owned: Vec<i32> = ctx
+                        .epochs
+                        .lock()
+                        .map(|e| e.keys().copied().collect())
+                        .unwrap_or_default();
+                    if !owned.is_empty() && owned.iter().all(|p| at_end.contains(p)) {
+                        info!(
+                            partitions = owned.len(),
+                            "every assigned partition reached its end"
+                        );
+                        ended = tx.blocking_send(Item::End).is_ok();
+                        if !ended {
+                            break;
+                        }
+                    }
+                }
+            }
+            Some(Err(e)) => warn!(error = %e, "kafka consumer error"),
+        }
+    }
+    debug!("consumer thread leaving the group");
+}
+
+/// Re-seeks partitions whose commit conflicted: re-read the stored position, new epoch.
+fn reseek<S: Store>(consumer: &BaseConsumer<Context<S>>, topic: &str, shared: &Shared) {
+    let partitions = shared.take_reseeks();
+    if partitions.is_empty() {
+        return;
+    }
+    let ctx = consumer.context();
+    let stored = ctx.positions.read().unwrap_or_default();
+    let mut owned = shared.owned.blocking_lock();
+    let mut epochs = ctx.epochs.lock().unwrap_or_else(|p| p.into_inner());
+    for p in partitions {
+        if !epochs.contains_key(&p) {
+            continue; // revoked meanwhile
+        }
+        let next = stored.get(&p).copied();
+        let offset = next.map_or(Offset::Beginning, Offset::Offset);
+        match consumer.seek(topic, p, offset, Duration::from_secs(5)) {
+            Ok(()) => {
+                let epoch = shared.next_epoch();
+                owned.insert(p, PartitionState { epoch, next });
+                epochs.insert(p, epoch);
+                info!(partition = p, next_offset = ?next, "re-seeked to the stored position");
+            }
+            Err(e) => {
+                warn!(partition = p, error = %e, "re-seek failed; will retry");
+                shared.request_reseek([p]);
+            }
+        }
+    }
+}
+
+fn refresh_watermarks<S: Store>(consumer: &BaseConsumer<Context<S>>, topic: &str, shared: &Shared) {
+    let owned: Vec<i32> = consumer
+        .context()
+        .epochs
+        .lock()
+        .map(|e| e.keys().copied().collect())
+        .unwrap_or_default();
+    for p in owned {
+        if let Ok((_, high)) = consumer.fetch_watermarks(topic, p, Duration::from_millis(500))
+            && let Ok(mut h) = shared.high_watermarks.lock()
+        {
+            h.insert(p, high);
+        }
+    }
+}

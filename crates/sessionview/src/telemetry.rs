@@ -1,0 +1,127 @@
+//! Logging (tracing), the Prometheus recorder, and the small HTTP server for `/metrics`, `/healthz`
+//! and `/readyz`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Installs the global tracing subscriber. The filter comes from `SESSIONVIEW_LOG` (then
+/// `RUST_LOG`), default `info`.
+pub(crate) fn init_logging(format: LogFormat) {
+    let filter = std::env::var("SESSIONVIEW_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".into());
+    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Installs the Prometheus recorder with the histogram buckets of every metric we define.
+pub(crate) fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    use sessionview_projector::metrics as pm;
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(pm::BATCH_SIZE.into()), pm::BATCH_SIZE_BUCKETS)?
+        .set_buckets_for_metric(
+            Matcher::Full(pm::COMMIT_SECONDS.into()),
+            pm::COMMIT_SECONDS_BUCKETS,
+        )?
+        .install_recorder()
+        .context("installing the Prometheus recorder")?;
+    pm::describe();
+    Ok(handle)
+}
+
+/// Serves `/metrics`, `/healthz` (the process answers) and `/readyz` (`ready` resolves `true`)
+/// on `addr` until `shutdown`.
+pub(crate) async fn serve_ops<F, Fut>(
+    addr: SocketAddr,
+    handle: PrometheusHandle,
+    ready: F,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()>
+where
+    F: Fn() -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = bool> + Send,
+{
+    let upkeep = handle.clone();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                _ = tick.tick() => upkeep.run_upkeep(),
+            }
+        }
+    });
+    let app = Router::new()
+        .route("/metrics", get(move || async move { handle.render() }))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.clone();
+                async move {
+                    if ready().await {
+                        (StatusCode::OK, "ready\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n")
+                    }
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics listener on {addr}"))?;
+    tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await?;
+    Ok(())
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+pub(crate) fn cancel_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => tracing::info!("SIGINT: finishing the batch in flight, then stopping"),
+            () = term => tracing::info!("SIGTERM: finishing the batch in flight, then stopping"),
+        }
+        token.cancel();
+    });
+}
