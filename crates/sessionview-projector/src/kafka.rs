@@ -63,7 +63,19 @@ struct Context<S> {
     fresh: std::sync::Mutex<Vec<i32>>,
 }
 
-impl<S: Store> ClientContext for Context<S> {}
+impl<S: Store> ClientContext for Context<S> {
+    fn error(&self, error: KafkaError, reason: &str) {
+        // With enable.partition.eof, librdkafka also reports each end of partition as a "global
+        // error"; it is expected, and the poll loop handles it.
+        if matches!(error, KafkaError::PartitionEOF(_))
+            || reason.contains("reached end of partition")
+        {
+            debug!(reason, "end of partition");
+        } else {
+            error!(error = %error, reason, "kafka client error");
+        }
+    }
+}
 
 impl<S: Store> Context<S> {
     fn epoch_of(&self, partition: i32) -> Option<u64> {

@@ -3,7 +3,11 @@
 //! Set `SESSIONVIEW_TEST_DATABASE_URL` to an administrative URL (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`); each test creates and drops its own database.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a panic is a failed test")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a panic is a failed test"
+)]
 
 use std::collections::HashSet;
 

@@ -18,7 +18,13 @@ mod telemetry;
 #[command(name = "sessionview", version, about, long_about = None)]
 struct Cli {
     /// Log line format.
-    #[arg(long, global = true, env = "SESSIONVIEW_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "SESSIONVIEW_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     log_format: telemetry::LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -73,7 +79,11 @@ struct ProjectArgs {
     #[arg(long, env = "SESSIONVIEW_SOURCE")]
     source: String,
     /// Kafka consumer group; instances in one group share the topic's partitions.
-    #[arg(long, env = "SESSIONVIEW_GROUP", default_value = "sessionview-projector")]
+    #[arg(
+        long,
+        env = "SESSIONVIEW_GROUP",
+        default_value = "sessionview-projector"
+    )]
     group: String,
     /// Most events in one batch (one database transaction).
     #[arg(long, env = "SESSIONVIEW_BATCH_SIZE", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -91,7 +101,11 @@ struct ProjectArgs {
     #[arg(long, env = "SESSIONVIEW_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
     session_timeout_ms: u64,
     /// Extra librdkafka consumer setting KEY=VALUE (repeatable; comma-separated in the env var).
-    #[arg(long = "kafka-option", env = "SESSIONVIEW_KAFKA_OPTIONS", value_delimiter = ',')]
+    #[arg(
+        long = "kafka-option",
+        env = "SESSIONVIEW_KAFKA_OPTIONS",
+        value_delimiter = ','
+    )]
     kafka_options: Vec<String>,
     /// Serve /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9464).
     #[arg(long, env = "SESSIONVIEW_METRICS_LISTEN")]
@@ -210,8 +224,7 @@ async fn project(args: ProjectArgs) -> anyhow::Result<()> {
         ..BatchConfig::default()
     };
     info!(source = %args.source, batch_size = batch.max_events, "projecting");
-    let result =
-        sessionview_projector::run(source, store, batch, args.exit_at_end, shutdown).await;
+    let result = sessionview_projector::run(source, store, batch, args.exit_at_end, shutdown).await;
     ops_stop.cancel();
     if let Some(ops) = ops {
         ops.await??;

@@ -56,10 +56,12 @@ enum Target {
 fn parse_target(url: &str) -> anyhow::Result<Target> {
     if let Some(rest) = url.strip_prefix("kafka://") {
         match rest.split_once('/') {
-            Some((b, t)) if !b.is_empty() && !t.is_empty() && !t.contains('/') => Ok(Target::Kafka {
-                brokers: b.into(),
-                topic: t.into(),
-            }),
+            Some((b, t)) if !b.is_empty() && !t.is_empty() && !t.contains('/') => {
+                Ok(Target::Kafka {
+                    brokers: b.into(),
+                    topic: t.into(),
+                })
+            }
             _ => bail!("invalid --to {url:?}: expected kafka://HOST:PORT/TOPIC"),
         }
     } else if let Some(path) = url.strip_prefix("file://").filter(|p| !p.is_empty()) {

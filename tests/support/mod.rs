@@ -1,0 +1,216 @@
+//! Helpers for end-to-end tests: fresh databases and topics, running the real `sessionview`
+//! binary, and the pure fold of the same stream to compare against.
+//!
+//! Needs a Kafka-protocol broker (`SESSIONVIEW_TEST_KAFKA`, default `127.0.0.1:9092`) and
+//! PostgreSQL (`SESSIONVIEW_TEST_DATABASE_URL`, an administrative URL, default
+//! `postgres://postgres@127.0.0.1:5432/postgres`). `scripts/test` starts both.
+
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+#![allow(unreachable_pub, reason = "a module shared by test binaries")]
+
+use std::process::Output;
+use std::time::Duration;
+
+use sessionview_projection::{DeadLetter, Fold, Position, SessionState};
+use sessionview_simulator::{SimConfig, SimMessage, Simulator};
+use sessionview_store::{PgStore, Store};
+use sqlx::Connection;
+use tokio::process::{Child, Command};
+
+/// The path of the binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_sessionview");
+
+pub fn brokers() -> String {
+    std::env::var("SESSIONVIEW_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+fn admin_url() -> String {
+    std::env::var("SESSIONVIEW_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A database created for one test and dropped by [`TestDb::drop`].
+pub struct TestDb {
+    name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        let admin = admin_url();
+        let name = format!("sv_test_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL at {admin} is needed for this test: {e}"));
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+        let url = format!("{base}/{name}");
+        Self { name, url }
+    }
+
+    pub async fn store(&self) -> PgStore {
+        PgStore::connect(&self.url, 2).await.unwrap()
+    }
+
+    pub async fn drop(self) {
+        let mut conn = sqlx::PgConnection::connect(&admin_url()).await.unwrap();
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+}
+
+/// A topic name no other test uses.
+pub fn unique_topic(hint: &str) -> String {
+    format!("sv-test-{hint}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// The simulator configuration `sessionview simulate` uses for these flags.
+pub fn sim_config(sessions: u64, seed: u64) -> SimConfig {
+    SimConfig {
+        sessions,
+        seed,
+        ..SimConfig::default()
+    }
+}
+
+fn sim_args(cfg: &SimConfig) -> Vec<String> {
+    vec![
+        "--sessions".into(),
+        cfg.sessions.to_string(),
+        "--seed".into(),
+        cfg.seed.to_string(),
+        "--duplicate-ratio".into(),
+        cfg.duplicate_ratio.to_string(),
+        "--early-ratio".into(),
+        cfg.early_ratio.to_string(),
+        "--poison-ratio".into(),
+        cfg.poison_ratio.to_string(),
+    ]
+}
+
+fn check(what: &str, out: &Output) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Publishes the stream of `cfg` to a new 4-partition `topic` with `sessionview simulate`.
+pub async fn publish(topic: &str, cfg: &SimConfig) {
+    let out = Command::new(BIN)
+        .arg("simulate")
+        .args(sim_args(cfg))
+        .args(["--partitions", "4", "--to"])
+        .arg(format!("kafka://{}/{topic}", brokers()))
+        .output()
+        .await
+        .unwrap();
+    check("sessionview simulate", &out);
+}
+
+/// The `sessionview project` command for `topic` into `db`, stopping at the end.
+pub fn project_command(db: &TestDb, topic: &str, group: &str, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("project")
+        .args(["--database-url", &db.url])
+        .arg("--source")
+        .arg(format!("kafka://{}/{topic}", brokers()))
+        .args([
+            "--group",
+            group,
+            "--exit-at-end",
+            "--session-timeout-ms",
+            "6000",
+        ])
+        .args(extra)
+        .env("SESSIONVIEW_LOG", "warn,sessionview=info")
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Runs `sessionview project` to the end of the topic.
+pub async fn project_to_end(db: &TestDb, topic: &str, extra: &[&str]) -> Output {
+    let mut cmd = project_command(
+        db,
+        topic,
+        &format!("g-{}", uuid::Uuid::new_v4().simple()),
+        extra,
+    );
+    let out = tokio::time::timeout(Duration::from_secs(300), cmd.output())
+        .await
+        .expect("sessionview project did not reach the end within 300 s")
+        .unwrap();
+    check("sessionview project", &out);
+    out
+}
+
+/// Starts `sessionview project` in the background.
+pub fn spawn_project(db: &TestDb, topic: &str, group: &str, extra: &[&str]) -> Child {
+    project_command(db, topic, group, extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// The messages `cfg` generates, in publishing order.
+pub fn messages(cfg: &SimConfig) -> Vec<SimMessage> {
+    Simulator::new(cfg.clone()).collect()
+}
+
+/// What the pure fold makes of the stream of `cfg`: sessions ordered by id, and dead letters.
+pub fn model(cfg: &SimConfig) -> (Vec<SessionState>, Vec<DeadLetter>) {
+    let mut fold = Fold::new();
+    for (i, m) in messages(cfg).iter().enumerate() {
+        fold.apply_bytes(
+            "model",
+            Position {
+                partition: 0,
+                offset: i as i64,
+            },
+            &m.bytes,
+        );
+    }
+    let dead = fold.dead_letters().to_vec();
+    let mut sessions: Vec<_> = fold.sessions().values().cloned().collect();
+    sessions.sort_by_key(|s| s.session.id);
+    (sessions, dead)
+}
+
+/// Asserts that the database holds exactly `expected`, row by row.
+pub async fn assert_tables_equal(store: &PgStore, expected: &[SessionState]) {
+    let got = store.all_sessions().await.unwrap();
+    assert_eq!(got.len(), expected.len(), "number of sessions");
+    for (g, e) in got.iter().zip(expected) {
+        assert_eq!(g.session, e.session, "session row {}", e.session.id);
+        assert_eq!(
+            g.kernels.len(),
+            e.kernels.len(),
+            "containers of {}",
+            e.session.id
+        );
+        for (gk, ek) in g.kernels.iter().zip(&e.kernels) {
+            assert_eq!(gk, ek, "container row {}", ek.id);
+        }
+    }
+}
+
+/// Sum of stored next offsets of a source (progress indicator).
+pub async fn progress(store: &PgStore, source: &str) -> i64 {
+    store
+        .positions(source)
+        .await
+        .map(|p| p.values().sum())
+        .unwrap_or(0)
+}
