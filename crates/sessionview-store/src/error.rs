@@ -18,6 +18,11 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether the server cancelled the statement for exceeding `statement_timeout`.
+    pub fn is_statement_timeout(&self) -> bool {
+        matches!(self, StoreError::Database(sqlx::Error::Database(db)) if db.code().as_deref() == Some("57014"))
+    }
+
     /// Whether retrying the same work later may succeed: lost connections, pool exhaustion,
     /// serialization failures, deadlocks, a server shutting down or starting up.
     pub fn is_transient(&self) -> bool {

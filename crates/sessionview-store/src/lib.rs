@@ -14,9 +14,15 @@ use uuid::Uuid;
 
 mod error;
 mod postgres;
+mod postgres_read;
+mod read;
 
 pub use error::StoreError;
 pub use postgres::PgStore;
+pub use read::{
+    CONTAINER_ORDER_KEYS, ContainerListQuery, KeyPair, KeyPairAdmin, Order, Page, ReadModel, Role,
+    SESSION_ORDER_KEYS, Scope, SessionListQuery,
+};
 
 /// One partition's position move within a commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,6 +2,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -25,26 +27,44 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/post
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// Statements executed by the read side (see [`crate::ReadModel::statements_executed`]).
+    pub(crate) statements: Arc<AtomicU64>,
 }
 
 impl PgStore {
     /// Connects to `url` (`postgres://...`) with a pool of at most `max_connections`.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        Self::connect_with_timeout(url, max_connections, None).await
+    }
+
+    /// Like [`PgStore::connect`], and every statement of every connection is cancelled by the
+    /// server after `statement_timeout` (the query service's guard against runaway queries).
+    pub async fn connect_with_timeout(
+        url: &str,
+        max_connections: u32,
+        statement_timeout: Option<Duration>,
+    ) -> Result<Self, StoreError> {
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Err(StoreError::UnsupportedUrl(url.to_owned()));
         }
-        let options = PgConnectOptions::from_str(url)?.application_name("sessionview");
+        let mut options = PgConnectOptions::from_str(url)?.application_name("sessionview");
+        if let Some(t) = statement_timeout {
+            options = options.options([("statement_timeout", t.as_millis().to_string())]);
+        }
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await?;
-        Ok(Self { pool })
+        Ok(Self::from_pool(pool))
     }
 
     /// Wraps an existing pool.
     pub fn from_pool(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            statements: Arc::new(AtomicU64::new(0)),
+        }
     }
 
     /// The underlying pool (for the query service's reads).
@@ -78,16 +98,16 @@ fn slots(table: &'static str, v: &Value) -> Result<ResourceSlots, StoreError> {
     ResourceSlots::from_json(v).map_err(|e| corrupt(table, e))
 }
 
-const SESSION_COLUMNS: &str = "id, name, type, tag, image, registry, cluster_template, domain_name, \
+pub(crate) const SESSION_COLUMNS: &str = "id, name, type, tag, image, registry, cluster_template, domain_name, \
     group_name, group_id, user_email, user_id, access_key, created_user_email, created_user_id, \
     status, status_changed, status_info, created_at, terminated_at, startup_command, result, \
     resource_opts, scaling_group, service_ports, mounts, occupied_slots, num_queries";
 
-const KERNEL_COLUMNS: &str = "id, session_id, ordinal, role, hostname, image, registry, status, \
+pub(crate) const KERNEL_COLUMNS: &str = "id, session_id, ordinal, role, hostname, image, registry, status, \
     status_changed, status_info, created_at, terminated_at, agent, container_id, resource_opts, \
     occupied_slots, service_ports, last_stat";
 
-fn session_from_row(r: &PgRow) -> Result<SessionRow, StoreError> {
+pub(crate) fn session_from_row(r: &PgRow) -> Result<SessionRow, StoreError> {
     const T: &str = "sessions";
     let mounts: Value = r.try_get("mounts")?;
     let mounts = serde_json::from_value(mounts).map_err(|e| corrupt(T, e))?;
@@ -124,7 +144,7 @@ fn session_from_row(r: &PgRow) -> Result<SessionRow, StoreError> {
     })
 }
 
-fn kernel_from_row(r: &PgRow) -> Result<KernelRow, StoreError> {
+pub(crate) fn kernel_from_row(r: &PgRow) -> Result<KernelRow, StoreError> {
     const T: &str = "kernels";
     let last_stat: Option<Value> = r.try_get("last_stat")?;
     Ok(KernelRow {

@@ -10,6 +10,7 @@ use sessionview_store::{DeadLetterFilter, PgStore, Store};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+mod serve;
 mod simulate;
 mod telemetry;
 
@@ -40,6 +41,13 @@ enum Command {
     Simulate(simulate::SimulateArgs),
     /// List dead-lettered events with their reason and source position.
     DeadLetters(DeadLetterArgs),
+    /// Serve the GraphQL API (Backend.AI API v5.20191215) from the read model.
+    Serve(serve::ServeArgs),
+    /// Print the GraphQL schema (SDL).
+    Schema,
+    /// Manage API keypairs.
+    #[command(subcommand)]
+    Keypair(serve::KeypairCommand),
 }
 
 #[derive(Debug, Args)]
@@ -48,7 +56,7 @@ struct DbArgs {
     #[arg(long, env = "SESSIONVIEW_DATABASE_URL")]
     database_url: String,
     /// Largest number of database connections.
-    #[arg(long, env = "SESSIONVIEW_DB_MAX_CONNECTIONS", default_value_t = 4)]
+    #[arg(long, env = "SESSIONVIEW_DB_MAX_CONNECTIONS", default_value_t = 8)]
     db_max_connections: u32,
 }
 
@@ -168,6 +176,12 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Project(args) => project(args).await,
         Command::Simulate(args) => simulate::run(args).await,
         Command::DeadLetters(args) => dead_letters(args).await,
+        Command::Serve(args) => serve::serve(args).await,
+        Command::Schema => {
+            print!("{}", sessionview_query::sdl());
+            Ok(())
+        }
+        Command::Keypair(cmd) => serve::keypair(cmd).await,
     }
 }
 
@@ -206,13 +220,18 @@ async fn project(args: ProjectArgs) -> anyhow::Result<()> {
         Some(addr) => {
             let handle = telemetry::install_metrics()?;
             let probe = store.clone();
-            Some(tokio::spawn(telemetry::serve_ops(
-                addr,
+            let app = telemetry::ops_router(
                 handle,
                 move || {
                     let probe = probe.clone();
                     async move { probe.ping().await.is_ok() }
                 },
+                ops_stop.clone(),
+            );
+            Some(tokio::spawn(telemetry::serve(
+                addr,
+                app,
+                "/metrics, /healthz, /readyz",
                 ops_stop.clone(),
             )))
         }

@@ -45,36 +45,39 @@ pub(crate) fn install_metrics() -> anyhow::Result<PrometheusHandle> {
             Matcher::Full(pm::COMMIT_SECONDS.into()),
             pm::COMMIT_SECONDS_BUCKETS,
         )?
+        .set_buckets_for_metric(
+            Matcher::Full(sessionview_query::http::REQUEST_SECONDS.into()),
+            sessionview_query::http::REQUEST_SECONDS_BUCKETS,
+        )?
         .install_recorder()
         .context("installing the Prometheus recorder")?;
     pm::describe();
+    sessionview_query::http::describe_metrics();
     Ok(handle)
 }
 
-/// Serves `/metrics`, `/healthz` (the process answers) and `/readyz` (`ready` resolves `true`)
-/// on `addr` until `shutdown`.
-pub(crate) async fn serve_ops<F, Fut>(
-    addr: SocketAddr,
+/// The operational routes: `/metrics`, `/healthz` (the process answers) and `/readyz` (`ready`
+/// resolves `true`). Also keeps the recorder's histograms trimmed until `shutdown`.
+pub(crate) fn ops_router<F, Fut>(
     handle: PrometheusHandle,
     ready: F,
     shutdown: CancellationToken,
-) -> anyhow::Result<()>
+) -> Router
 where
     F: Fn() -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = bool> + Send,
 {
     let upkeep = handle.clone();
-    let stop = shutdown.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
             tokio::select! {
-                () = stop.cancelled() => break,
+                () = shutdown.cancelled() => break,
                 _ = tick.tick() => upkeep.run_upkeep(),
             }
         }
     });
-    let app = Router::new()
+    Router::new()
         .route("/metrics", get(move || async move { handle.render() }))
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
@@ -89,11 +92,21 @@ where
                     }
                 }
             }),
-        );
+        )
+}
+
+/// Serves `app` on `addr` until `shutdown`.
+pub(crate) async fn serve(
+    addr: SocketAddr,
+    app: Router,
+    what: &str,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .with_context(|| format!("binding the metrics listener on {addr}"))?;
-    tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
+        .with_context(|| format!("binding {what} on {addr}"))?;
+    let bound = listener.local_addr()?;
+    tracing::info!(addr = %bound, "serving {what}");
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await?;

@@ -1,0 +1,299 @@
+//! The HTTP surface (axum): Backend.AI's endpoints, request signing, problem+json errors, metrics.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_graphql::{Request, ServerError, Variables};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use metrics::{counter, describe_counter, describe_histogram, histogram};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sessionview_store::ReadModel;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::auth::{self, API_VERSION, AuthError, SigningInput};
+use crate::schema::{Caller, Limits, QuerySchema, build_schema, prepare};
+
+pub const REQUESTS: &str = "sessionview_query_requests_total";
+pub const REQUEST_SECONDS: &str = "sessionview_query_request_seconds";
+/// Histogram buckets for [`REQUEST_SECONDS`].
+pub const REQUEST_SECONDS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+const PROBLEM_BASE: &str = "https://api.backend.ai/probs/";
+
+/// Registers metric descriptions (call once after installing a recorder).
+pub fn describe_metrics() {
+    describe_counter!(REQUESTS, "GraphQL requests by endpoint, operation and outcome (ok, graphql_error, auth_failed, bad_request).");
+    describe_histogram!(REQUEST_SECONDS, metrics::Unit::Seconds, "Time to answer a GraphQL request, by endpoint.");
+}
+
+/// Options of the HTTP service.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerConfig {
+    pub limits: Limits,
+    /// Largest request body in bytes.
+    pub body_limit: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            body_limit: 1 << 20,
+        }
+    }
+}
+
+struct AppState<R> {
+    schema: QuerySchema,
+    store: R,
+}
+
+/// The query service's routes. Operational routes (`/metrics`, `/healthz`, `/readyz`) are merged
+/// in by the binary.
+pub fn router<R: ReadModel>(store: R, cfg: ServerConfig) -> Router {
+    let state = Arc::new(AppState {
+        schema: build_schema(cfg.limits),
+        store,
+    });
+    Router::new()
+        .route("/", get(version))
+        .route("/manager/announcement", get(announcement))
+        .route("/graphiql", get(graphiql))
+        .route("/admin/graphql", post(admin_graphql::<R>))
+        .route("/admin/gql", post(admin_gql::<R>))
+        .layer(DefaultBodyLimit::max(cfg.body_limit))
+        .with_state(state)
+}
+
+async fn version() -> Json<Value> {
+    Json(json!({"version": API_VERSION, "manager": env!("CARGO_PKG_VERSION")}))
+}
+
+async fn announcement() -> Json<Value> {
+    Json(json!({"enabled": false, "message": ""}))
+}
+
+async fn graphiql() -> Html<&'static str> {
+    Html(include_str!("graphiql.html"))
+}
+
+/// An RFC 7807 problem response in Backend.AI's shape.
+fn problem(status: StatusCode, kind: &str, title: &str, extra: Option<(&str, Value)>) -> Response {
+    let mut body = json!({"type": format!("{PROBLEM_BASE}{kind}"), "title": title});
+    if let Some((k, v)) = extra {
+        body[k] = v;
+    }
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/problem+json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn auth_problem(e: &AuthError) -> Response {
+    if e.is_bad_parameter() {
+        problem(
+            StatusCode::BAD_REQUEST,
+            "invalid-auth-params",
+            "Missing or invalid authorization parameters.",
+            Some(("msg", Value::String(e.to_string()))),
+        )
+    } else {
+        problem(
+            StatusCode::UNAUTHORIZED,
+            "auth-failed",
+            "Credential/signature mismatch.",
+            Some(("msg", Value::String(e.to_string()))),
+        )
+    }
+}
+
+fn bad_params(msg: String) -> Response {
+    problem(
+        StatusCode::BAD_REQUEST,
+        "invalid-api-params",
+        "Missing or invalid API parameters.",
+        Some(("msg", Value::String(msg))),
+    )
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Authenticates a signed request against the stored keypairs.
+async fn authenticate<R: ReadModel>(
+    store: &R,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Caller, AuthError> {
+    let authorization =
+        header_str(headers, "authorization").ok_or(AuthError::MissingAuthorization)?;
+    let (access_key, signature) = auth::parse_authorization(authorization)?;
+    let date = header_str(headers, "x-backendai-date")
+        .or_else(|| header_str(headers, "date"))
+        .ok_or(AuthError::MissingDate)?;
+    let input = SigningInput {
+        method: method.as_str(),
+        path_and_query: uri.path_and_query().map_or(uri.path(), |p| p.as_str()),
+        date,
+        host: header_str(headers, "host").unwrap_or_default(),
+        content_type: header_str(headers, "content-type").unwrap_or_default(),
+        version: header_str(headers, "x-backendai-version").unwrap_or_default(),
+    };
+    // The date is checked before the key is looked up: a skewed clock is the client's parameter.
+    let checked_date = auth::check_date(date, chrono::Utc::now())?;
+    let keypair = match store.keypair(&access_key).await {
+        Ok(Some(kp)) => kp,
+        Ok(None) => return Err(AuthError::UnknownAccessKey(access_key)),
+        Err(e) => {
+            warn!(error = %e, "keypair lookup failed");
+            return Err(AuthError::UnknownAccessKey(access_key));
+        }
+    };
+    if !keypair.is_active {
+        return Err(AuthError::InactiveAccessKey(access_key));
+    }
+    auth::verify_signature(&keypair.secret_key, &input, &checked_date, &signature)?;
+    Ok(Caller { keypair })
+}
+
+#[derive(Deserialize)]
+struct GraphQlBody {
+    query: Option<String>,
+    #[serde(default)]
+    variables: Option<Value>,
+    #[serde(default, alias = "operationName")]
+    operation_name: Option<String>,
+}
+
+/// A label for metrics: the client's operation name if it is a plain identifier.
+fn operation_label(name: Option<&str>) -> String {
+    match name {
+        Some(n)
+            if !n.is_empty()
+                && n.len() <= 64
+                && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
+        {
+            n.to_owned()
+        }
+        _ => "anonymous".to_owned(),
+    }
+}
+
+enum Flavor {
+    /// `/admin/graphql`: bare data on success, 400 problem+json on any GraphQL error.
+    Bare,
+    /// `/admin/gql`: the standard `{data, errors}` envelope.
+    Standard,
+}
+
+async fn admin_graphql<R: ReadModel>(
+    State(state): State<Arc<AppState<R>>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    handle(state, method, uri, headers, body, Flavor::Bare, "/admin/graphql").await
+}
+
+async fn admin_gql<R: ReadModel>(
+    State(state): State<Arc<AppState<R>>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    handle(state, method, uri, headers, body, Flavor::Standard, "/admin/gql").await
+}
+
+async fn handle<R: ReadModel>(
+    state: Arc<AppState<R>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    flavor: Flavor,
+    endpoint: &'static str,
+) -> Response {
+    let started = Instant::now();
+    let span = info_span!("graphql", endpoint, operation = tracing::field::Empty, outcome = tracing::field::Empty);
+    let (response, operation, outcome) = async {
+        let caller = match authenticate(&state.store, &method, &uri, &headers).await {
+            Ok(c) => c,
+            Err(e) => {
+                debug!(error = %e, "request refused");
+                return (auth_problem(&e), "anonymous".to_owned(), "auth_failed");
+            }
+        };
+        let body = match body {
+            Ok(b) => b,
+            Err(rejection) => {
+                let resp = problem(
+                    rejection.status(),
+                    "invalid-api-params",
+                    "Missing or invalid API parameters.",
+                    Some(("msg", Value::String(rejection.body_text()))),
+                );
+                return (resp, "anonymous".to_owned(), "bad_request");
+            }
+        };
+        let parsed: GraphQlBody = match serde_json::from_slice(&body) {
+            Ok(p) => p,
+            Err(e) => return (bad_params(format!("the request body is not valid JSON: {e}")), "anonymous".to_owned(), "bad_request"),
+        };
+        let Some(query) = parsed.query else {
+            return (bad_params("the request body has no \"query\"".into()), "anonymous".to_owned(), "bad_request");
+        };
+        let operation = operation_label(parsed.operation_name.as_deref());
+        let mut request = Request::new(query);
+        if let Some(name) = parsed.operation_name {
+            request = request.operation_name(name);
+        }
+        match parsed.variables {
+            None | Some(Value::Null) => {}
+            Some(v @ Value::Object(_)) => request = request.variables(Variables::from_json(v)),
+            Some(_) => return (bad_params("\"variables\" must be a JSON object".into()), operation, "bad_request"),
+        }
+        let result = state
+            .schema
+            .execute(prepare(request, state.store.clone(), caller))
+            .await;
+        let outcome = if result.errors.is_empty() { "ok" } else { "graphql_error" };
+        let response = match flavor {
+            Flavor::Standard => Json(result).into_response(),
+            Flavor::Bare if result.errors.is_empty() => Json(result.data).into_response(),
+            Flavor::Bare => graphql_problem(&result.errors),
+        };
+        (response, operation, outcome)
+    }
+    .instrument(span.clone())
+    .await;
+    span.record("operation", operation.as_str());
+    span.record("outcome", outcome);
+    counter!(REQUESTS, "endpoint" => endpoint, "operation" => operation, "outcome" => outcome).increment(1);
+    histogram!(REQUEST_SECONDS, "endpoint" => endpoint).record(started.elapsed().as_secs_f64());
+    response
+}
+
+fn graphql_problem(errors: &[ServerError]) -> Response {
+    let data = serde_json::to_value(errors).unwrap_or(Value::Null);
+    problem(
+        StatusCode::BAD_REQUEST,
+        "graphql-error",
+        "GraphQL-generated error.",
+        Some(("data", data)),
+    )
+}

@@ -1,0 +1,260 @@
+//! The PostgreSQL read side: every query the GraphQL service makes, and keypairs.
+
+use std::sync::atomic::Ordering;
+
+use sessionview_projection::{KernelRow, SessionRow};
+use sqlx::{Postgres, QueryBuilder, Row};
+use uuid::Uuid;
+
+use crate::postgres::{KERNEL_COLUMNS, SESSION_COLUMNS, kernel_from_row, session_from_row};
+use crate::read::{
+    CONTAINER_ORDER_KEYS, ContainerListQuery, KeyPair, KeyPairAdmin, Order, Page, ReadModel, Role,
+    SESSION_ORDER_KEYS, Scope, SessionListQuery,
+};
+use crate::{PgStore, StoreError};
+
+/// `col` prefixed by a table alias, for every column of a list.
+fn prefixed(alias: &str, columns: &str) -> String {
+    columns
+        .split(',')
+        .map(|c| format!("{alias}.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn push_scope(qb: &mut QueryBuilder<'_, Postgres>, alias: &str, scope: &Scope) {
+    if let Some(d) = &scope.domain_name {
+        qb.push(format!(" AND {alias}.domain_name = "))
+            .push_bind(d.clone());
+    }
+    if let Some(a) = &scope.access_key {
+        qb.push(format!(" AND {alias}.access_key = "))
+            .push_bind(a.clone());
+    }
+}
+
+fn push_order(
+    qb: &mut QueryBuilder<'_, Postgres>,
+    alias: &str,
+    order: Option<Order>,
+    allowed: &[&str],
+) -> Result<(), StoreError> {
+    match order {
+        None => {
+            qb.push(format!(
+                " ORDER BY {alias}.last_touched DESC, {alias}.id DESC"
+            ));
+        }
+        Some(o) => {
+            // The column is interpolated into SQL: it must come from the allow-list.
+            if !allowed.contains(&o.column) {
+                return Err(StoreError::Corrupt {
+                    table: "order",
+                    detail: format!("{:?} is not an orderable column", o.column),
+                });
+            }
+            let dir = if o.ascending { "ASC" } else { "DESC" };
+            qb.push(format!(
+                " ORDER BY {alias}.{col} {dir} NULLS LAST, {alias}.id {dir}",
+                col = o.column
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn push_session_filters(qb: &mut QueryBuilder<'_, Postgres>, q: &SessionListQuery) {
+    qb.push(" WHERE true");
+    push_scope(qb, "s", &q.scope);
+    if let Some(d) = &q.domain_name {
+        qb.push(" AND s.domain_name = ").push_bind(d.clone());
+    }
+    if let Some(a) = &q.access_key {
+        qb.push(" AND s.access_key = ").push_bind(a.clone());
+    }
+    if let Some(g) = q.group_id {
+        qb.push(" AND s.group_id = ").push_bind(g);
+    }
+    if !q.statuses.is_empty() {
+        let names: Vec<&str> = q.statuses.iter().map(|s| s.as_str()).collect();
+        qb.push(" AND s.status = ANY(").push_bind(names).push(")");
+    }
+}
+
+fn keypair_from_row(r: &sqlx::postgres::PgRow) -> Result<KeyPair, StoreError> {
+    let role: String = r.try_get("role")?;
+    Ok(KeyPair {
+        access_key: r.try_get("access_key")?,
+        secret_key: r.try_get("secret_key")?,
+        user_id: r.try_get("user_id")?,
+        user_email: r.try_get("user_email")?,
+        domain_name: r.try_get("domain_name")?,
+        role: role.parse::<Role>().map_err(|detail| StoreError::Corrupt {
+            table: "keypairs",
+            detail,
+        })?,
+        is_active: r.try_get("is_active")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+impl PgStore {
+    fn count_statements(&self, n: u64) {
+        self.statements.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+impl ReadModel for PgStore {
+    async fn list_sessions(&self, q: &SessionListQuery) -> Result<Page<SessionRow>, StoreError> {
+        let cols = prefixed("s", SESSION_COLUMNS);
+        let mut qb = QueryBuilder::new(format!("SELECT {cols} FROM sessions s"));
+        push_session_filters(&mut qb, q);
+        push_order(&mut qb, "s", q.order, SESSION_ORDER_KEYS)?;
+        qb.push(" LIMIT ").push_bind(q.limit);
+        qb.push(" OFFSET ").push_bind(q.offset);
+        let rows = qb.build().fetch_all(self.pool()).await?;
+        let items = rows
+            .iter()
+            .map(session_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let mut count = QueryBuilder::new("SELECT count(*) FROM sessions s");
+        push_session_filters(&mut count, q);
+        let total_count: i64 = count.build_query_scalar().fetch_one(self.pool()).await?;
+        self.count_statements(2);
+        Ok(Page { items, total_count })
+    }
+
+    async fn sessions_by_ids(
+        &self,
+        ids: &[Uuid],
+        scope: &Scope,
+    ) -> Result<Vec<SessionRow>, StoreError> {
+        let cols = prefixed("s", SESSION_COLUMNS);
+        let mut qb = QueryBuilder::new(format!("SELECT {cols} FROM sessions s WHERE s.id = ANY("));
+        qb.push_bind(ids.to_vec()).push(")");
+        push_scope(&mut qb, "s", scope);
+        let rows = qb.build().fetch_all(self.pool()).await?;
+        self.count_statements(1);
+        rows.iter().map(session_from_row).collect()
+    }
+
+    async fn containers_of(&self, session_ids: &[Uuid]) -> Result<Vec<KernelRow>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {KERNEL_COLUMNS} FROM kernels WHERE session_id = ANY($1) \
+             ORDER BY session_id, ordinal"
+        ))
+        .bind(session_ids)
+        .fetch_all(self.pool())
+        .await?;
+        self.count_statements(1);
+        rows.iter().map(kernel_from_row).collect()
+    }
+
+    async fn dependencies_of(
+        &self,
+        session_ids: &[Uuid],
+        scope: &Scope,
+    ) -> Result<Vec<(Uuid, SessionRow)>, StoreError> {
+        let cols = prefixed("s", SESSION_COLUMNS);
+        let mut qb = QueryBuilder::new(format!(
+            "SELECT d.session_id AS parent_id, {cols} FROM session_dependencies d \
+             JOIN sessions s ON s.id = d.depends_on WHERE d.session_id = ANY("
+        ));
+        qb.push_bind(session_ids.to_vec()).push(")");
+        push_scope(&mut qb, "s", scope);
+        qb.push(" ORDER BY d.session_id, d.ordinal");
+        let rows = qb.build().fetch_all(self.pool()).await?;
+        self.count_statements(1);
+        rows.iter()
+            .map(|r| Ok((r.try_get("parent_id")?, session_from_row(r)?)))
+            .collect()
+    }
+
+    async fn list_containers(&self, q: &ContainerListQuery) -> Result<Page<KernelRow>, StoreError> {
+        let cols = prefixed("k", KERNEL_COLUMNS);
+        let filters = |qb: &mut QueryBuilder<'_, Postgres>| {
+            qb.push(" JOIN sessions s ON s.id = k.session_id WHERE k.session_id = ")
+                .push_bind(q.session_id);
+            push_scope(qb, "s", &q.scope);
+            if let Some(role) = &q.role {
+                qb.push(" AND k.role = ").push_bind(role.clone());
+            }
+        };
+        let mut qb = QueryBuilder::new(format!("SELECT {cols} FROM kernels k"));
+        filters(&mut qb);
+        push_order(&mut qb, "k", q.order, CONTAINER_ORDER_KEYS)?;
+        qb.push(" LIMIT ").push_bind(q.limit);
+        qb.push(" OFFSET ").push_bind(q.offset);
+        let rows = qb.build().fetch_all(self.pool()).await?;
+        let items = rows
+            .iter()
+            .map(kernel_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut count = QueryBuilder::new("SELECT count(*) FROM kernels k");
+        filters(&mut count);
+        let total_count: i64 = count.build_query_scalar().fetch_one(self.pool()).await?;
+        self.count_statements(2);
+        Ok(Page { items, total_count })
+    }
+
+    async fn container(&self, id: Uuid, scope: &Scope) -> Result<Option<KernelRow>, StoreError> {
+        let cols = prefixed("k", KERNEL_COLUMNS);
+        let mut qb = QueryBuilder::new(format!(
+            "SELECT {cols} FROM kernels k JOIN sessions s ON s.id = k.session_id WHERE k.id = "
+        ));
+        qb.push_bind(id);
+        push_scope(&mut qb, "s", scope);
+        let row = qb.build().fetch_optional(self.pool()).await?;
+        self.count_statements(1);
+        row.as_ref().map(kernel_from_row).transpose()
+    }
+
+    async fn keypair(&self, access_key: &str) -> Result<Option<KeyPair>, StoreError> {
+        let row = sqlx::query("SELECT * FROM keypairs WHERE access_key = $1")
+            .bind(access_key)
+            .fetch_optional(self.pool())
+            .await?;
+        self.count_statements(1);
+        row.as_ref().map(keypair_from_row).transpose()
+    }
+
+    fn statements_executed(&self) -> u64 {
+        self.statements.load(Ordering::Relaxed)
+    }
+}
+
+impl KeyPairAdmin for PgStore {
+    async fn insert_keypair(&self, kp: &KeyPair) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO keypairs (access_key, secret_key, user_id, user_email, domain_name, role, \
+             is_active, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&kp.access_key)
+        .bind(&kp.secret_key)
+        .bind(kp.user_id)
+        .bind(&kp.user_email)
+        .bind(&kp.domain_name)
+        .bind(kp.role.as_str())
+        .bind(kp.is_active)
+        .bind(kp.created_at)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    async fn list_keypairs(&self) -> Result<Vec<KeyPair>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM keypairs ORDER BY created_at, access_key")
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(keypair_from_row).collect()
+    }
+
+    async fn deactivate_keypair(&self, access_key: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE keypairs SET is_active = false WHERE access_key = $1")
+            .bind(access_key)
+            .execute(self.pool())
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}

@@ -1,0 +1,217 @@
+//! The query side's interface: scoped, filtered, ordered, paginated reads and keypairs.
+
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+use sessionview_events::Status;
+use sessionview_projection::{KernelRow, SessionRow};
+use uuid::Uuid;
+
+use crate::StoreError;
+
+/// What a caller may see: `None` means unrestricted on that axis.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    /// Only sessions of this domain.
+    pub domain_name: Option<String>,
+    /// Only sessions of this access key.
+    pub access_key: Option<String>,
+}
+
+impl Scope {
+    /// Whether a session row lies inside this scope.
+    pub fn allows(&self, domain_name: &str, access_key: &str) -> bool {
+        self.domain_name.as_deref().is_none_or(|d| d == domain_name)
+            && self.access_key.as_deref().is_none_or(|a| a == access_key)
+    }
+}
+
+/// The orderable fields of `ComputeSession`, by GraphQL field name (= column name).
+pub const SESSION_ORDER_KEYS: &[&str] = &[
+    "id",
+    "name",
+    "type",
+    "tag",
+    "image",
+    "registry",
+    "cluster_template",
+    "domain_name",
+    "group_name",
+    "group_id",
+    "user_email",
+    "user_id",
+    "access_key",
+    "created_user_email",
+    "status",
+    "status_changed",
+    "status_info",
+    "created_at",
+    "terminated_at",
+    "startup_command",
+    "result",
+    "scaling_group",
+    "num_queries",
+];
+
+/// The orderable fields of `ComputeContainer` (not `agent`: only super-admins may see it).
+pub const CONTAINER_ORDER_KEYS: &[&str] = &[
+    "id",
+    "role",
+    "hostname",
+    "image",
+    "registry",
+    "status",
+    "status_changed",
+    "status_info",
+    "created_at",
+    "terminated_at",
+    "container_id",
+];
+
+/// An explicit order: a column from the allow-list and a direction. The default order (most
+/// recently touched first, `id` descending as tie-breaker) is `None`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Order {
+    pub column: &'static str,
+    pub ascending: bool,
+}
+
+/// `compute_session_list`.
+#[derive(Debug, Clone, Default)]
+pub struct SessionListQuery {
+    pub scope: Scope,
+    pub domain_name: Option<String>,
+    pub group_id: Option<Uuid>,
+    pub access_key: Option<String>,
+    /// Empty: every status.
+    pub statuses: Vec<Status>,
+    pub order: Option<Order>,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+/// `compute_container_list`.
+#[derive(Debug, Clone)]
+pub struct ContainerListQuery {
+    pub scope: Scope,
+    pub session_id: Uuid,
+    pub role: Option<String>,
+    pub order: Option<Order>,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+/// One page and the size of the whole filtered, scoped set.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub total_count: i64,
+}
+
+/// `superadmin`, `admin` (domain admin) or `user`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    SuperAdmin,
+    Admin,
+    User,
+}
+
+impl Role {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Role::SuperAdmin => "superadmin",
+            Role::Admin => "admin",
+            Role::User => "user",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "superadmin" => Ok(Role::SuperAdmin),
+            "admin" => Ok(Role::Admin),
+            "user" => Ok(Role::User),
+            other => Err(format!(
+                "unknown role {other:?}; valid roles are superadmin, admin, user"
+            )),
+        }
+    }
+}
+
+/// An API keypair and its owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPair {
+    pub access_key: String,
+    pub secret_key: String,
+    pub user_id: Uuid,
+    pub user_email: String,
+    pub domain_name: String,
+    pub role: Role,
+    pub is_active: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Reads the query service makes. Implementations never write the read model.
+pub trait ReadModel: Clone + Send + Sync + 'static {
+    /// One page of sessions and the count of the whole set.
+    fn list_sessions(
+        &self,
+        q: &SessionListQuery,
+    ) -> impl Future<Output = Result<Page<SessionRow>, StoreError>> + Send;
+
+    /// Sessions by id, inside `scope` (missing and out-of-scope ids are left out).
+    fn sessions_by_ids(
+        &self,
+        ids: &[Uuid],
+        scope: &Scope,
+    ) -> impl Future<Output = Result<Vec<SessionRow>, StoreError>> + Send;
+
+    /// The containers of many sessions, each session's ordered master first.
+    fn containers_of(
+        &self,
+        session_ids: &[Uuid],
+    ) -> impl Future<Output = Result<Vec<KernelRow>, StoreError>> + Send;
+
+    /// `(session, dependency)` pairs for many sessions, dependencies in scope and existing only,
+    /// in the order the session listed them.
+    fn dependencies_of(
+        &self,
+        session_ids: &[Uuid],
+        scope: &Scope,
+    ) -> impl Future<Output = Result<Vec<(Uuid, SessionRow)>, StoreError>> + Send;
+
+    /// One page of one session's containers (empty when the session is out of scope).
+    fn list_containers(
+        &self,
+        q: &ContainerListQuery,
+    ) -> impl Future<Output = Result<Page<KernelRow>, StoreError>> + Send;
+
+    /// One container, if it exists and its session is in scope.
+    fn container(
+        &self,
+        id: Uuid,
+        scope: &Scope,
+    ) -> impl Future<Output = Result<Option<KernelRow>, StoreError>> + Send;
+
+    /// A keypair by access key (active or not).
+    fn keypair(
+        &self,
+        access_key: &str,
+    ) -> impl Future<Output = Result<Option<KeyPair>, StoreError>> + Send;
+
+    /// Statements executed so far by this store handle (for tests and metrics).
+    fn statements_executed(&self) -> u64;
+}
+
+/// Keypair administration (the `sessionview keypair` command).
+pub trait KeyPairAdmin: Clone + Send + Sync + 'static {
+    fn insert_keypair(&self, kp: &KeyPair) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn list_keypairs(&self) -> impl Future<Output = Result<Vec<KeyPair>, StoreError>> + Send;
+    /// Returns whether the key existed.
+    fn deactivate_keypair(
+        &self,
+        access_key: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+}
