@@ -29,7 +29,9 @@ pub enum AuthError {
     MissingDate,
     #[error("cannot parse the request date {0:?} (expected ISO 8601)")]
     BadDate(String),
-    #[error("the request date {date} is {skew_secs} s away from the server clock (at most 900 s allowed)")]
+    #[error(
+        "the request date {date} is {skew_secs} s away from the server clock (at most 900 s allowed)"
+    )]
     ClockSkew { date: String, skew_secs: i64 },
     #[error("unknown access key {0:?}")]
     UnknownAccessKey(String),
@@ -93,7 +95,9 @@ fn hmac(key: &[u8], data: &[u8]) -> HmacSha256 {
 
 fn signing_key(secret_key: &str, date: &DateTime<FixedOffset>, host: &str) -> Vec<u8> {
     let day = date.format("%Y%m%d").to_string();
-    let k1 = hmac(secret_key.as_bytes(), day.as_bytes()).finalize().into_bytes();
+    let k1 = hmac(secret_key.as_bytes(), day.as_bytes())
+        .finalize()
+        .into_bytes();
     hmac(&k1, host.as_bytes()).finalize().into_bytes().to_vec()
 }
 
@@ -148,7 +152,11 @@ pub fn parse_date(text: &str) -> Result<DateTime<FixedOffset>, AuthError> {
     if let Ok(d) = DateTime::parse_from_rfc3339(t) {
         return Ok(d);
     }
-    for fmt in ["%Y-%m-%dT%H:%M:%S%.f%:z", "%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%d %H:%M:%S%.f%:z"] {
+    for fmt in [
+        "%Y-%m-%dT%H:%M:%S%.f%:z",
+        "%Y-%m-%dT%H:%M:%S%.f%z",
+        "%Y-%m-%d %H:%M:%S%.f%:z",
+    ] {
         if let Ok(d) = DateTime::parse_from_str(t, fmt) {
             return Ok(d);
         }
@@ -249,8 +257,14 @@ mod tests {
         let sig = sign(SECRET, &input(date)).unwrap();
         let at = Utc.with_ymd_and_hms(2020, 2, 16, 15, 47, 28).unwrap();
         assert_eq!(verify(SECRET, &input(date), &sig, at), Ok(()));
-        assert_eq!(verify(SECRET, &input(date), &sig.to_uppercase(), at), Ok(()));
-        assert_eq!(verify(SECRET, &input(date), &sig, at + TimeDelta::minutes(14)), Ok(()));
+        assert_eq!(
+            verify(SECRET, &input(date), &sig.to_uppercase(), at),
+            Ok(())
+        );
+        assert_eq!(
+            verify(SECRET, &input(date), &sig, at + TimeDelta::minutes(14)),
+            Ok(())
+        );
         assert!(matches!(
             verify(SECRET, &input(date), &sig, at + TimeDelta::minutes(16)),
             Err(AuthError::ClockSkew { .. })
@@ -259,10 +273,22 @@ mod tests {
             verify(SECRET, &input(date), &sig, at - TimeDelta::minutes(16)),
             Err(AuthError::ClockSkew { .. })
         ));
-        assert_eq!(verify("other", &input(date), &sig, at), Err(AuthError::BadSignature));
-        assert_eq!(verify(SECRET, &input(date), "zz", at), Err(AuthError::BadSignature));
-        let other_path = SigningInput { path_and_query: "/admin/gql", ..input(date) };
-        assert_eq!(verify(SECRET, &other_path, &sig, at), Err(AuthError::BadSignature));
+        assert_eq!(
+            verify("other", &input(date), &sig, at),
+            Err(AuthError::BadSignature)
+        );
+        assert_eq!(
+            verify(SECRET, &input(date), "zz", at),
+            Err(AuthError::BadSignature)
+        );
+        let other_path = SigningInput {
+            path_and_query: "/admin/gql",
+            ..input(date)
+        };
+        assert_eq!(
+            verify(SECRET, &other_path, &sig, at),
+            Err(AuthError::BadSignature)
+        );
     }
 
     #[test]
@@ -270,7 +296,10 @@ mod tests {
         let utc = parse_date("2020-02-16T15:47:28.997335").unwrap();
         assert_eq!(utc, parse_date("2020-02-16T15:47:28.997335+00:00").unwrap());
         assert!(parse_date("Sun, 16 Feb 2020 15:47:28 GMT").is_ok());
-        assert_eq!(parse_date("yesterday"), Err(AuthError::BadDate("yesterday".into())));
+        assert_eq!(
+            parse_date("yesterday"),
+            Err(AuthError::BadDate("yesterday".into()))
+        );
     }
 
     #[test]
@@ -285,14 +314,18 @@ mod tests {
     #[test]
     fn parses_the_authorization_header() {
         assert_eq!(
-            parse_authorization("BackendAI signMethod=HMAC-SHA256, credential=AKIAEXAMPLE:abc123").unwrap(),
+            parse_authorization("BackendAI signMethod=HMAC-SHA256, credential=AKIAEXAMPLE:abc123")
+                .unwrap(),
             ("AKIAEXAMPLE".into(), "abc123".into())
         );
         assert!(matches!(
             parse_authorization("BackendAI signMethod=HMAC-MD5, credential=a:b"),
             Err(AuthError::UnsupportedSignMethod(_))
         ));
-        assert!(matches!(parse_authorization("Bearer xyz"), Err(AuthError::MalformedAuthorization(_))));
+        assert!(matches!(
+            parse_authorization("Bearer xyz"),
+            Err(AuthError::MalformedAuthorization(_))
+        ));
         assert!(matches!(
             parse_authorization("BackendAI signMethod=HMAC-SHA256, credential=nocolon"),
             Err(AuthError::MalformedAuthorization(_))

@@ -31,8 +31,15 @@ const PROBLEM_BASE: &str = "https://api.backend.ai/probs/";
 
 /// Registers metric descriptions (call once after installing a recorder).
 pub fn describe_metrics() {
-    describe_counter!(REQUESTS, "GraphQL requests by endpoint, operation and outcome (ok, graphql_error, auth_failed, bad_request).");
-    describe_histogram!(REQUEST_SECONDS, metrics::Unit::Seconds, "Time to answer a GraphQL request, by endpoint.");
+    describe_counter!(
+        REQUESTS,
+        "GraphQL requests by endpoint, operation and outcome (ok, graphql_error, auth_failed, bad_request)."
+    );
+    describe_histogram!(
+        REQUEST_SECONDS,
+        metrics::Unit::Seconds,
+        "Time to answer a GraphQL request, by endpoint."
+    );
 }
 
 /// Options of the HTTP service.
@@ -206,7 +213,16 @@ async fn admin_graphql<R: ReadModel>(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    handle(state, method, uri, headers, body, Flavor::Bare, "/admin/graphql").await
+    handle(
+        state,
+        method,
+        uri,
+        headers,
+        body,
+        Flavor::Bare,
+        "/admin/graphql",
+    )
+    .await
 }
 
 async fn admin_gql<R: ReadModel>(
@@ -216,7 +232,16 @@ async fn admin_gql<R: ReadModel>(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    handle(state, method, uri, headers, body, Flavor::Standard, "/admin/gql").await
+    handle(
+        state,
+        method,
+        uri,
+        headers,
+        body,
+        Flavor::Standard,
+        "/admin/gql",
+    )
+    .await
 }
 
 async fn handle<R: ReadModel>(
@@ -229,7 +254,12 @@ async fn handle<R: ReadModel>(
     endpoint: &'static str,
 ) -> Response {
     let started = Instant::now();
-    let span = info_span!("graphql", endpoint, operation = tracing::field::Empty, outcome = tracing::field::Empty);
+    let span = info_span!(
+        "graphql",
+        endpoint,
+        operation = tracing::field::Empty,
+        outcome = tracing::field::Empty
+    );
     let (response, operation, outcome) = async {
         let caller = match authenticate(&state.store, &method, &uri, &headers).await {
             Ok(c) => c,
@@ -252,10 +282,20 @@ async fn handle<R: ReadModel>(
         };
         let parsed: GraphQlBody = match serde_json::from_slice(&body) {
             Ok(p) => p,
-            Err(e) => return (bad_params(format!("the request body is not valid JSON: {e}")), "anonymous".to_owned(), "bad_request"),
+            Err(e) => {
+                return (
+                    bad_params(format!("the request body is not valid JSON: {e}")),
+                    "anonymous".to_owned(),
+                    "bad_request",
+                );
+            }
         };
         let Some(query) = parsed.query else {
-            return (bad_params("the request body has no \"query\"".into()), "anonymous".to_owned(), "bad_request");
+            return (
+                bad_params("the request body has no \"query\"".into()),
+                "anonymous".to_owned(),
+                "bad_request",
+            );
         };
         let operation = operation_label(parsed.operation_name.as_deref());
         let mut request = Request::new(query);
@@ -265,13 +305,23 @@ async fn handle<R: ReadModel>(
         match parsed.variables {
             None | Some(Value::Null) => {}
             Some(v @ Value::Object(_)) => request = request.variables(Variables::from_json(v)),
-            Some(_) => return (bad_params("\"variables\" must be a JSON object".into()), operation, "bad_request"),
+            Some(_) => {
+                return (
+                    bad_params("\"variables\" must be a JSON object".into()),
+                    operation,
+                    "bad_request",
+                );
+            }
         }
         let result = state
             .schema
             .execute(prepare(request, state.store.clone(), caller))
             .await;
-        let outcome = if result.errors.is_empty() { "ok" } else { "graphql_error" };
+        let outcome = if result.errors.is_empty() {
+            "ok"
+        } else {
+            "graphql_error"
+        };
         let response = match flavor {
             Flavor::Standard => Json(result).into_response(),
             Flavor::Bare if result.errors.is_empty() => Json(result.data).into_response(),
@@ -283,7 +333,8 @@ async fn handle<R: ReadModel>(
     .await;
     span.record("operation", operation.as_str());
     span.record("outcome", outcome);
-    counter!(REQUESTS, "endpoint" => endpoint, "operation" => operation, "outcome" => outcome).increment(1);
+    counter!(REQUESTS, "endpoint" => endpoint, "operation" => operation, "outcome" => outcome)
+        .increment(1);
     histogram!(REQUEST_SECONDS, "endpoint" => endpoint).record(started.elapsed().as_secs_f64());
     response
 }

@@ -11,8 +11,7 @@ use std::sync::Arc;
 
 use async_graphql::dataloader::{DataLoader, Loader};
 use async_graphql::{
-    Context, EmptyMutation, EmptySubscription, Error, Object, Request, Result, Schema,
-    SimpleObject,
+    Context, EmptyMutation, EmptySubscription, Error, Object, Request, Result, Schema, SimpleObject,
 };
 use sessionview_events::Status;
 use sessionview_projection::{KernelRow, SessionRow};
@@ -31,31 +30,73 @@ type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The store's read side with its generics erased, so that GraphQL objects need no type parameter.
 pub(crate) trait Reads: Send + Sync {
-    fn list_sessions<'a>(&'a self, q: &'a SessionListQuery) -> BoxFuture<'a, Result<Page<SessionRow>, StoreError>>;
-    fn sessions_by_ids<'a>(&'a self, ids: &'a [Uuid], scope: &'a Scope) -> BoxFuture<'a, Result<Vec<SessionRow>, StoreError>>;
-    fn containers_of<'a>(&'a self, ids: &'a [Uuid]) -> BoxFuture<'a, Result<Vec<KernelRow>, StoreError>>;
-    fn dependencies_of<'a>(&'a self, ids: &'a [Uuid], scope: &'a Scope) -> BoxFuture<'a, Result<Vec<(Uuid, SessionRow)>, StoreError>>;
-    fn list_containers<'a>(&'a self, q: &'a ContainerListQuery) -> BoxFuture<'a, Result<Page<KernelRow>, StoreError>>;
-    fn container<'a>(&'a self, id: Uuid, scope: &'a Scope) -> BoxFuture<'a, Result<Option<KernelRow>, StoreError>>;
+    fn list_sessions<'a>(
+        &'a self,
+        q: &'a SessionListQuery,
+    ) -> BoxFuture<'a, Result<Page<SessionRow>, StoreError>>;
+    fn sessions_by_ids<'a>(
+        &'a self,
+        ids: &'a [Uuid],
+        scope: &'a Scope,
+    ) -> BoxFuture<'a, Result<Vec<SessionRow>, StoreError>>;
+    fn containers_of<'a>(
+        &'a self,
+        ids: &'a [Uuid],
+    ) -> BoxFuture<'a, Result<Vec<KernelRow>, StoreError>>;
+    fn dependencies_of<'a>(
+        &'a self,
+        ids: &'a [Uuid],
+        scope: &'a Scope,
+    ) -> BoxFuture<'a, Result<Vec<(Uuid, SessionRow)>, StoreError>>;
+    fn list_containers<'a>(
+        &'a self,
+        q: &'a ContainerListQuery,
+    ) -> BoxFuture<'a, Result<Page<KernelRow>, StoreError>>;
+    fn container<'a>(
+        &'a self,
+        id: Uuid,
+        scope: &'a Scope,
+    ) -> BoxFuture<'a, Result<Option<KernelRow>, StoreError>>;
 }
 
 impl<R: ReadModel> Reads for R {
-    fn list_sessions<'a>(&'a self, q: &'a SessionListQuery) -> BoxFuture<'a, Result<Page<SessionRow>, StoreError>> {
+    fn list_sessions<'a>(
+        &'a self,
+        q: &'a SessionListQuery,
+    ) -> BoxFuture<'a, Result<Page<SessionRow>, StoreError>> {
         Box::pin(ReadModel::list_sessions(self, q))
     }
-    fn sessions_by_ids<'a>(&'a self, ids: &'a [Uuid], scope: &'a Scope) -> BoxFuture<'a, Result<Vec<SessionRow>, StoreError>> {
+    fn sessions_by_ids<'a>(
+        &'a self,
+        ids: &'a [Uuid],
+        scope: &'a Scope,
+    ) -> BoxFuture<'a, Result<Vec<SessionRow>, StoreError>> {
         Box::pin(ReadModel::sessions_by_ids(self, ids, scope))
     }
-    fn containers_of<'a>(&'a self, ids: &'a [Uuid]) -> BoxFuture<'a, Result<Vec<KernelRow>, StoreError>> {
+    fn containers_of<'a>(
+        &'a self,
+        ids: &'a [Uuid],
+    ) -> BoxFuture<'a, Result<Vec<KernelRow>, StoreError>> {
         Box::pin(ReadModel::containers_of(self, ids))
     }
-    fn dependencies_of<'a>(&'a self, ids: &'a [Uuid], scope: &'a Scope) -> BoxFuture<'a, Result<Vec<(Uuid, SessionRow)>, StoreError>> {
+    fn dependencies_of<'a>(
+        &'a self,
+        ids: &'a [Uuid],
+        scope: &'a Scope,
+    ) -> BoxFuture<'a, Result<Vec<(Uuid, SessionRow)>, StoreError>> {
         Box::pin(ReadModel::dependencies_of(self, ids, scope))
     }
-    fn list_containers<'a>(&'a self, q: &'a ContainerListQuery) -> BoxFuture<'a, Result<Page<KernelRow>, StoreError>> {
+    fn list_containers<'a>(
+        &'a self,
+        q: &'a ContainerListQuery,
+    ) -> BoxFuture<'a, Result<Page<KernelRow>, StoreError>> {
         Box::pin(ReadModel::list_containers(self, q))
     }
-    fn container<'a>(&'a self, id: Uuid, scope: &'a Scope) -> BoxFuture<'a, Result<Option<KernelRow>, StoreError>> {
+    fn container<'a>(
+        &'a self,
+        id: Uuid,
+        scope: &'a Scope,
+    ) -> BoxFuture<'a, Result<Option<KernelRow>, StoreError>> {
         Box::pin(ReadModel::container(self, id, scope))
     }
 }
@@ -123,7 +164,9 @@ pub fn prepare<R: ReadModel>(request: Request, store: R, caller: Caller) -> Requ
     let scope = caller.scope();
     request
         .data(DataLoader::new(
-            ContainerLoader { db: Arc::clone(&db) },
+            ContainerLoader {
+                db: Arc::clone(&db),
+            },
             tokio::spawn,
         ))
         .data(DataLoader::new(
@@ -275,7 +318,9 @@ impl ComputeSession {
         Some(&self.0.result)
     }
     async fn resource_opts(&self) -> Option<JsonString> {
-        Some(JsonString(serde_json::Value::Object(self.0.resource_opts.clone())))
+        Some(JsonString(serde_json::Value::Object(
+            self.0.resource_opts.clone(),
+        )))
     }
     async fn scaling_group(&self) -> Option<&str> {
         self.0.scaling_group.as_deref()
@@ -319,7 +364,9 @@ impl ComputeSession {
             .await
             .map_err(|e| store_error(&e))?
             .unwrap_or_default();
-        Ok(Some(rows.into_iter().map(|s| Some(ComputeSession(s))).collect()))
+        Ok(Some(
+            rows.into_iter().map(|s| Some(ComputeSession(s))).collect(),
+        ))
     }
 }
 
@@ -378,7 +425,9 @@ impl ComputeContainer {
         self.row.container_id.as_deref()
     }
     async fn resource_opts(&self) -> Option<JsonString> {
-        Some(JsonString(serde_json::Value::Object(self.row.resource_opts.clone())))
+        Some(JsonString(serde_json::Value::Object(
+            self.row.resource_opts.clone(),
+        )))
     }
     async fn occupied_slots(&self) -> Option<JsonString> {
         Some(JsonString(self.row.occupied_slots.to_json()))
@@ -436,22 +485,33 @@ fn check_page(limit: i32, offset: i32, limits: &Limits) -> Result<()> {
         )));
     }
     if offset < 0 {
-        return Err(Error::new(format!("offset must be 0 or more, got {offset}")));
+        return Err(Error::new(format!(
+            "offset must be 0 or more, got {offset}"
+        )));
     }
     Ok(())
 }
 
 /// Parses the comma-separated `status` argument; `None` or only blanks mean every status.
 pub fn parse_statuses(arg: Option<&str>) -> Result<Vec<Status>> {
-    let Some(arg) = arg else { return Ok(Vec::new()) };
+    let Some(arg) = arg else {
+        return Ok(Vec::new());
+    };
     arg.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<Status>().map_err(|e| Error::new(format!("status: {e}"))))
+        .map(|s| {
+            s.parse::<Status>()
+                .map_err(|e| Error::new(format!("status: {e}")))
+        })
         .collect()
 }
 
-fn parse_order(key: Option<&str>, asc: Option<bool>, allowed: &[&'static str]) -> Result<Option<Order>> {
+fn parse_order(
+    key: Option<&str>,
+    asc: Option<bool>,
+    allowed: &[&'static str],
+) -> Result<Option<Order>> {
     let Some(key) = key else { return Ok(None) };
     let column = allowed.iter().find(|k| **k == key).ok_or_else(|| {
         Error::new(format!(
@@ -473,7 +533,11 @@ fn clamp_count(n: i64) -> i32 {
 #[derive(Debug)]
 pub struct Queries;
 
-#[Object(name = "Queries", rename_fields = "snake_case", rename_args = "snake_case")]
+#[Object(
+    name = "Queries",
+    rename_fields = "snake_case",
+    rename_args = "snake_case"
+)]
 impl Queries {
     /// One session by id; null when it does not exist or the caller may not see it.
     async fn compute_session(&self, ctx: &Context<'_>, id: Uuid) -> Result<Option<ComputeSession>> {
@@ -512,7 +576,11 @@ impl Queries {
             return Err(Error::new(format!(
                 "domain_name {d:?} is outside your domain {:?}: a{} {} may query only its own domain",
                 own.domain_name,
-                if caller.role() == Role::Admin { "n" } else { "" },
+                if caller.role() == Role::Admin {
+                    "n"
+                } else {
+                    ""
+                },
                 caller.role().as_str()
             )));
         }
@@ -526,8 +594,7 @@ impl Queries {
         }
         let group_id = group_id
             .map(|g| {
-                Uuid::parse_str(&g)
-                    .map_err(|_| Error::new(format!("group_id {g:?} is not a UUID")))
+                Uuid::parse_str(&g).map_err(|_| Error::new(format!("group_id {g:?} is not a UUID")))
             })
             .transpose()?;
         let q = SessionListQuery {
@@ -552,7 +619,11 @@ impl Queries {
     }
 
     /// One container by id; null when it does not exist or the caller may not see its session.
-    async fn compute_container(&self, ctx: &Context<'_>, id: Uuid) -> Result<Option<ComputeContainer>> {
+    async fn compute_container(
+        &self,
+        ctx: &Context<'_>,
+        id: Uuid,
+    ) -> Result<Option<ComputeContainer>> {
         let db = ctx.data::<Db>()?;
         let caller = ctx.data::<Caller>()?;
         let row = db
@@ -634,24 +705,49 @@ mod tests {
             vec![Status::Running, Status::Terminated]
         );
         let err = parse_statuses(Some("RUNNING,DONE")).unwrap_err().message;
-        assert!(err.contains("\"DONE\"") && err.contains("PENDING, PREPARING"), "{err}");
+        assert!(
+            err.contains("\"DONE\"") && err.contains("PENDING, PREPARING"),
+            "{err}"
+        );
     }
 
     #[test]
     fn order_key_must_be_known() {
-        let o = parse_order(Some("created_at"), Some(true), SESSION_ORDER_KEYS).unwrap().unwrap();
+        let o = parse_order(Some("created_at"), Some(true), SESSION_ORDER_KEYS)
+            .unwrap()
+            .unwrap();
         assert_eq!((o.column, o.ascending), ("created_at", true));
-        assert!(!parse_order(Some("name"), None, SESSION_ORDER_KEYS).unwrap().unwrap().ascending);
-        let err = parse_order(Some("agent"), None, CONTAINER_ORDER_KEYS).unwrap_err().message;
-        assert!(err.contains("\"agent\"") && err.contains("container_id"), "{err}");
+        assert!(
+            !parse_order(Some("name"), None, SESSION_ORDER_KEYS)
+                .unwrap()
+                .unwrap()
+                .ascending
+        );
+        let err = parse_order(Some("agent"), None, CONTAINER_ORDER_KEYS)
+            .unwrap_err()
+            .message;
+        assert!(
+            err.contains("\"agent\"") && err.contains("container_id"),
+            "{err}"
+        );
     }
 
     #[test]
     fn pages_are_checked_not_clamped() {
         let l = Limits::default();
         assert!(check_page(1000, 0, &l).is_ok());
-        assert!(check_page(1001, 0, &l).unwrap_err().message.contains("between 1 and 1000, got 1001"));
+        assert!(
+            check_page(1001, 0, &l)
+                .unwrap_err()
+                .message
+                .contains("between 1 and 1000, got 1001")
+        );
         assert!(check_page(0, 0, &l).is_err());
-        assert!(check_page(10, -1, &l).unwrap_err().message.contains("got -1"));
+        assert!(
+            check_page(10, -1, &l)
+                .unwrap_err()
+                .message
+                .contains("got -1")
+        );
     }
 }

@@ -155,7 +155,10 @@ pub(crate) async fn keypair(cmd: KeypairCommand) -> anyhow::Result<()> {
                 &args.domain,
                 args.user_id.unwrap_or_else(Uuid::new_v4),
             );
-            store.insert_keypair(&kp).await.context("storing the keypair")?;
+            store
+                .insert_keypair(&kp)
+                .await
+                .context("storing the keypair")?;
             println!("access_key: {}", kp.access_key);
             println!("secret_key: {}", kp.secret_key);
             println!(
@@ -170,7 +173,10 @@ pub(crate) async fn keypair(cmd: KeypairCommand) -> anyhow::Result<()> {
         KeypairCommand::List(db) => {
             let store = db.connect().await?;
             let all = store.list_keypairs().await.context("reading keypairs")?;
-            println!("{:<22} {:<10} {:<7} {:<16} EMAIL", "ACCESS KEY", "ROLE", "ACTIVE", "DOMAIN");
+            println!(
+                "{:<22} {:<10} {:<7} {:<16} EMAIL",
+                "ACCESS KEY", "ROLE", "ACTIVE", "DOMAIN"
+            );
             for kp in all {
                 println!(
                     "{:<22} {:<10} {:<7} {:<16} {}",

@@ -1,0 +1,237 @@
+//! Shared set-up for the query service's tests: a fresh PostgreSQL database holding a simulated
+//! cluster plus the seed's example session, and keypairs for every role.
+
+#![allow(
+    dead_code,
+    unreachable_pub,
+    reason = "each test binary uses a different subset"
+)]
+
+use sessionview_projection::{Fold, Position, SessionState};
+use sessionview_simulator::{SimConfig, Simulator};
+use sessionview_store::{
+    Advance, Commit, CommitOutcome, KeyPair, KeyPairAdmin, PgStore, Role, Store,
+};
+use sqlx::Connection;
+use uuid::Uuid;
+
+pub const SEED_SESSION: &str = "12c45b55-ce3c-418d-9c58-223bbba307f1";
+pub const SEED_USER_AK: &str = "AKIASEEDUSER00000001";
+
+pub struct Fixture {
+    db_name: String,
+    pub url: String,
+    pub store: PgStore,
+    /// Every session in the database, by id.
+    pub sessions: Vec<SessionState>,
+    pub superadmin: KeyPair,
+    /// Admin of the "default" domain.
+    pub admin: KeyPair,
+    /// A user of the "default" domain who owns sessions.
+    pub user: KeyPair,
+    pub inactive: KeyPair,
+}
+
+fn admin_url() -> String {
+    std::env::var("SESSIONVIEW_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn keypair(ak: &str, role: Role, domain: &str, email: &str, active: bool) -> KeyPair {
+    KeyPair {
+        access_key: ak.into(),
+        secret_key: format!("secret-of-{ak}-0123456789abcdefghijklmnop"),
+        user_id: Uuid::new_v4(),
+        user_email: email.into(),
+        domain_name: domain.into(),
+        role,
+        is_active: active,
+        created_at: chrono::Utc::now(),
+    }
+}
+
+/// The seed's example session: 3 containers on 3 agents, running since the seed's timestamp.
+fn seed_session_events() -> Vec<Vec<u8>> {
+    let s = SEED_SESSION;
+    let k2 = "12c45b55-ce3c-418d-9c58-223bbba307f2";
+    let k3 = "12c45b55-ce3c-418d-9c58-223bbba307f3";
+    let env = |n: u32, ty: &str, at: &str, kernel: Option<&str>, payload: serde_json::Value| {
+        serde_json::json!({
+            "event_id": format!("00000000-0000-4000-8000-{n:012}"),
+            "event_type": ty, "schema_version": 1, "occurred_at": at,
+            "session_id": s, "kernel_id": kernel, "payload": payload,
+        })
+        .to_string()
+        .into_bytes()
+    };
+    let slots = serde_json::json!({"cpu": "1", "mem": "1073741824"});
+    vec![
+        env(
+            1,
+            "session_enqueued",
+            "2020-02-16T15:40:00.000000+00:00",
+            None,
+            serde_json::json!({
+                "name": "mysession", "type": "interactive", "image": "python:3.6-ubuntu18.04",
+                "registry": "index.docker.io", "domain_name": "default", "group_name": "default",
+                "user_email": "user@lablup.com", "access_key": SEED_USER_AK,
+                "group_id": "2de2b969-1d04-48a6-af16-0bc8adb3c831",
+                "user_id": "f38dea23-50fa-42a0-b5ae-338f5f4693f4",
+                "kernels": [
+                    {"kernel_id": s, "role": "master", "occupied_slots": slots},
+                    {"kernel_id": k2, "role": "slave", "occupied_slots": slots},
+                    {"kernel_id": k3, "role": "slave", "occupied_slots": slots},
+                ],
+            }),
+        ),
+        env(
+            2,
+            "session_scheduled",
+            "2020-02-16T15:41:00.000000+00:00",
+            None,
+            serde_json::json!({
+                "scaling_group": "default",
+                "agents": {s: "i-agent01", k2: "i-agent02", k3: "i-agent03"},
+            }),
+        ),
+        env(
+            3,
+            "kernel_started",
+            "2020-02-16T15:47:20.000000+00:00",
+            Some(k2),
+            serde_json::json!({"container_id": "c2"}),
+        ),
+        env(
+            4,
+            "kernel_started",
+            "2020-02-16T15:47:21.000000+00:00",
+            Some(k3),
+            serde_json::json!({"container_id": "c3"}),
+        ),
+        env(
+            5,
+            "kernel_started",
+            "2020-02-16T15:47:28.997335+00:00",
+            Some(s),
+            serde_json::json!({"container_id": "c1", "service_ports": []}),
+        ),
+    ]
+}
+
+impl Fixture {
+    pub async fn new() -> Self {
+        let admin = admin_url();
+        let db_name = format!("sv_test_{}", Uuid::new_v4().simple());
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL at {admin} is needed for this test: {e}"));
+        sqlx::query(&format!("CREATE DATABASE {db_name}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+        let url = format!("{base}/{db_name}");
+        let store = PgStore::connect(&url, 8).await.unwrap();
+        store.migrate().await.unwrap();
+
+        // A simulated cluster (3 domains, several users) plus the seed's example session.
+        let mut fold = Fold::new();
+        let sim = Simulator::new(SimConfig {
+            sessions: 400,
+            seed: 31,
+            ..SimConfig::default()
+        });
+        let mut n = 0i64;
+        for bytes in sim.map(|m| m.bytes).chain(seed_session_events()) {
+            fold.apply_bytes(
+                "fixture",
+                Position {
+                    partition: 0,
+                    offset: n,
+                },
+                &bytes,
+            );
+            n += 1;
+        }
+        let changes = fold.finish();
+        let advances = [Advance {
+            partition: 0,
+            expected: None,
+            next: n,
+        }];
+        let outcome = store
+            .commit(Commit {
+                source: "fixture",
+                advances: &advances,
+                changes: &changes,
+            })
+            .await
+            .unwrap();
+        assert_eq!(outcome, CommitOutcome::Committed);
+        let sessions = store.all_sessions().await.unwrap();
+
+        // The "default" domain user with the most sessions.
+        let mut counts = std::collections::HashMap::<&str, usize>::new();
+        for s in sessions
+            .iter()
+            .filter(|s| s.session.domain_name == "default")
+        {
+            *counts.entry(s.session.access_key.as_str()).or_default() += 1;
+        }
+        let (user_ak, _) = counts.iter().max_by_key(|(_, n)| **n).unwrap();
+        let user_email = sessions
+            .iter()
+            .find(|s| s.session.access_key == *user_ak)
+            .unwrap()
+            .session
+            .user_email
+            .clone();
+        let superadmin = keypair(
+            "AKIASUPERADMIN000001",
+            Role::SuperAdmin,
+            "default",
+            "root@example.com",
+            true,
+        );
+        let admin_kp = keypair(
+            "AKIADOMAINADMIN00001",
+            Role::Admin,
+            "default",
+            "admin@example.com",
+            true,
+        );
+        let user = keypair(user_ak, Role::User, "default", &user_email, true);
+        let inactive = keypair(
+            "AKIAINACTIVE00000001",
+            Role::SuperAdmin,
+            "default",
+            "old@example.com",
+            false,
+        );
+        for kp in [&superadmin, &admin_kp, &user, &inactive] {
+            store.insert_keypair(kp).await.unwrap();
+        }
+        Self {
+            db_name,
+            url,
+            store,
+            sessions,
+            superadmin,
+            admin: admin_kp,
+            user,
+            inactive,
+        }
+    }
+
+    pub async fn drop(self) {
+        self.store.pool().close().await;
+        let mut conn = sqlx::PgConnection::connect(&admin_url()).await.unwrap();
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.db_name
+        ))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+}

@@ -1,0 +1,444 @@
+//! Schema tests: the GraphQL schema executed directly (no HTTP) against a real PostgreSQL read
+//! model, one caller per role.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a panic is a failed test"
+)]
+
+mod common;
+
+use std::collections::HashSet;
+
+use async_graphql::{Request, Variables};
+use common::Fixture;
+use serde_json::{Value, json};
+use sessionview_query::{Caller, Limits, build_schema, prepare};
+use sessionview_store::{KeyPair, ReadModel};
+
+async fn run(fx: &Fixture, kp: &KeyPair, query: &str, vars: Value) -> async_graphql::Response {
+    run_with(Limits::default(), fx, kp, query, vars).await
+}
+
+async fn run_with(
+    limits: Limits,
+    fx: &Fixture,
+    kp: &KeyPair,
+    query: &str,
+    vars: Value,
+) -> async_graphql::Response {
+    let schema = build_schema(limits);
+    let req = Request::new(query).variables(Variables::from_json(vars));
+    schema
+        .execute(prepare(
+            req,
+            fx.store.clone(),
+            Caller {
+                keypair: kp.clone(),
+            },
+        ))
+        .await
+}
+
+async fn data(fx: &Fixture, kp: &KeyPair, query: &str, vars: Value) -> Value {
+    let resp = run(fx, kp, query, vars).await;
+    assert!(resp.errors.is_empty(), "{:?}", resp.errors);
+    resp.data.into_json().unwrap()
+}
+
+async fn error(fx: &Fixture, kp: &KeyPair, query: &str, vars: Value) -> String {
+    let resp = run(fx, kp, query, vars).await;
+    assert!(
+        !resp.errors.is_empty(),
+        "expected an error, got {:?}",
+        resp.data
+    );
+    resp.errors[0].message.clone()
+}
+
+const LIST: &str = "query($limit: Int!, $offset: Int!, $dn: String, $ak: String, $g: String, $status: String) {
+  compute_session_list(limit: $limit, offset: $offset, domain_name: $dn, access_key: $ak, group_id: $g, status: $status) {
+    total_count items { id domain_name access_key containers { id agent } dependencies { id domain_name access_key } }
+  }
+}";
+
+fn ids(list: &Value) -> HashSet<String> {
+    list["compute_session_list"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn total(list: &Value) -> usize {
+    list["compute_session_list"]["total_count"]
+        .as_u64()
+        .unwrap() as usize
+}
+
+#[tokio::test]
+async fn each_role_lists_exactly_its_scope() {
+    let fx = Fixture::new().await;
+    let all = fx.sessions.len();
+    let in_default = fx
+        .sessions
+        .iter()
+        .filter(|s| s.session.domain_name == "default")
+        .count();
+    let own = fx
+        .sessions
+        .iter()
+        .filter(|s| s.session.access_key == fx.user.access_key)
+        .count();
+    assert!(all > in_default && in_default > own && own > 0);
+
+    let vars = json!({"limit": 1000, "offset": 0});
+    let d = data(&fx, &fx.superadmin, LIST, vars.clone()).await;
+    assert_eq!((total(&d), ids(&d).len()), (all, all));
+
+    let d = data(&fx, &fx.admin, LIST, vars.clone()).await;
+    assert_eq!((total(&d), ids(&d).len()), (in_default, in_default));
+    for item in d["compute_session_list"]["items"].as_array().unwrap() {
+        assert_eq!(item["domain_name"], "default");
+        for c in item["containers"].as_array().unwrap() {
+            assert_eq!(c["agent"], Value::Null, "agent is super-admin only");
+        }
+        for dep in item["dependencies"].as_array().unwrap() {
+            assert_eq!(dep["domain_name"], "default", "dependencies are scoped too");
+        }
+    }
+
+    let d = data(&fx, &fx.user, LIST, vars.clone()).await;
+    assert_eq!((total(&d), ids(&d).len()), (own, own));
+    for item in d["compute_session_list"]["items"].as_array().unwrap() {
+        assert_eq!(item["access_key"], fx.user.access_key.as_str());
+        for dep in item["dependencies"].as_array().unwrap() {
+            assert_eq!(dep["access_key"], fx.user.access_key.as_str());
+        }
+    }
+    // The super-admin sees agents of scheduled containers.
+    let d = data(&fx, &fx.superadmin, LIST, vars).await;
+    let agents = d["compute_session_list"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|i| i["containers"].as_array().unwrap().iter())
+        .filter(|c| !c["agent"].is_null())
+        .count();
+    assert!(agents > 0);
+    fx.drop().await;
+}
+
+#[tokio::test]
+async fn forbidden_arguments_are_errors_and_filters_stay_in_scope() {
+    let fx = Fixture::new().await;
+    let research_ak = fx
+        .sessions
+        .iter()
+        .find(|s| s.session.domain_name == "research")
+        .unwrap()
+        .session
+        .access_key
+        .clone();
+    let other_default_ak = fx
+        .sessions
+        .iter()
+        .find(|s| s.session.domain_name == "default" && s.session.access_key != fx.user.access_key)
+        .unwrap()
+        .session
+        .access_key
+        .clone();
+
+    for kp in [&fx.admin, &fx.user] {
+        let e = error(
+            &fx,
+            kp,
+            LIST,
+            json!({"limit": 10, "offset": 0, "dn": "research"}),
+        )
+        .await;
+        assert!(
+            e.contains("\"research\"") && e.contains("outside your domain"),
+            "{e}"
+        );
+        // Their own domain, named explicitly, is fine.
+        data(
+            &fx,
+            kp,
+            LIST,
+            json!({"limit": 10, "offset": 0, "dn": "default"}),
+        )
+        .await;
+    }
+    let e = error(
+        &fx,
+        &fx.user,
+        LIST,
+        json!({"limit": 10, "offset": 0, "ak": other_default_ak}),
+    )
+    .await;
+    assert!(e.contains("not yours"), "{e}");
+
+    // An admin filtering by an access key outside its domain gets an empty list.
+    let d = data(
+        &fx,
+        &fx.admin,
+        LIST,
+        json!({"limit": 10, "offset": 0, "ak": research_ak}),
+    )
+    .await;
+    assert_eq!(total(&d), 0);
+    // ... and inside its domain, exactly that key's sessions.
+    let d = data(
+        &fx,
+        &fx.admin,
+        LIST,
+        json!({"limit": 1000, "offset": 0, "ak": other_default_ak}),
+    )
+    .await;
+    let expected = fx
+        .sessions
+        .iter()
+        .filter(|s| s.session.access_key == other_default_ak)
+        .count();
+    assert_eq!(total(&d), expected);
+    // The super-admin may name any domain.
+    let d = data(
+        &fx,
+        &fx.superadmin,
+        LIST,
+        json!({"limit": 1000, "offset": 0, "dn": "research"}),
+    )
+    .await;
+    let expected = fx
+        .sessions
+        .iter()
+        .filter(|s| s.session.domain_name == "research")
+        .count();
+    assert_eq!(total(&d), expected);
+    // group_id must be a UUID.
+    let e = error(
+        &fx,
+        &fx.superadmin,
+        LIST,
+        json!({"limit": 10, "offset": 0, "g": "grp"}),
+    )
+    .await;
+    assert!(e.contains("group_id \"grp\" is not a UUID"), "{e}");
+    fx.drop().await;
+}
+
+#[tokio::test]
+async fn single_items_are_null_outside_the_scope() {
+    let fx = Fixture::new().await;
+    let q = "query($id: UUID!) { compute_session(id: $id) { id containers { id } } compute_container(id: $id) { id agent } }";
+    let research = fx
+        .sessions
+        .iter()
+        .find(|s| s.session.domain_name == "research")
+        .unwrap();
+    let other_user = fx
+        .sessions
+        .iter()
+        .find(|s| s.session.domain_name == "default" && s.session.access_key != fx.user.access_key)
+        .unwrap();
+    let own = fx
+        .sessions
+        .iter()
+        .find(|s| s.session.access_key == fx.user.access_key)
+        .unwrap();
+
+    let visible = |d: &Value| !d["compute_session"].is_null() && !d["compute_container"].is_null();
+    let check = async |kp: &KeyPair, id: uuid::Uuid| data(&fx, kp, q, json!({"id": id})).await;
+    assert!(visible(&check(&fx.superadmin, research.session.id).await));
+    assert!(!visible(&check(&fx.admin, research.session.id).await));
+    assert!(visible(&check(&fx.admin, other_user.session.id).await));
+    assert!(!visible(&check(&fx.user, other_user.session.id).await));
+    assert!(visible(&check(&fx.user, own.session.id).await));
+    assert!(!visible(&check(&fx.superadmin, uuid::Uuid::new_v4()).await));
+
+    // Container lists of an invisible session are empty, not an error.
+    let cl = "query($s: UUID!) { compute_container_list(limit: 10, offset: 0, session_id: $s) { total_count items { id } } }";
+    let d = data(&fx, &fx.user, cl, json!({"s": other_user.session.id})).await;
+    assert_eq!(
+        d["compute_container_list"],
+        json!({"total_count": 0, "items": []})
+    );
+    let d = data(&fx, &fx.admin, cl, json!({"s": other_user.session.id})).await;
+    assert_eq!(
+        d["compute_container_list"]["total_count"].as_u64().unwrap() as usize,
+        other_user.kernels.len()
+    );
+    fx.drop().await;
+}
+
+#[tokio::test]
+async fn a_page_of_sessions_with_children_costs_a_constant_number_of_statements() {
+    let fx = Fixture::new().await;
+    let q = "query($limit: Int!) { compute_session_list(limit: $limit, offset: 0) {
+        total_count items { id containers { id role } dependencies { id containers { id } } } } }";
+    let mut costs = Vec::new();
+    for limit in [10, 100] {
+        let before = fx.store.statements_executed();
+        let d = data(&fx, &fx.superadmin, q, json!({"limit": limit})).await;
+        assert_eq!(
+            d["compute_session_list"]["items"].as_array().unwrap().len(),
+            limit
+        );
+        costs.push(fx.store.statements_executed() - before);
+    }
+    // list + count, all containers, all dependencies, the dependencies' containers (the loader may
+    // fold the last into the first batch): at most 5, whatever the page size.
+    assert_eq!(
+        costs[0], costs[1],
+        "statements for 10 and 100 sessions: {costs:?}"
+    );
+    assert!(costs[0] <= 5, "{costs:?}");
+    fx.drop().await;
+}
+
+#[tokio::test]
+async fn ordering_pagination_and_filters() {
+    let fx = Fixture::new().await;
+    let q = "query($o: Int!, $k: String, $asc: Boolean, $status: String) {
+        compute_session_list(limit: 7, offset: $o, order_key: $k, order_asc: $asc, status: $status) { total_count items { id name status } } }";
+    // Default order: pages never overlap or skip.
+    let mut seen = Vec::new();
+    for page in 0..5 {
+        let d = data(&fx, &fx.superadmin, q, json!({"o": page * 7})).await;
+        seen.extend(ids(&d));
+    }
+    let unique: HashSet<_> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len());
+    // Explicit order by name ascending.
+    let d = data(
+        &fx,
+        &fx.superadmin,
+        q,
+        json!({"o": 0, "k": "name", "asc": true}),
+    )
+    .await;
+    let names: Vec<String> = d["compute_session_list"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_owned())
+        .collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted);
+    // A status list with spaces.
+    let d = data(
+        &fx,
+        &fx.superadmin,
+        q,
+        json!({"o": 0, "status": "RUNNING, CANCELLED"}),
+    )
+    .await;
+    let expected = fx
+        .sessions
+        .iter()
+        .filter(|s| matches!(s.session.status.as_str(), "RUNNING" | "CANCELLED"))
+        .count();
+    assert_eq!(total(&d), expected);
+    for i in d["compute_session_list"]["items"].as_array().unwrap() {
+        assert!(matches!(
+            i["status"].as_str().unwrap(),
+            "RUNNING" | "CANCELLED"
+        ));
+    }
+    fx.drop().await;
+}
+
+#[tokio::test]
+async fn refusals_are_clear_graphql_errors() {
+    let fx = Fixture::new().await;
+    let su = &fx.superadmin;
+    let list = |args: &str| format!("{{ compute_session_list({args}) {{ total_count }} }}");
+    let e = error(&fx, su, &list("limit: 1001, offset: 0"), json!({})).await;
+    assert!(e.contains("between 1 and 1000, got 1001"), "{e}");
+    let e = error(&fx, su, &list("limit: 10, offset: -1"), json!({})).await;
+    assert!(e.contains("offset must be 0 or more, got -1"), "{e}");
+    let e = error(
+        &fx,
+        su,
+        &list("limit: 10, offset: 0, status: \"RUNNING,SLEEPING\""),
+        json!({}),
+    )
+    .await;
+    assert!(
+        e.contains("\"SLEEPING\"") && e.contains("TERMINATED"),
+        "{e}"
+    );
+    let e = error(
+        &fx,
+        su,
+        &list("limit: 10, offset: 0, order_key: \"agent\""),
+        json!({}),
+    )
+    .await;
+    assert!(
+        e.contains("unknown order_key \"agent\"") && e.contains("created_at"),
+        "{e}"
+    );
+    // Depth: dependencies nested beyond the limit.
+    let mut deep = String::from("id");
+    for _ in 0..12 {
+        deep = format!("dependencies {{ {deep} }}");
+    }
+    // (Complexity is lifted here so that depth alone decides.)
+    let lifted = Limits {
+        max_complexity: usize::MAX,
+        ..Limits::default()
+    };
+    let q = format!("{{ compute_session_list(limit: 1, offset: 0) {{ items {{ {deep} }} }} }}");
+    let resp = run_with(lifted, &fx, su, &q, json!({})).await;
+    let e = &resp.errors[0].message;
+    assert!(e.to_lowercase().contains("nested too deep"), "{e}");
+    // Complexity: the largest page with every nested field.
+    let heavy = "{ compute_session_list(limit: 1000, offset: 0) { items { id name status containers { id role agent status live_stat last_stat occupied_slots } dependencies { id containers { id status } } } } }";
+    let e = error(&fx, su, heavy, json!({})).await;
+    assert!(e.to_lowercase().contains("too complex"), "{e}");
+    fx.drop().await;
+}
+
+#[tokio::test]
+async fn keypair_returns_the_callers_own_with_secret() {
+    let fx = Fixture::new().await;
+    let d = data(
+        &fx,
+        &fx.admin,
+        "{ keypair { access_key secret_key is_admin is_active role domain_name user_email } }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        d["keypair"],
+        json!({
+            "access_key": fx.admin.access_key, "secret_key": fx.admin.secret_key, "is_admin": true,
+            "is_active": true, "role": "admin", "domain_name": "default", "user_email": "admin@example.com"
+        })
+    );
+    fx.drop().await;
+}
+
+#[tokio::test]
+async fn scalars_are_serialized_as_the_seed_shows() {
+    let fx = Fixture::new().await;
+    let q = "query($id: UUID!) { compute_session(id: $id) { id status_changed created_at terminated_at occupied_slots resource_opts service_ports mounts num_queries created_user_uuid created_user_id } }";
+    let d = data(&fx, &fx.superadmin, q, json!({"id": common::SEED_SESSION})).await;
+    let s = &d["compute_session"];
+    assert_eq!(s["status_changed"], "2020-02-16T15:47:28.997335+00:00");
+    assert_eq!(s["terminated_at"], Value::Null);
+    // JSONString: a JSON text inside a string, canonical slots summed over 3 containers.
+    let slots: Value = serde_json::from_str(s["occupied_slots"].as_str().unwrap()).unwrap();
+    assert_eq!(slots, json!({"cpu": "3", "mem": "3221225472"}));
+    assert_eq!(s["resource_opts"], "{}");
+    assert_eq!(s["service_ports"], "[]");
+    assert_eq!(s["mounts"], json!([]));
+    assert_eq!(s["num_queries"], 0);
+    assert_eq!(s["created_user_uuid"], Value::Null);
+    fx.drop().await;
+}
