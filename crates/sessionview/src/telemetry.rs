@@ -25,7 +25,7 @@ pub(crate) enum LogFormat {
 pub(crate) fn init_logging(format: LogFormat) {
     let filter = std::env::var("SESSIONVIEW_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info".into());
+        .unwrap_or_else(|_| "info,sqlx=warn".into());
     let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

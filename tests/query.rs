@@ -1,0 +1,222 @@
+//! End-to-end tests of the query service through the `sessionview` binary: the SDL snapshot, and
+//! `keypair create` → `serve` → a signed request over HTTP → metrics → `keypair deactivate`.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a panic is a failed test"
+)]
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sessionview_query::auth::{API_VERSION, SigningInput, sign};
+use support::*;
+use tokio::process::Command;
+
+/// Acceptance 2: `sessionview schema` prints exactly the committed SDL snapshot, which spells the
+/// contract's names and types.
+#[tokio::test]
+async fn schema_sdl_matches_the_snapshot() {
+    let out = Command::new(BIN).arg("schema").output().await.unwrap();
+    assert!(out.status.success());
+    let sdl = String::from_utf8(out.stdout).unwrap();
+    let snapshot = include_str!("snapshots/schema.graphql");
+    assert!(
+        sdl == snapshot,
+        "the GraphQL schema changed. If that is intended, review the contract and run\n  \
+         cargo run -q -- schema > tests/snapshots/schema.graphql\n--- got ---\n{sdl}"
+    );
+    // Spot checks against the contract, so the snapshot cannot drift silently with it.
+    for line in [
+        "compute_session(id: UUID!): ComputeSession",
+        "compute_session_list(limit: Int!, offset: Int!, order_key: String, order_asc: Boolean, domain_name: String, group_id: String, access_key: String, status: String): ComputeSessionList",
+        "compute_container(id: UUID!): ComputeContainer",
+        "compute_container_list(limit: Int!, offset: Int!, session_id: UUID!, role: String, order_key: String, order_asc: Boolean): ComputeContainerList",
+        "keypair: KeyPair",
+        "status_updated: DateTime @deprecated(reason: \"use status_changed\")",
+        "items: [ComputeSession]!",
+        "total_count: Int!",
+        "mounts: [String]",
+        "containers: [ComputeContainer]",
+        "dependencies: [ComputeSession]",
+        "num_queries: BigInt",
+        "created_user_uuid: UUID",
+        "created_user_id: UUID",
+        "live_stat: JSONString",
+        "query: Queries",
+    ] {
+        assert!(snapshot.contains(line), "missing from the SDL: {line}");
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn signed(host: &str, ak: &str, sk: &str, body: &Value) -> reqwest::Response {
+    let date = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, false);
+    let sig = sign(
+        sk,
+        &SigningInput {
+            method: "POST",
+            path_and_query: "/admin/graphql",
+            date: &date,
+            host,
+            content_type: "application/json",
+            version: API_VERSION,
+        },
+    )
+    .unwrap();
+    reqwest::Client::new()
+        .post(format!("http://{host}/admin/graphql"))
+        .header("Content-Type", "application/json")
+        .header("X-BackendAI-Version", API_VERSION)
+        .header("Date", date)
+        .header(
+            "Authorization",
+            format!("BackendAI signMethod=HMAC-SHA256, credential={ak}:{sig}"),
+        )
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keypair_serve_and_query_through_the_binary() {
+    let db = TestDb::new().await;
+    // A small archive, projected, so there is something to see.
+    let dir = std::env::temp_dir().join(format!("sv-query-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = format!("file://{}", dir.join("events.ndjson").display());
+    for args in [
+        vec!["simulate", "--sessions", "50", "--seed", "9", "--to", &file],
+        vec!["project", "--database-url", &db.url, "--source", &file],
+    ] {
+        let out = Command::new(BIN).args(&args).output().await.unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = Command::new(BIN)
+        .args([
+            "keypair",
+            "create",
+            "--database-url",
+            &db.url,
+            "--email",
+            "ops@example.com",
+            "--role",
+            "superadmin",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .unwrap()
+            .to_owned()
+    };
+    let (ak, sk) = (field("access_key"), field("secret_key"));
+    assert!(ak.starts_with("AKIA") && sk.len() == 40);
+    // Bad input is refused with a message naming it.
+    let out = Command::new(BIN)
+        .args([
+            "keypair",
+            "create",
+            "--database-url",
+            &db.url,
+            "--email",
+            "x@y.z",
+            "--role",
+            "root",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown role \"root\""));
+
+    let host = format!("127.0.0.1:{}", free_port());
+    let mut server = Command::new(BIN)
+        .args(["serve", "--database-url", &db.url, "--listen", &host])
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let mut up = false;
+    for _ in 0..100 {
+        if let Ok(r) = client.get(format!("http://{host}/readyz")).send().await
+            && r.status().is_success()
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(up, "sessionview serve did not become ready");
+
+    let body = json!({"query": "{ compute_session_list(limit: 5, offset: 0) { total_count items { id containers { id agent } } } }"});
+    let resp = signed(&host, &ak, &sk, &body).await;
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["compute_session_list"]["total_count"], 50);
+    assert_eq!(
+        v["compute_session_list"]["items"].as_array().unwrap().len(),
+        5
+    );
+
+    let metrics = client
+        .get(format!("http://{host}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("sessionview_query_requests_total{endpoint=\"/admin/graphql\",operation=\"anonymous\",outcome=\"ok\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("sessionview_query_request_seconds_bucket"));
+
+    let out = Command::new(BIN)
+        .args(["keypair", "deactivate", "--database-url", &db.url, &ak])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(signed(&host, &ak, &sk, &body).await.status(), 401);
+    let out = Command::new(BIN)
+        .args(["keypair", "list", "--database-url", &db.url])
+        .output()
+        .await
+        .unwrap();
+    let list = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        list.contains(&ak) && list.contains(" no ") && !list.contains(&sk),
+        "{list}"
+    );
+
+    server.start_kill().unwrap();
+    server.wait().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    db.drop().await;
+}
