@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::metrics;
-use crate::{BatchConfig, ProjectorError, Summary};
+use crate::{BatchConfig, ProjectorError, Summary, Until};
 
 /// One message from a source, tagged with the assignment epoch it was read under.
 #[derive(Debug, Clone)]
@@ -89,18 +89,44 @@ pub(crate) struct Applier<S> {
     source: String,
     shared: Arc<Shared>,
     cfg: BatchConfig,
+    until: Until,
+    progress: Option<Arc<AtomicU64>>,
     summary: Summary,
 }
 
 impl<S: Store> Applier<S> {
-    pub(crate) fn new(store: S, source: String, shared: Arc<Shared>, cfg: BatchConfig) -> Self {
+    pub(crate) fn new(
+        store: S,
+        source: String,
+        shared: Arc<Shared>,
+        cfg: BatchConfig,
+        until: Until,
+        progress: Option<Arc<AtomicU64>>,
+    ) -> Self {
         Self {
             store,
             source,
             shared,
             cfg,
+            until,
+            progress,
             summary: Summary::default(),
         }
+    }
+
+    /// With [`Until::Positions`]: whether every target partition has reached its target.
+    async fn reached_targets(&self) -> bool {
+        let Until::Positions(targets) = &self.until else {
+            return false;
+        };
+        let owned = self.shared.owned.lock().await;
+        targets.iter().all(|(p, target)| {
+            owned
+                .get(p)
+                .and_then(|s| s.next)
+                .is_some_and(|next| next >= *target)
+                || *target <= 0
+        })
     }
 
     /// Runs until the source ends, the channel closes, or `shutdown` fires; a batch in flight at
@@ -111,7 +137,11 @@ impl<S: Store> Applier<S> {
         shutdown: CancellationToken,
     ) -> Result<Summary, ProjectorError> {
         let started = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {
+            if self.reached_targets().await {
+                break;
+            }
             let mut batch = Vec::new();
             let mut finished = false;
             tokio::select! {
@@ -121,6 +151,9 @@ impl<S: Store> Applier<S> {
                     Some(Item::Message(m)) => batch.push(m),
                     Some(Item::End) | None => finished = true,
                 },
+                // Re-check the targets now and then: they may be met without a message (at
+                // assignment).
+                _ = tick.tick() => continue,
             }
             if !finished {
                 let deadline = tokio::time::Instant::now() + self.cfg.linger;
@@ -164,10 +197,14 @@ impl<S: Store> Applier<S> {
         // Only partitions still owned, under the epoch the messages were read in, and only
         // offsets not yet applied.
         let before = batch.len();
+        let targets = match &self.until {
+            Until::Positions(t) => Some(t),
+            _ => None,
+        };
         batch.retain(|m| {
             owned.get(&m.partition).is_some_and(|st| {
                 st.epoch == m.epoch && st.next.is_none_or(|next| m.offset >= next)
-            })
+            }) && targets.is_none_or(|t| t.get(&m.partition).is_some_and(|end| m.offset < *end))
         });
         if batch.len() < before {
             debug!(
@@ -285,6 +322,9 @@ impl<S: Store> Applier<S> {
     ) {
         self.summary.batches += 1;
         self.summary.messages += batch.len() as u64;
+        if let Some(p) = &self.progress {
+            p.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        }
         for ((ty, outcome), n) in &changes.tally {
             metrics::events(ty, *outcome, *n);
             *self.summary.outcomes.entry(*outcome).or_default() += n;

@@ -126,6 +126,32 @@ impl SourceConfig {
     }
 }
 
+/// When a projection run stops (besides a shutdown signal).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Until {
+    /// Keep following the source.
+    #[default]
+    Forever,
+    /// Stop once every assigned partition (or the file) has reached the end it had at start.
+    End,
+    /// Apply exactly up to these next offsets (partition → next offset) and stop; messages at or
+    /// beyond them, and of other partitions, are left alone. Replay uses it to align with the
+    /// live projector.
+    Positions(BTreeMap<i32, i64>),
+}
+
+/// Options of one projection run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub batch: BatchConfig,
+    pub until: Until,
+    /// Incremented by the number of messages of every committed batch (for progress displays).
+    pub progress: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// Kafka only: read partitions with a fresh consumer group of this name instead of the
+    /// configured group (replay must not take partitions from the live projector).
+    pub group_override: Option<String>,
+}
+
 /// How a projection run went.
 #[derive(Debug, Clone, Default)]
 pub struct Summary {
@@ -156,28 +182,40 @@ pub enum ProjectorError {
     SourceFailed(String),
 }
 
-/// Projects `source` into `store` until the source ends (`exit_at_end`, or the end of a file not
-/// followed) or `shutdown` fires. A batch in flight at shutdown is committed before returning.
+/// Projects `source` into `store` until `opts.until` is met or `shutdown` fires. A batch in
+/// flight at shutdown is committed before returning.
 pub async fn run<S: Store>(
     source: SourceConfig,
     store: S,
-    batch: BatchConfig,
-    exit_at_end: bool,
+    opts: RunOptions,
     shutdown: CancellationToken,
 ) -> Result<Summary, ProjectorError> {
     let shared = Arc::new(applier::Shared::default());
-    let (tx, rx) = mpsc::channel(batch.channel_capacity);
+    let (tx, rx) = mpsc::channel(opts.batch.channel_capacity);
     // The source stops when the applier is done, whatever the reason.
     let source_stop = shutdown.child_token();
+    let exit_at_end = opts.until == Until::End;
     let applier = applier::Applier::new(
         store.clone(),
         source.source_name(),
         Arc::clone(&shared),
-        batch,
+        opts.batch,
+        opts.until,
+        opts.progress,
     );
     match source {
-        SourceConfig::Kafka(cfg) => {
-            let thread = kafka::spawn(&cfg, store, shared, tx, exit_at_end, source_stop.clone())?;
+        SourceConfig::Kafka(mut cfg) => {
+            if let Some(group) = opts.group_override {
+                cfg.group = group;
+            }
+            let thread = kafka::spawn(
+                &cfg,
+                store,
+                shared,
+                tx,
+                exit_at_end,
+                source_stop.clone(),
+            )?;
             let result = applier.run(rx, shutdown).await;
             source_stop.cancel();
             tokio::task::spawn_blocking(move || thread.join())

@@ -14,11 +14,13 @@ use uuid::Uuid;
 
 mod error;
 mod postgres;
+mod postgres_admin;
 mod postgres_read;
 mod read;
 
 pub use error::StoreError;
 pub use postgres::PgStore;
+pub use postgres_admin::{Freeze, LIVE_SCHEMA, READ_MODEL_TABLES, truncate_live};
 pub use read::{
     CONTAINER_ORDER_KEYS, ContainerListQuery, KeyPair, KeyPairAdmin, Order, Page, ReadModel, Role,
     SESSION_ORDER_KEYS, Scope, SessionListQuery,

@@ -5,11 +5,12 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use sessionview_projector::{BatchConfig, SourceConfig};
+use sessionview_projector::{BatchConfig, RunOptions, SourceConfig, Until};
 use sessionview_store::{DeadLetterFilter, PgStore, Store};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+mod replay;
 mod serve;
 mod simulate;
 mod telemetry;
@@ -41,6 +42,8 @@ enum Command {
     Simulate(simulate::SimulateArgs),
     /// List dead-lettered events with their reason and source position.
     DeadLetters(DeadLetterArgs),
+    /// Rebuild the read model from the event log (by default without taking queries down).
+    Replay(replay::ReplayArgs),
     /// Serve the GraphQL API (Backend.AI API v5.20191215) from the read model.
     Serve(serve::ServeArgs),
     /// Print the GraphQL schema (SDL).
@@ -160,6 +163,10 @@ fn main() -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     let result = runtime.block_on(dispatch(cli.command));
     if let Err(e) = &result {
+        if let Some(d) = e.downcast_ref::<replay::Differs>() {
+            eprintln!("{d}");
+            std::process::exit(3);
+        }
         tracing::error!(error = format!("{e:#}"), "sessionview failed");
     }
     result
@@ -176,6 +183,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Project(args) => project(args).await,
         Command::Simulate(args) => simulate::run(args).await,
         Command::DeadLetters(args) => dead_letters(args).await,
+        Command::Replay(args) => replay::replay(args).await,
         Command::Serve(args) => serve::serve(args).await,
         Command::Schema => {
             print!("{}", sessionview_query::sdl());
@@ -243,7 +251,12 @@ async fn project(args: ProjectArgs) -> anyhow::Result<()> {
         ..BatchConfig::default()
     };
     info!(source = %args.source, batch_size = batch.max_events, "projecting");
-    let result = sessionview_projector::run(source, store, batch, args.exit_at_end, shutdown).await;
+    let opts = RunOptions {
+        batch,
+        until: if args.exit_at_end { Until::End } else { Until::Forever },
+        ..RunOptions::default()
+    };
+    let result = sessionview_projector::run(source, store, opts, shutdown).await;
     ops_stop.cancel();
     if let Some(ops) = ops {
         ops.await??;

@@ -1,0 +1,236 @@
+//! PostgreSQL schema operations for `replay`: shadow schemas, content digests, and the atomic swap.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Postgres, Row, Transaction};
+use uuid::Uuid;
+
+use crate::{PgStore, StoreCounts, StoreError};
+
+/// The read model's tables: what a rebuild replaces. (`keypairs` and the migration history are
+/// not part of it and stay where they are.)
+pub const READ_MODEL_TABLES: &[&str] = &[
+    "sessions",
+    "kernels",
+    "session_dependencies",
+    "seen_events",
+    "parked_events",
+    "dead_letters",
+    "source_positions",
+];
+
+/// The schema the live tables are in.
+pub const LIVE_SCHEMA: &str = "public";
+
+/// A schema name safe to interpolate into SQL.
+fn checked(schema: &str) -> Result<&str, StoreError> {
+    let ok = !schema.is_empty()
+        && schema.len() <= 63
+        && schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(schema)
+    } else {
+        Err(StoreError::Corrupt {
+            table: "schema",
+            detail: format!("{schema:?} is not a plain lower-case schema name"),
+        })
+    }
+}
+
+impl PgStore {
+    /// Connects with every table name resolved in `schema` first (its own migrations too).
+    pub async fn connect_in_schema(
+        url: &str,
+        max_connections: u32,
+        schema: &str,
+    ) -> Result<Self, StoreError> {
+        let schema = checked(schema)?;
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(StoreError::UnsupportedUrl(url.to_owned()));
+        }
+        let options = PgConnectOptions::from_str(url)?
+            .application_name("sessionview-replay")
+            .options([("search_path", schema)]);
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        Ok(Self::from_pool(pool))
+    }
+
+    /// Drops `schema` with everything in it, and creates it empty.
+    pub async fn reset_schema(&self, schema: &str) -> Result<(), StoreError> {
+        let schema = checked(schema)?;
+        let mut tx = self.pool().begin().await?;
+        sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(&format!("CREATE SCHEMA {schema}"))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Drops `schema` if it exists.
+    pub async fn drop_schema(&self, schema: &str) -> Result<(), StoreError> {
+        let schema = checked(schema)?;
+        sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Takes the replay lock (a session-level advisory lock) on a dedicated connection; `None` if
+    /// another replay holds it. The lock lives as long as the returned connection.
+    pub async fn try_replay_lock(
+        &self,
+    ) -> Result<Option<sqlx::pool::PoolConnection<Postgres>>, StoreError> {
+        let mut conn = self.pool().acquire().await?;
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(7346218, 1)")
+            .fetch_one(&mut *conn)
+            .await?;
+        Ok(got.then_some(conn))
+    }
+
+    /// A digest of every session's content (its row, its containers' rows, its dependencies) in
+    /// `schema`, by session id.
+    pub async fn session_digests(&self, schema: &str) -> Result<BTreeMap<Uuid, String>, StoreError> {
+        let x = checked(schema)?;
+        let rows = sqlx::query(&format!(
+            "SELECT s.id, md5(row(s.*)::text \
+               || coalesce((SELECT string_agg(row(k.*)::text, '|' ORDER BY k.ordinal) \
+                            FROM {x}.kernels k WHERE k.session_id = s.id), '') \
+               || coalesce((SELECT string_agg(d.depends_on::text, ',' ORDER BY d.ordinal) \
+                            FROM {x}.session_dependencies d WHERE d.session_id = s.id), '')) AS digest \
+             FROM {x}.sessions s"
+        ))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("id")?, r.try_get("digest")?)))
+            .collect()
+    }
+
+    /// Row counts of the read model's tables in `schema`.
+    pub async fn counts_in(&self, schema: &str) -> Result<StoreCounts, StoreError> {
+        let x = checked(schema)?;
+        let r = sqlx::query(&format!(
+            "SELECT (SELECT count(*) FROM {x}.sessions) AS sessions, \
+                    (SELECT count(*) FROM {x}.kernels) AS kernels, \
+                    (SELECT count(*) FROM {x}.seen_events) AS seen_events, \
+                    (SELECT count(*) FROM {x}.parked_events) AS parked_events, \
+                    (SELECT count(*) FROM {x}.dead_letters) AS dead_letters"
+        ))
+        .fetch_one(self.pool())
+        .await?;
+        Ok(StoreCounts {
+            sessions: r.try_get("sessions")?,
+            kernels: r.try_get("kernels")?,
+            seen_events: r.try_get("seen_events")?,
+            parked_events: r.try_get("parked_events")?,
+            dead_letters: r.try_get("dead_letters")?,
+        })
+    }
+
+    /// Opens the swap transaction: blocks the live projector's commits (an EXCLUSIVE lock on the
+    /// live positions; readers are not blocked) so that live and shadow can be compared and
+    /// swapped at the same source positions.
+    pub async fn freeze_live(&self, lock_timeout: Duration) -> Result<Freeze, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        sqlx::query(&format!("SET LOCAL lock_timeout = {}", lock_timeout.as_millis()))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(&format!(
+            "LOCK TABLE {LIVE_SCHEMA}.source_positions IN EXCLUSIVE MODE"
+        ))
+        .execute(&mut *tx)
+        .await?;
+        Ok(Freeze { tx })
+    }
+}
+
+/// The open swap transaction (see [`PgStore::freeze_live`]). Dropping it rolls back.
+#[derive(Debug)]
+pub struct Freeze {
+    tx: Transaction<'static, Postgres>,
+}
+
+impl Freeze {
+    /// The live positions of `source`, stable while the freeze lasts.
+    pub async fn live_positions(&mut self, source: &str) -> Result<BTreeMap<i32, i64>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT partition, next_offset FROM {LIVE_SCHEMA}.source_positions WHERE source = $1"
+        ))
+        .bind(source)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("partition")?, r.try_get("next_offset")?)))
+            .collect()
+    }
+
+    /// Moves the live read-model tables into `retired` and the tables of `shadow` into the live
+    /// schema, then commits: readers see the old tables or the new ones, never a mix.
+    pub async fn swap_and_commit(mut self, shadow: &str, retired: &str) -> Result<(), StoreError> {
+        let shadow = checked(shadow)?;
+        let retired = checked(retired)?;
+        sqlx::query(&format!("DROP SCHEMA IF EXISTS {retired} CASCADE"))
+            .execute(&mut *self.tx)
+            .await?;
+        sqlx::query(&format!("CREATE SCHEMA {retired}"))
+            .execute(&mut *self.tx)
+            .await?;
+        for table in READ_MODEL_TABLES {
+            sqlx::query(&format!("ALTER TABLE {LIVE_SCHEMA}.{table} SET SCHEMA {retired}"))
+                .execute(&mut *self.tx)
+                .await?;
+            sqlx::query(&format!("ALTER TABLE {shadow}.{table} SET SCHEMA {LIVE_SCHEMA}"))
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        self.tx.commit().await?;
+        Ok(())
+    }
+
+    /// Ends the freeze without changing anything.
+    pub async fn release(self) -> Result<(), StoreError> {
+        self.tx.rollback().await?;
+        Ok(())
+    }
+}
+
+/// Truncates the live read model (for `replay --in-place`). Keypairs are kept.
+pub async fn truncate_live(store: &PgStore) -> Result<(), StoreError> {
+    sqlx::query(&format!(
+        "TRUNCATE {}",
+        READ_MODEL_TABLES
+            .iter()
+            .map(|t| format!("{LIVE_SCHEMA}.{t}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+    .execute(store.pool())
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_schema_names_are_interpolated() {
+        assert!(checked("sessionview_shadow").is_ok());
+        for bad in ["", "Public", "a;drop", "x y", "1abc", "a\"b"] {
+            assert!(checked(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,330 @@
+//! `sessionview replay`: rebuild the read model from the event log, without taking queries down.
+//!
+//! Default (zero downtime): build into the shadow schema with the same fold and store code as
+//! `project`, catch up with the live projector's positions, freeze the live positions (the live
+//! projector waits; readers do not), verify, and swap the tables in one transaction.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use sessionview_projector::{BatchConfig, RunOptions, SourceConfig, Until};
+use sessionview_store::{LIVE_SCHEMA, PgStore, Store, StoreCounts, truncate_live};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::{DbArgs, redact, telemetry};
+
+const SHADOW: &str = "sessionview_shadow";
+const RETIRED: &str = "sessionview_retired";
+
+/// Options of `sessionview replay`.
+#[derive(Debug, Args)]
+pub(crate) struct ReplayArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    /// The event log: kafka://HOST:PORT/TOPIC (from the earliest offset) or file://PATH (an NDJSON
+    /// archive of envelopes).
+    #[arg(long = "from", env = "SESSIONVIEW_REPLAY_FROM")]
+    from: String,
+    /// Rebuild the live tables directly (they are emptied first; queries see partial tables while
+    /// it runs). For small or offline databases; stop the live projector first.
+    #[arg(long, env = "SESSIONVIEW_REPLAY_IN_PLACE", conflicts_with = "verify_only")]
+    in_place: bool,
+    /// Rebuild into the shadow schema and compare it with the live tables, without swapping.
+    /// Exits with status 3 when they differ.
+    #[arg(long, env = "SESSIONVIEW_REPLAY_VERIFY_ONLY")]
+    verify_only: bool,
+    /// Say what would be done, without writing anything.
+    #[arg(long, env = "SESSIONVIEW_REPLAY_DRY_RUN")]
+    dry_run: bool,
+    /// Most events in one batch.
+    #[arg(long, env = "SESSIONVIEW_BATCH_SIZE", default_value_t = 5000)]
+    batch_size: usize,
+    /// Show one progress line per partition (Kafka) in the final report.
+    #[arg(long, env = "SESSIONVIEW_REPLAY_PER_PARTITION")]
+    per_partition: bool,
+    /// Give up aligning with a live projector that does not advance for this long (seconds).
+    #[arg(long, env = "SESSIONVIEW_REPLAY_ALIGN_TIMEOUT_S", default_value_t = 60)]
+    align_timeout_s: u64,
+    /// Kafka session timeout in milliseconds.
+    #[arg(long, env = "SESSIONVIEW_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
+    session_timeout_ms: u64,
+    /// Serve /metrics (rebuild progress), /healthz and /readyz on this address.
+    #[arg(long, env = "SESSIONVIEW_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
+}
+
+/// How the shadow compares with the live tables.
+#[derive(Debug, Default)]
+pub(crate) struct Verification {
+    pub(crate) live: StoreCounts,
+    pub(crate) shadow: StoreCounts,
+    /// Sessions whose content differs, or that exist on one side only.
+    pub(crate) differing: Vec<Uuid>,
+}
+
+impl Verification {
+    fn is_clean(&self) -> bool {
+        self.differing.is_empty() && self.live == self.shadow
+    }
+
+    fn print(&self) {
+        println!(
+            "live:   {} sessions, {} containers, {} events seen, {} parked, {} dead letters",
+            self.live.sessions, self.live.kernels, self.live.seen_events, self.live.parked_events, self.live.dead_letters
+        );
+        println!(
+            "shadow: {} sessions, {} containers, {} events seen, {} parked, {} dead letters",
+            self.shadow.sessions, self.shadow.kernels, self.shadow.seen_events, self.shadow.parked_events, self.shadow.dead_letters
+        );
+        if self.differing.is_empty() {
+            println!("content: identical");
+        } else {
+            println!("content: {} sessions differ:", self.differing.len());
+            for id in self.differing.iter().take(50) {
+                println!("  {id}");
+            }
+            if self.differing.len() > 50 {
+                println!("  ... and {} more", self.differing.len() - 50);
+            }
+        }
+    }
+}
+
+async fn verify(live: &PgStore) -> anyhow::Result<Verification> {
+    let (a, b) = tokio::try_join!(live.session_digests(LIVE_SCHEMA), live.session_digests(SHADOW))?;
+    let mut differing: Vec<Uuid> = a
+        .iter()
+        .filter(|(id, d)| b.get(*id) != Some(*d))
+        .map(|(id, _)| *id)
+        .chain(b.keys().filter(|id| !a.contains_key(*id)).copied())
+        .collect();
+    differing.sort();
+    Ok(Verification {
+        live: live.counts_in(LIVE_SCHEMA).await?,
+        shadow: live.counts_in(SHADOW).await?,
+        differing,
+    })
+}
+
+/// Progress: a bar on a terminal, log lines otherwise, and gauges for /metrics.
+fn spawn_progress(done: Arc<AtomicU64>, total: Option<u64>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+    metrics::describe_gauge!("sessionview_replay_events_done", "Events the running rebuild has applied.");
+    metrics::describe_gauge!("sessionview_replay_events_total", "Events the running rebuild expects to apply (0: unknown).");
+    metrics::gauge!("sessionview_replay_events_total").set(total.unwrap_or(0) as f64);
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = match total {
+            Some(t) => ProgressBar::new(t),
+            None => ProgressBar::new_spinner(),
+        };
+        let template = if total.is_some() {
+            "{spinner} rebuild [{elapsed_precise}] {wide_bar} {pos}/{len} events ({per_sec}, ETA {eta})"
+        } else {
+            "{spinner} rebuild [{elapsed_precise}] {pos} events ({per_sec})"
+        };
+        if let Ok(style) = ProgressStyle::with_template(template) {
+            bar.set_style(style);
+        }
+        bar
+    });
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let mut last_log = Instant::now();
+        loop {
+            let n = done.load(Ordering::Relaxed);
+            metrics::gauge!("sessionview_replay_events_done").set(n as f64);
+            if let Some(bar) = &bar {
+                bar.set_position(n);
+            } else if last_log.elapsed() >= Duration::from_secs(5) {
+                let rate = n as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                match total {
+                    Some(t) => info!(done = n, total = t, rate = rate as u64, eta_s = ((t.saturating_sub(n)) as f64 / rate.max(1.0)) as u64, "rebuild progress"),
+                    None => info!(done = n, rate = rate as u64, "rebuild progress"),
+                }
+                last_log = Instant::now();
+            }
+            if stop.is_cancelled() {
+                if let Some(bar) = &bar {
+                    bar.finish();
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+}
+
+/// Events in an archive (lines that are not blank), counted quickly.
+fn count_lines(path: &std::path::Path) -> anyhow::Result<u64> {
+    use std::io::BufRead;
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut n = 0;
+    for line in std::io::BufReader::with_capacity(1 << 20, file).split(b'\n') {
+        if !line?.trim_ascii().is_empty() {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+pub(crate) async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+    let source = SourceConfig::parse(
+        &args.from,
+        "unused",
+        Duration::from_millis(args.session_timeout_ms),
+    )?;
+    if let SourceConfig::File { path, .. } = &source
+        && !path.exists()
+    {
+        bail!("{}: no such file", path.display());
+    }
+    let source_name = source.source_name();
+    let live = args.db.connect().await?;
+    live.migrate().await.context("migrating the live schema")?;
+    let live_positions = live.positions(&source_name).await?;
+    let mode = if args.in_place {
+        "in place (live tables emptied and rebuilt; queries see partial tables meanwhile)"
+    } else if args.verify_only {
+        "verify only (rebuild into the shadow schema, compare, do not swap)"
+    } else {
+        "zero downtime (rebuild into the shadow schema, align with the live projector, verify, swap)"
+    };
+    if args.dry_run {
+        println!("source:          {} (positions stored as {source_name:?})", args.from);
+        println!("database:        {}", redact(&args.db.database_url));
+        println!("mode:            {mode}");
+        println!("live positions:  {live_positions:?}");
+        println!("live tables:     {:?}", live.counts().await?);
+        println!("dry run: nothing written");
+        return Ok(());
+    }
+    let _lock = live
+        .try_replay_lock()
+        .await?
+        .context("another replay is running against this database")?;
+    let shutdown = CancellationToken::new();
+    telemetry::cancel_on_signals(shutdown.clone());
+    let ops_stop = CancellationToken::new();
+    if let Some(addr) = args.metrics_listen {
+        let handle = telemetry::install_metrics()?;
+        let probe = live.clone();
+        let app = telemetry::ops_router(handle, move || {
+            let probe = probe.clone();
+            async move { probe.ping().await.is_ok() }
+        }, ops_stop.clone());
+        tokio::spawn(telemetry::serve(addr, app, "/metrics", ops_stop.clone()));
+    }
+    let total = match &source {
+        SourceConfig::File { path, .. } => {
+            let p = path.clone();
+            Some(tokio::task::spawn_blocking(move || count_lines(&p)).await??)
+        }
+        SourceConfig::Kafka(_) if !live_positions.is_empty() => Some(live_positions.values().map(|v| *v as u64).sum()),
+        SourceConfig::Kafka(_) => None,
+    };
+    let done = Arc::new(AtomicU64::new(0));
+    let progress_stop = CancellationToken::new();
+    let progress = spawn_progress(Arc::clone(&done), total, progress_stop.clone());
+    let group = format!("sessionview-replay-{}", Uuid::new_v4().simple());
+    let batch = BatchConfig { max_events: args.batch_size.max(1), ..BatchConfig::default() };
+    let run_to = |store: PgStore, until: Until| {
+        let opts = RunOptions { batch, until, progress: Some(Arc::clone(&done)), group_override: Some(group.clone()) };
+        sessionview_projector::run(source.clone(), store, opts, shutdown.clone())
+    };
+    let started = Instant::now();
+
+    let result = async {
+        if args.in_place {
+            truncate_live(&live).await?;
+            let summary = run_to(live.clone(), Until::End).await?;
+            return Ok::<_, anyhow::Error>(format!("rebuilt the live tables in place from {} events", summary.messages));
+        }
+        live.reset_schema(SHADOW).await?;
+        let shadow = PgStore::connect_in_schema(&args.db.database_url, args.db.db_max_connections, SHADOW).await?;
+        shadow.migrate().await.context("creating the shadow tables")?;
+        // Phase 1: the bulk, up to the live projector's positions as they are now (or the end).
+        let first = if live_positions.is_empty() { Until::End } else { Until::Positions(live_positions.clone()) };
+        run_to(shadow.clone(), first).await?;
+        if shutdown.is_cancelled() {
+            bail!("interrupted: the live tables are untouched; run replay again to start over");
+        }
+        // Phase 2: align with the live positions under a freeze, then verify and swap.
+        let mut last_live: Option<BTreeMap<i32, i64>> = None;
+        let mut idle_since = Instant::now();
+        loop {
+            let mut freeze = live.freeze_live(Duration::from_secs(5)).await?;
+            let l = freeze.live_positions(&source_name).await?;
+            let s = shadow.positions(&source_name).await?;
+            let behind: BTreeMap<i32, i64> = l.iter().filter(|(p, n)| s.get(*p).is_none_or(|sn| sn < *n)).map(|(p, n)| (*p, *n)).collect();
+            let ahead = l.iter().any(|(p, n)| s.get(p).is_some_and(|sn| sn > n));
+            if behind.is_empty() && !ahead {
+                let report = verify(&live).await?;
+                report.print();
+                if args.verify_only {
+                    freeze.release().await?;
+                    live.drop_schema(SHADOW).await?;
+                    if report.is_clean() {
+                        return Ok("verified: the live tables equal a fresh rebuild".to_owned());
+                    }
+                    return Err(anyhow::Error::new(Differs(report.differing.len())));
+                }
+                freeze.swap_and_commit(SHADOW, RETIRED).await?;
+                live.drop_schema(RETIRED).await?;
+                live.drop_schema(SHADOW).await?;
+                return Ok(format!("swapped in the rebuilt tables at positions {l:?}"));
+            }
+            freeze.release().await?;
+            if !behind.is_empty() {
+                // The live projector moved on: catch up to exactly where it is.
+                run_to(shadow.clone(), Until::Positions(l.clone())).await?;
+                if shutdown.is_cancelled() {
+                    bail!("interrupted: the live tables are untouched; run replay again to start over");
+                }
+            } else {
+                // The shadow is ahead of a lagging live projector: wait for it.
+                if last_live.as_ref() != Some(&l) {
+                    last_live = Some(l);
+                    idle_since = Instant::now();
+                } else if idle_since.elapsed() > Duration::from_secs(args.align_timeout_s) {
+                    bail!("the live projector is behind the rebuilt tables and has not advanced for {} s; start it, or use --in-place", args.align_timeout_s);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    .await;
+    progress_stop.cancel();
+    let _ = progress.await;
+    ops_stop.cancel();
+    let seconds = started.elapsed().as_secs_f64();
+    let n = done.load(Ordering::Relaxed);
+    match result {
+        Ok(what) => {
+            println!("{what}; {n} events in {seconds:.2}s ({:.0} events/s)", n as f64 / seconds.max(1e-9));
+            if args.per_partition {
+                for (p, next) in live.positions(&source_name).await? {
+                    println!("  partition {p}: next offset {next}");
+                }
+            }
+            Ok(())
+        }
+        Err(e) => {
+            if e.downcast_ref::<Differs>().is_none() {
+                warn!("replay stopped; the live tables are untouched (except with --in-place)");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// `--verify-only` found differences (exit status 3).
+#[derive(Debug, thiserror::Error)]
+#[error("the live tables differ from a fresh rebuild in {0} sessions")]
+pub(crate) struct Differs(pub(crate) usize);
