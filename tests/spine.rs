@@ -84,7 +84,7 @@ async fn killed_and_restarted_projector_neither_loses_nor_doubles() {
             &db,
             &topic,
             &format!("crash-{round}"),
-            &["--batch-size", "300"],
+            &["--batch-size", "300", "--exit-at-end"],
         );
         let start = progress(&store, &topic).await;
         // Wait until this instance has committed something, then kill it at a random moment.

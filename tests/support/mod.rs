@@ -119,20 +119,14 @@ pub async fn publish(topic: &str, cfg: &SimConfig) {
     check("sessionview simulate", &out);
 }
 
-/// The `sessionview project` command for `topic` into `db`, stopping at the end.
+/// The `sessionview project` command for `topic` into `db` (add `--exit-at-end` to stop at the end).
 pub fn project_command(db: &TestDb, topic: &str, group: &str, extra: &[&str]) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.arg("project")
         .args(["--database-url", &db.url])
         .arg("--source")
         .arg(format!("kafka://{}/{topic}", brokers()))
-        .args([
-            "--group",
-            group,
-            "--exit-at-end",
-            "--session-timeout-ms",
-            "6000",
-        ])
+        .args(["--group", group, "--session-timeout-ms", "6000"])
         .args(extra)
         .env("SESSIONVIEW_LOG", "warn,sessionview=info")
         .kill_on_drop(true);
@@ -141,11 +135,13 @@ pub fn project_command(db: &TestDb, topic: &str, group: &str, extra: &[&str]) ->
 
 /// Runs `sessionview project` to the end of the topic.
 pub async fn project_to_end(db: &TestDb, topic: &str, extra: &[&str]) -> Output {
+    let mut extra = extra.to_vec();
+    extra.push("--exit-at-end");
     let mut cmd = project_command(
         db,
         topic,
         &format!("g-{}", uuid::Uuid::new_v4().simple()),
-        extra,
+        &extra,
     );
     let out = tokio::time::timeout(Duration::from_secs(300), cmd.output())
         .await
@@ -157,9 +153,18 @@ pub async fn project_to_end(db: &TestDb, topic: &str, extra: &[&str]) -> Output 
 
 /// Starts `sessionview project` in the background.
 pub fn spawn_project(db: &TestDb, topic: &str, group: &str, extra: &[&str]) -> Child {
+    // Its log goes to $SESSIONVIEW_TEST_LOG_DIR/project-<group>.log when that is set.
+    let stderr = match std::env::var_os("SESSIONVIEW_TEST_LOG_DIR") {
+        Some(dir) => std::fs::File::create(
+            std::path::Path::new(&dir).join(format!("project-{topic}-{group}.log")),
+        )
+        .map(std::process::Stdio::from)
+        .unwrap_or_else(|_| std::process::Stdio::null()),
+        None => std::process::Stdio::null(),
+    };
     project_command(db, topic, group, extra)
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap()
 }

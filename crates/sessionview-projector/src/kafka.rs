@@ -5,7 +5,7 @@
 //! and hand them to librdkafka as the assignment's offsets: Kafka's committed offsets are never
 //! used. Revocation takes the applier's lock, so it waits for an in-flight commit to finish.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,7 +34,7 @@ struct Positions<S> {
 }
 
 impl<S: Store> Positions<S> {
-    fn read(&self) -> Option<std::collections::BTreeMap<i32, i64>> {
+    fn read(&self) -> Option<BTreeMap<i32, i64>> {
         let mut wait = Duration::from_millis(100);
         loop {
             match self.handle.block_on(self.store.positions(&self.source)) {
@@ -82,14 +82,20 @@ impl<S: Store> Context<S> {
         self.epochs.lock().ok()?.get(&partition).copied()
     }
 
-    fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+    /// Assigns `tpl` at the stored positions (`stored`, or read now from the store).
+    fn assign(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        tpl: &mut TopicPartitionList,
+        stored: Option<BTreeMap<i32, i64>>,
+    ) {
         let partitions: Vec<i32> = tpl
             .elements()
             .iter()
             .filter(|e| e.topic() == self.topic)
             .map(|e| e.partition())
             .collect();
-        let stored = self.positions.read().unwrap_or_default();
+        let stored = stored.unwrap_or_else(|| self.positions.read().unwrap_or_default());
         let mut owned = self.shared.owned.blocking_lock();
         let mut epochs = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
         for p in &partitions {
@@ -146,7 +152,9 @@ impl<S: Store> ConsumerContext for Context<S> {
         tpl: &mut TopicPartitionList,
     ) {
         match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.assign(base_consumer, tpl),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.assign(base_consumer, tpl, None);
+            }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.revoke(base_consumer, tpl),
             other => {
                 error!(error = ?other, "rebalance error; dropping the assignment");
@@ -157,12 +165,13 @@ impl<S: Store> ConsumerContext for Context<S> {
 }
 
 /// Starts the consumer thread. Messages and the end marker go to `tx`.
-pub(crate) fn spawn<S: Store>(
+pub(crate) async fn spawn<S: Store>(
     cfg: &KafkaSourceConfig,
     store: S,
     shared: Arc<Shared>,
     tx: mpsc::Sender<Item>,
     exit_at_end: bool,
+    standalone: Option<BTreeMap<i32, i64>>,
     shutdown: CancellationToken,
 ) -> Result<std::thread::JoinHandle<()>, ProjectorError> {
     let mut client = ClientConfig::new();
@@ -194,12 +203,26 @@ pub(crate) fn spawn<S: Store>(
         fresh: std::sync::Mutex::new(Vec::new()),
     };
     let consumer: BaseConsumer<Context<S>> = client.create_with_context(context)?;
-    consumer.subscribe(&[&cfg.topic])?;
     let topic = cfg.topic.clone();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let thread = std::thread::Builder::new()
         .name("kafka-consumer".into())
-        .spawn(move || poll_loop(&consumer, &topic, &shared, &tx, exit_at_end, &shutdown))
+        .spawn(move || {
+            // Assignment blocks on the applier's lock, so it happens on this thread.
+            let started = match standalone {
+                Some(stored) => assign_all(&consumer, &topic, stored),
+                None => consumer.subscribe(&[&topic]).map_err(ProjectorError::from),
+            };
+            let ok = started.is_ok();
+            let _ = ready_tx.send(started);
+            if ok {
+                poll_loop(&consumer, &topic, &shared, &tx, exit_at_end, &shutdown);
+            }
+        })
         .map_err(ProjectorError::Thread)?;
+    ready_rx.await.map_err(|_| {
+        ProjectorError::SourceFailed("consumer thread ended before starting".into())
+    })??;
     Ok(thread)
 }
 
@@ -282,6 +305,34 @@ fn poll_loop<S: Store>(
         }
     }
     debug!("consumer thread leaving the group");
+}
+
+/// Standalone mode (replay): every partition of the topic, assigned directly at the stored
+/// positions, without joining a group (no rebalance wait, and no partition taken from the live
+/// projector's group).
+fn assign_all<S: Store>(
+    consumer: &BaseConsumer<Context<S>>,
+    topic: &str,
+    stored: BTreeMap<i32, i64>,
+) -> Result<(), ProjectorError> {
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(ProjectorError::SourceFailed(format!(
+            "topic {topic} has no partitions (does it exist?)"
+        )));
+    }
+    let mut tpl = TopicPartitionList::new();
+    for p in &partitions {
+        tpl.add_partition(topic, *p);
+    }
+    consumer.context().assign(consumer, &mut tpl, Some(stored));
+    Ok(())
 }
 
 /// Re-seeks partitions whose commit conflicted: re-read the stored position, new epoch.

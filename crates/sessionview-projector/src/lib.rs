@@ -147,9 +147,9 @@ pub struct RunOptions {
     pub until: Until,
     /// Incremented by the number of messages of every committed batch (for progress displays).
     pub progress: Option<Arc<std::sync::atomic::AtomicU64>>,
-    /// Kafka only: read partitions with a fresh consumer group of this name instead of the
-    /// configured group (replay must not take partitions from the live projector).
-    pub group_override: Option<String>,
+    /// Kafka only: assign every partition of the topic directly instead of joining the consumer
+    /// group (replay: no rebalance wait, and no partition taken from the live projector).
+    pub standalone: bool,
 }
 
 /// How a projection run went.
@@ -204,18 +204,24 @@ pub async fn run<S: Store>(
         opts.progress,
     );
     match source {
-        SourceConfig::Kafka(mut cfg) => {
-            if let Some(group) = opts.group_override {
-                cfg.group = group;
-            }
+        SourceConfig::Kafka(cfg) => {
+            // Standalone assignment happens before the consumer thread starts: read the stored
+            // positions here, on the runtime.
+            let standalone = if opts.standalone {
+                Some(store.positions(&cfg.topic).await?)
+            } else {
+                None
+            };
             let thread = kafka::spawn(
                 &cfg,
                 store,
                 shared,
                 tx,
                 exit_at_end,
+                standalone,
                 source_stop.clone(),
-            )?;
+            )
+            .await?;
             let result = applier.run(rx, shutdown).await;
             source_stop.cancel();
             tokio::task::spawn_blocking(move || thread.join())

@@ -102,7 +102,10 @@ impl PgStore {
 
     /// A digest of every session's content (its row, its containers' rows, its dependencies) in
     /// `schema`, by session id.
-    pub async fn session_digests(&self, schema: &str) -> Result<BTreeMap<Uuid, String>, StoreError> {
+    pub async fn session_digests(
+        &self,
+        schema: &str,
+    ) -> Result<BTreeMap<Uuid, String>, StoreError> {
         let x = checked(schema)?;
         let rows = sqlx::query(&format!(
             "SELECT s.id, md5(row(s.*)::text \
@@ -145,9 +148,12 @@ impl PgStore {
     /// swapped at the same source positions.
     pub async fn freeze_live(&self, lock_timeout: Duration) -> Result<Freeze, StoreError> {
         let mut tx = self.pool().begin().await?;
-        sqlx::query(&format!("SET LOCAL lock_timeout = {}", lock_timeout.as_millis()))
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(&format!(
+            "SET LOCAL lock_timeout = {}",
+            lock_timeout.as_millis()
+        ))
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(&format!(
             "LOCK TABLE {LIVE_SCHEMA}.source_positions IN EXCLUSIVE MODE"
         ))
@@ -189,12 +195,16 @@ impl Freeze {
             .execute(&mut *self.tx)
             .await?;
         for table in READ_MODEL_TABLES {
-            sqlx::query(&format!("ALTER TABLE {LIVE_SCHEMA}.{table} SET SCHEMA {retired}"))
-                .execute(&mut *self.tx)
-                .await?;
-            sqlx::query(&format!("ALTER TABLE {shadow}.{table} SET SCHEMA {LIVE_SCHEMA}"))
-                .execute(&mut *self.tx)
-                .await?;
+            sqlx::query(&format!(
+                "ALTER TABLE {LIVE_SCHEMA}.{table} SET SCHEMA {retired}"
+            ))
+            .execute(&mut *self.tx)
+            .await?;
+            sqlx::query(&format!(
+                "ALTER TABLE {shadow}.{table} SET SCHEMA {LIVE_SCHEMA}"
+            ))
+            .execute(&mut *self.tx)
+            .await?;
         }
         self.tx.commit().await?;
         Ok(())

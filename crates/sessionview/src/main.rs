@@ -253,7 +253,11 @@ async fn project(args: ProjectArgs) -> anyhow::Result<()> {
     info!(source = %args.source, batch_size = batch.max_events, "projecting");
     let opts = RunOptions {
         batch,
-        until: if args.exit_at_end { Until::End } else { Until::Forever },
+        until: if args.exit_at_end {
+            Until::End
+        } else {
+            Until::Forever
+        },
         ..RunOptions::default()
     };
     let result = sessionview_projector::run(source, store, opts, shutdown).await;

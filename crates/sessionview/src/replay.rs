@@ -23,6 +23,8 @@ use crate::{DbArgs, redact, telemetry};
 
 const SHADOW: &str = "sessionview_shadow";
 const RETIRED: &str = "sessionview_retired";
+/// The largest gap (events) the shadow closes while the live projector is frozen.
+const FROZEN_CATCH_UP_MAX: i64 = 20_000;
 
 /// Options of `sessionview replay`.
 #[derive(Debug, Args)]
@@ -35,7 +37,11 @@ pub(crate) struct ReplayArgs {
     from: String,
     /// Rebuild the live tables directly (they are emptied first; queries see partial tables while
     /// it runs). For small or offline databases; stop the live projector first.
-    #[arg(long, env = "SESSIONVIEW_REPLAY_IN_PLACE", conflicts_with = "verify_only")]
+    #[arg(
+        long,
+        env = "SESSIONVIEW_REPLAY_IN_PLACE",
+        conflicts_with = "verify_only"
+    )]
     in_place: bool,
     /// Rebuild into the shadow schema and compare it with the live tables, without swapping.
     /// Exits with status 3 when they differ.
@@ -78,11 +84,19 @@ impl Verification {
     fn print(&self) {
         println!(
             "live:   {} sessions, {} containers, {} events seen, {} parked, {} dead letters",
-            self.live.sessions, self.live.kernels, self.live.seen_events, self.live.parked_events, self.live.dead_letters
+            self.live.sessions,
+            self.live.kernels,
+            self.live.seen_events,
+            self.live.parked_events,
+            self.live.dead_letters
         );
         println!(
             "shadow: {} sessions, {} containers, {} events seen, {} parked, {} dead letters",
-            self.shadow.sessions, self.shadow.kernels, self.shadow.seen_events, self.shadow.parked_events, self.shadow.dead_letters
+            self.shadow.sessions,
+            self.shadow.kernels,
+            self.shadow.seen_events,
+            self.shadow.parked_events,
+            self.shadow.dead_letters
         );
         if self.differing.is_empty() {
             println!("content: identical");
@@ -99,7 +113,10 @@ impl Verification {
 }
 
 async fn verify(live: &PgStore) -> anyhow::Result<Verification> {
-    let (a, b) = tokio::try_join!(live.session_digests(LIVE_SCHEMA), live.session_digests(SHADOW))?;
+    let (a, b) = tokio::try_join!(
+        live.session_digests(LIVE_SCHEMA),
+        live.session_digests(SHADOW)
+    )?;
     let mut differing: Vec<Uuid> = a
         .iter()
         .filter(|(id, d)| b.get(*id) != Some(*d))
@@ -115,9 +132,19 @@ async fn verify(live: &PgStore) -> anyhow::Result<Verification> {
 }
 
 /// Progress: a bar on a terminal, log lines otherwise, and gauges for /metrics.
-fn spawn_progress(done: Arc<AtomicU64>, total: Option<u64>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
-    metrics::describe_gauge!("sessionview_replay_events_done", "Events the running rebuild has applied.");
-    metrics::describe_gauge!("sessionview_replay_events_total", "Events the running rebuild expects to apply (0: unknown).");
+fn spawn_progress(
+    done: Arc<AtomicU64>,
+    total: Option<u64>,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    metrics::describe_gauge!(
+        "sessionview_replay_events_done",
+        "Events the running rebuild has applied."
+    );
+    metrics::describe_gauge!(
+        "sessionview_replay_events_total",
+        "Events the running rebuild expects to apply (0: unknown)."
+    );
     metrics::gauge!("sessionview_replay_events_total").set(total.unwrap_or(0) as f64);
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = match total {
@@ -145,7 +172,13 @@ fn spawn_progress(done: Arc<AtomicU64>, total: Option<u64>, stop: CancellationTo
             } else if last_log.elapsed() >= Duration::from_secs(5) {
                 let rate = n as f64 / started.elapsed().as_secs_f64().max(1e-9);
                 match total {
-                    Some(t) => info!(done = n, total = t, rate = rate as u64, eta_s = ((t.saturating_sub(n)) as f64 / rate.max(1.0)) as u64, "rebuild progress"),
+                    Some(t) => info!(
+                        done = n,
+                        total = t,
+                        rate = rate as u64,
+                        eta_s = ((t.saturating_sub(n)) as f64 / rate.max(1.0)) as u64,
+                        "rebuild progress"
+                    ),
                     None => info!(done = n, rate = rate as u64, "rebuild progress"),
                 }
                 last_log = Instant::now();
@@ -175,9 +208,11 @@ fn count_lines(path: &std::path::Path) -> anyhow::Result<u64> {
 }
 
 pub(crate) async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+    // Replay assigns partitions directly (no group membership); the group id is only a label.
+    let group = format!("sessionview-replay-{}", Uuid::new_v4().simple());
     let source = SourceConfig::parse(
         &args.from,
-        "unused",
+        &group,
         Duration::from_millis(args.session_timeout_ms),
     )?;
     if let SourceConfig::File { path, .. } = &source
@@ -197,7 +232,10 @@ pub(crate) async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         "zero downtime (rebuild into the shadow schema, align with the live projector, verify, swap)"
     };
     if args.dry_run {
-        println!("source:          {} (positions stored as {source_name:?})", args.from);
+        println!(
+            "source:          {} (positions stored as {source_name:?})",
+            args.from
+        );
         println!("database:        {}", redact(&args.db.database_url));
         println!("mode:            {mode}");
         println!("live positions:  {live_positions:?}");
@@ -215,10 +253,14 @@ pub(crate) async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     if let Some(addr) = args.metrics_listen {
         let handle = telemetry::install_metrics()?;
         let probe = live.clone();
-        let app = telemetry::ops_router(handle, move || {
-            let probe = probe.clone();
-            async move { probe.ping().await.is_ok() }
-        }, ops_stop.clone());
+        let app = telemetry::ops_router(
+            handle,
+            move || {
+                let probe = probe.clone();
+                async move { probe.ping().await.is_ok() }
+            },
+            ops_stop.clone(),
+        );
         tokio::spawn(telemetry::serve(addr, app, "/metrics", ops_stop.clone()));
     }
     let total = match &source {
@@ -226,16 +268,25 @@ pub(crate) async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             let p = path.clone();
             Some(tokio::task::spawn_blocking(move || count_lines(&p)).await??)
         }
-        SourceConfig::Kafka(_) if !live_positions.is_empty() => Some(live_positions.values().map(|v| *v as u64).sum()),
+        SourceConfig::Kafka(_) if !live_positions.is_empty() => {
+            Some(live_positions.values().map(|v| *v as u64).sum())
+        }
         SourceConfig::Kafka(_) => None,
     };
     let done = Arc::new(AtomicU64::new(0));
     let progress_stop = CancellationToken::new();
     let progress = spawn_progress(Arc::clone(&done), total, progress_stop.clone());
-    let group = format!("sessionview-replay-{}", Uuid::new_v4().simple());
-    let batch = BatchConfig { max_events: args.batch_size.max(1), ..BatchConfig::default() };
+    let batch = BatchConfig {
+        max_events: args.batch_size.max(1),
+        ..BatchConfig::default()
+    };
     let run_to = |store: PgStore, until: Until| {
-        let opts = RunOptions { batch, until, progress: Some(Arc::clone(&done)), group_override: Some(group.clone()) };
+        let opts = RunOptions {
+            batch,
+            until,
+            progress: Some(Arc::clone(&done)),
+            standalone: true,
+        };
         sessionview_projector::run(source.clone(), store, opts, shutdown.clone())
     };
     let started = Instant::now();
@@ -255,40 +306,31 @@ pub(crate) async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         if shutdown.is_cancelled() {
             bail!("interrupted: the live tables are untouched; run replay again to start over");
         }
-        // Phase 2: align with the live positions under a freeze, then verify and swap.
+        // Phase 2: follow the live projector without stopping it, until the gap is small.
+        for _ in 0..8 {
+            let l = live.positions(&source_name).await?;
+            let s = shadow.positions(&source_name).await?;
+            let gap: i64 = l.iter().map(|(p, n)| (n - s.get(p).copied().unwrap_or(0)).max(0)).sum();
+            if gap <= FROZEN_CATCH_UP_MAX {
+                break;
+            }
+            run_to(shadow.clone(), Until::Positions(l)).await?;
+            if shutdown.is_cancelled() {
+                bail!("interrupted: the live tables are untouched; run replay again to start over");
+            }
+        }
+        // Phase 3: freeze the live positions (the live projector waits, readers do not), apply
+        // the last few events to the shadow, verify, swap.
         let mut last_live: Option<BTreeMap<i32, i64>> = None;
         let mut idle_since = Instant::now();
         loop {
             let mut freeze = live.freeze_live(Duration::from_secs(5)).await?;
             let l = freeze.live_positions(&source_name).await?;
             let s = shadow.positions(&source_name).await?;
-            let behind: BTreeMap<i32, i64> = l.iter().filter(|(p, n)| s.get(*p).is_none_or(|sn| sn < *n)).map(|(p, n)| (*p, *n)).collect();
             let ahead = l.iter().any(|(p, n)| s.get(p).is_some_and(|sn| sn > n));
-            if behind.is_empty() && !ahead {
-                let report = verify(&live).await?;
-                report.print();
-                if args.verify_only {
-                    freeze.release().await?;
-                    live.drop_schema(SHADOW).await?;
-                    if report.is_clean() {
-                        return Ok("verified: the live tables equal a fresh rebuild".to_owned());
-                    }
-                    return Err(anyhow::Error::new(Differs(report.differing.len())));
-                }
-                freeze.swap_and_commit(SHADOW, RETIRED).await?;
-                live.drop_schema(RETIRED).await?;
-                live.drop_schema(SHADOW).await?;
-                return Ok(format!("swapped in the rebuilt tables at positions {l:?}"));
-            }
-            freeze.release().await?;
-            if !behind.is_empty() {
-                // The live projector moved on: catch up to exactly where it is.
-                run_to(shadow.clone(), Until::Positions(l.clone())).await?;
-                if shutdown.is_cancelled() {
-                    bail!("interrupted: the live tables are untouched; run replay again to start over");
-                }
-            } else {
-                // The shadow is ahead of a lagging live projector: wait for it.
+            if ahead {
+                // The shadow is ahead of a lagging live projector: let it catch up.
+                freeze.release().await?;
                 if last_live.as_ref() != Some(&l) {
                     last_live = Some(l);
                     idle_since = Instant::now();
@@ -296,7 +338,29 @@ pub(crate) async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
                     bail!("the live projector is behind the rebuilt tables and has not advanced for {} s; start it, or use --in-place", args.align_timeout_s);
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
             }
+            if l.iter().any(|(p, n)| s.get(p).is_none_or(|sn| sn < n)) {
+                run_to(shadow.clone(), Until::Positions(l.clone())).await?;
+                if shutdown.is_cancelled() {
+                    freeze.release().await?;
+                    bail!("interrupted: the live tables are untouched; run replay again to start over");
+                }
+            }
+            let report = verify(&live).await?;
+            report.print();
+            if args.verify_only {
+                freeze.release().await?;
+                live.drop_schema(SHADOW).await?;
+                if report.is_clean() {
+                    return Ok("verified: the live tables equal a fresh rebuild".to_owned());
+                }
+                return Err(anyhow::Error::new(Differs(report.differing.len())));
+            }
+            freeze.swap_and_commit(SHADOW, RETIRED).await?;
+            live.drop_schema(RETIRED).await?;
+            live.drop_schema(SHADOW).await?;
+            return Ok(format!("swapped in the rebuilt tables at positions {l:?}"));
         }
     }
     .await;
@@ -307,7 +371,10 @@ pub(crate) async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let n = done.load(Ordering::Relaxed);
     match result {
         Ok(what) => {
-            println!("{what}; {n} events in {seconds:.2}s ({:.0} events/s)", n as f64 / seconds.max(1e-9));
+            println!(
+                "{what}; {n} events in {seconds:.2}s ({:.0} events/s)",
+                n as f64 / seconds.max(1e-9)
+            );
             if args.per_partition {
                 for (p, next) in live.positions(&source_name).await? {
                     println!("  partition {p}: next offset {next}");
