@@ -17,6 +17,7 @@ mod postgres;
 mod postgres_admin;
 mod postgres_read;
 mod read;
+mod sqlite;
 
 pub use error::StoreError;
 pub use postgres::PgStore;
@@ -25,6 +26,7 @@ pub use read::{
     CONTAINER_ORDER_KEYS, ContainerListQuery, KeyPair, KeyPairAdmin, Order, Page, ReadModel, Role,
     SESSION_ORDER_KEYS, Scope, SessionListQuery,
 };
+pub use sqlite::SqliteStore;
 
 /// One partition's position move within a commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -219,6 +219,10 @@ impl ReadModel for PgStore {
         row.as_ref().map(keypair_from_row).transpose()
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        crate::Store::ping(self).await
+    }
+
     fn statements_executed(&self) -> u64 {
         self.statements.load(Ordering::Relaxed)
     }

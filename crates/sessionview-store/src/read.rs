@@ -201,6 +201,9 @@ pub trait ReadModel: Clone + Send + Sync + 'static {
         access_key: &str,
     ) -> impl Future<Output = Result<Option<KeyPair>, StoreError>> + Send;
 
+    /// Whether the database answers (readiness).
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// Statements executed so far by this store handle (for tests and metrics).
     fn statements_executed(&self) -> u64;
 }

@@ -1,0 +1,691 @@
+//! The store conformance suite: the same cases against every backend (PostgreSQL and SQLite),
+//! each on a fresh database.
+//!
+//! PostgreSQL: `SESSIONVIEW_TEST_DATABASE_URL` is an administrative URL (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`); each test creates and drops its own database.
+//! SQLite: a fresh file in the temporary directory.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a panic is a failed test"
+)]
+
+use std::collections::HashSet;
+
+use sessionview_events::Status;
+use sessionview_projection::{Fold, Position, SessionState, plan};
+use sessionview_simulator::{SimConfig, Simulator};
+use sessionview_store::{
+    Advance, Commit, CommitOutcome, ContainerListQuery, DeadLetterFilter, KeyPair, KeyPairAdmin,
+    Order, PgStore, ReadModel, Role, Scope, SessionListQuery, SqliteStore, Store,
+};
+use sqlx::Connection;
+use uuid::Uuid;
+
+/// What every backend must offer.
+trait Backend: Store + ReadModel + KeyPairAdmin {}
+impl<T: Store + ReadModel + KeyPairAdmin> Backend for T {}
+
+struct PgDb {
+    admin: String,
+    name: String,
+    store: PgStore,
+}
+
+impl PgDb {
+    async fn new() -> Self {
+        let admin = std::env::var("SESSIONVIEW_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let name = format!("sv_test_{}", Uuid::new_v4().simple());
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .expect("connect admin");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+        let store = PgStore::connect(&format!("{base}/{name}"), 4)
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        Self { admin, name, store }
+    }
+
+    async fn drop(self) {
+        self.store.pool().close().await;
+        let mut conn = sqlx::PgConnection::connect(&self.admin).await.unwrap();
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+}
+
+struct SqliteDb {
+    dir: std::path::PathBuf,
+    store: SqliteStore,
+}
+
+impl SqliteDb {
+    async fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("sv-test-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite://{}", dir.join("sessionview.db").display());
+        let store = SqliteStore::connect(&url, 4).await.unwrap();
+        store.migrate().await.unwrap();
+        Self { dir, store }
+    }
+
+    async fn drop(self) {
+        self.store.pool().close().await;
+        std::fs::remove_dir_all(&self.dir).unwrap();
+    }
+}
+
+/// Generates one `#[tokio::test]` per case and backend: `postgres::case` and `sqlite::case`.
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread")]
+            async fn $case() {
+                let db = super::PgDb::new().await;
+                super::$case(&db.store).await;
+                db.drop().await;
+            })*
+        }
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread")]
+            async fn $case() {
+                let db = super::SqliteDb::new().await;
+                super::$case(&db.store).await;
+                db.drop().await;
+            })*
+        }
+    };
+}
+
+conformance!(
+    migrate_is_idempotent,
+    rows_equal_the_pure_fold_in_large_batches,
+    rows_equal_the_pure_fold_in_small_batches,
+    positions_advance_only_by_compare_and_set,
+    racing_instances_apply_a_batch_once,
+    parked_events_survive_between_batches,
+    dead_letters_keep_bytes_reason_and_position,
+    session_lists_filter_scope_order_and_count,
+    children_and_single_items_respect_scope,
+    keypairs_round_trip,
+);
+
+const SOURCE: &str = "test.events";
+
+/// Folds and commits `messages` (partition 0, from `first_offset`) in batches of `size`.
+async fn project<S: Store>(store: &S, messages: &[Vec<u8>], first_offset: i64, size: usize) {
+    let mut expected = store.positions(SOURCE).await.unwrap().get(&0).copied();
+    for (b, chunk) in messages.chunks(size).enumerate() {
+        let refs: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
+        let (decoded, req) = plan(&refs);
+        let mut fold = Fold::from_loaded(store.load(&req).await.unwrap());
+        let base = first_offset + (b * size) as i64;
+        for (i, (bytes, d)) in refs.iter().zip(decoded).enumerate() {
+            fold.apply_decoded(
+                SOURCE,
+                Position {
+                    partition: 0,
+                    offset: base + i as i64,
+                },
+                bytes,
+                d,
+            );
+        }
+        let changes = fold.finish();
+        let next = base + chunk.len() as i64;
+        let advances = [Advance {
+            partition: 0,
+            expected,
+            next,
+        }];
+        let outcome = store
+            .commit(Commit {
+                source: SOURCE,
+                advances: &advances,
+                changes: &changes,
+            })
+            .await
+            .unwrap();
+        assert_eq!(outcome, CommitOutcome::Committed);
+        expected = Some(next);
+    }
+}
+
+fn model(messages: &[Vec<u8>]) -> (Vec<SessionState>, usize) {
+    let mut fold = Fold::new();
+    for (i, m) in messages.iter().enumerate() {
+        fold.apply_bytes(
+            SOURCE,
+            Position {
+                partition: 0,
+                offset: i as i64,
+            },
+            m,
+        );
+    }
+    let dead = fold.dead_letters().len();
+    let mut v: Vec<_> = fold.sessions().values().cloned().collect();
+    v.sort_by_key(|s| s.session.id);
+    (v, dead)
+}
+
+fn stream(sessions: u64, seed: u64, faults: bool) -> Vec<Vec<u8>> {
+    let f = if faults { 0.1 } else { 0.0 };
+    let cfg = SimConfig {
+        sessions,
+        seed,
+        duplicate_ratio: f,
+        early_ratio: f * 2.0,
+        poison_ratio: f,
+        ..SimConfig::default()
+    };
+    Simulator::new(cfg).map(|m| m.bytes).collect()
+}
+
+async fn migrate_is_idempotent<S: Backend>(store: &S) {
+    store.migrate().await.unwrap();
+    assert_eq!(store.counts().await.unwrap().sessions, 0);
+    Store::ping(store).await.unwrap();
+    ReadModel::ping(store).await.unwrap();
+}
+
+async fn rows_equal_the_pure_fold<S: Backend>(store: &S, size: usize) {
+    let msgs = stream(250, 21, true);
+    let (expected, dead) = model(&msgs);
+    project(store, &msgs, 0, size).await;
+    let got = store.all_sessions().await.unwrap();
+    assert_eq!(got.len(), expected.len());
+    for (g, e) in got.iter().zip(&expected) {
+        assert_eq!(g, e, "batch size {size}: session {}", e.session.id);
+    }
+    let counts = store.counts().await.unwrap();
+    assert_eq!(counts.dead_letters as usize, dead);
+    assert_eq!(counts.parked_events, 0);
+    assert_eq!(
+        store.positions(SOURCE).await.unwrap().get(&0).copied(),
+        Some(msgs.len() as i64)
+    );
+}
+
+async fn rows_equal_the_pure_fold_in_large_batches<S: Backend>(store: &S) {
+    rows_equal_the_pure_fold(store, 1000).await;
+}
+
+async fn rows_equal_the_pure_fold_in_small_batches<S: Backend>(store: &S) {
+    rows_equal_the_pure_fold(store, 37).await;
+}
+
+async fn positions_advance_only_by_compare_and_set<S: Backend>(store: &S) {
+    let msgs = stream(5, 22, false);
+    let refs: Vec<&[u8]> = msgs.iter().map(Vec::as_slice).collect();
+    let (decoded, req) = plan(&refs);
+    let mut fold = Fold::from_loaded(store.load(&req).await.unwrap());
+    for (i, (b, d)) in refs.iter().zip(decoded).enumerate() {
+        fold.apply_decoded(
+            SOURCE,
+            Position {
+                partition: 0,
+                offset: i as i64,
+            },
+            b,
+            d,
+        );
+    }
+    let changes = fold.finish();
+    let n = msgs.len() as i64;
+    let first = [Advance {
+        partition: 0,
+        expected: None,
+        next: n,
+    }];
+    let c = Commit {
+        source: SOURCE,
+        advances: &first,
+        changes: &changes,
+    };
+    assert_eq!(store.commit(c).await.unwrap(), CommitOutcome::Committed);
+    let seen_after_first = store.counts().await.unwrap().seen_events;
+    assert_eq!(
+        store.commit(c).await.unwrap(),
+        CommitOutcome::Conflict {
+            partitions: vec![0]
+        }
+    );
+    // A stale expectation conflicts too, and a conflict on one partition voids the whole batch.
+    let stale = [
+        Advance {
+            partition: 1,
+            expected: None,
+            next: 3,
+        },
+        Advance {
+            partition: 0,
+            expected: Some(0),
+            next: n + 1,
+        },
+    ];
+    let c = Commit {
+        source: SOURCE,
+        advances: &stale,
+        changes: &changes,
+    };
+    assert_eq!(
+        store.commit(c).await.unwrap(),
+        CommitOutcome::Conflict {
+            partitions: vec![0]
+        }
+    );
+    let positions = store.positions(SOURCE).await.unwrap();
+    assert_eq!(positions.get(&0), Some(&n));
+    assert_eq!(
+        positions.get(&1),
+        None,
+        "the conflicting batch wrote nothing"
+    );
+    assert_eq!(store.counts().await.unwrap().seen_events, seen_after_first);
+}
+
+async fn racing_instances_apply_a_batch_once<S: Backend>(store: &S) {
+    project(store, &stream(3, 23, false), 0, 100).await;
+    let before = store.positions(SOURCE).await.unwrap()[&0];
+    let more = stream(20, 24, false);
+    let refs: Vec<&[u8]> = more.iter().map(Vec::as_slice).collect();
+    let (decoded, req) = plan(&refs);
+    let mut fold = Fold::from_loaded(store.load(&req).await.unwrap());
+    for (i, (b, d)) in refs.iter().zip(decoded).enumerate() {
+        fold.apply_decoded(
+            SOURCE,
+            Position {
+                partition: 0,
+                offset: before + i as i64,
+            },
+            b,
+            d,
+        );
+    }
+    let changes = std::sync::Arc::new(fold.finish());
+    let next = before + more.len() as i64;
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (store, changes) = (store.clone(), changes.clone());
+        tasks.push(tokio::spawn(async move {
+            let adv = [Advance {
+                partition: 0,
+                expected: Some(before),
+                next,
+            }];
+            store
+                .commit(Commit {
+                    source: SOURCE,
+                    advances: &adv,
+                    changes: &changes,
+                })
+                .await
+                .unwrap()
+        }));
+    }
+    let mut committed = 0;
+    for t in tasks {
+        if t.await.unwrap() == CommitOutcome::Committed {
+            committed += 1;
+        }
+    }
+    assert_eq!(committed, 1, "exactly one racer may apply the batch");
+    assert_eq!(store.positions(SOURCE).await.unwrap()[&0], next);
+}
+
+async fn parked_events_survive_between_batches<S: Backend>(store: &S) {
+    let cfg = SimConfig {
+        sessions: 30,
+        seed: 25,
+        early_ratio: 1.0,
+        ..SimConfig::default()
+    };
+    let msgs: Vec<Vec<u8>> = Simulator::new(cfg).map(|m| m.bytes).collect();
+    let (expected, _) = model(&msgs);
+    // Batch size 1 forces every parked event through the table.
+    project(store, &msgs, 0, 1).await;
+    assert_eq!(store.all_sessions().await.unwrap(), expected);
+    assert_eq!(store.counts().await.unwrap().parked_events, 0);
+}
+
+async fn dead_letters_keep_bytes_reason_and_position<S: Backend>(store: &S) {
+    let msgs = vec![b"garbage".to_vec(), b"{\"event_type\": \"nope\"}".to_vec()];
+    project(store, &msgs, 40, 10).await;
+    let all = store
+        .dead_letters(&DeadLetterFilter {
+            limit: 10,
+            ..DeadLetterFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].payload, b"garbage");
+    assert_eq!((all[0].partition, all[0].offset), (0, 40));
+    assert_eq!(all[0].label, "malformed");
+    assert_eq!(all[1].offset, 41);
+    assert!(all[1].reason.contains("nope"), "{}", all[1].reason);
+    let filtered = store
+        .dead_letters(&DeadLetterFilter {
+            limit: 10,
+            label: Some("unknown_type".into()),
+            ..DeadLetterFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        filtered.iter().map(|d| d.offset).collect::<HashSet<_>>(),
+        HashSet::from([41])
+    );
+    let after = store
+        .dead_letters(&DeadLetterFilter {
+            limit: 10,
+            after_id: Some(all[0].id),
+            ..DeadLetterFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(after.len(), 1);
+}
+
+/// The default order's key: the latest of created_at, status_changed, terminated_at.
+fn touched(s: &SessionState) -> chrono::DateTime<chrono::Utc> {
+    let r = &s.session;
+    r.created_at
+        .max(r.status_changed)
+        .max(r.terminated_at.unwrap_or(r.created_at))
+}
+
+async fn session_lists_filter_scope_order_and_count<S: Backend>(store: &S) {
+    project(store, &stream(300, 26, true), 0, 500).await;
+    let all = store.all_sessions().await.unwrap();
+    let q = |f: &dyn Fn(&mut SessionListQuery)| {
+        let mut q = SessionListQuery {
+            limit: 1000,
+            ..SessionListQuery::default()
+        };
+        f(&mut q);
+        q
+    };
+    // Default order, paged: most recently touched first, id as tie-breaker.
+    let mut expected: Vec<&SessionState> = all.iter().collect();
+    expected.sort_by(|a, b| {
+        touched(b)
+            .cmp(&touched(a))
+            .then(b.session.id.cmp(&a.session.id))
+    });
+    let mut got = Vec::new();
+    for page in 0..4 {
+        let p = store
+            .list_sessions(&q(&|q| {
+                q.limit = 100;
+                q.offset = page * 100;
+            }))
+            .await
+            .unwrap();
+        assert_eq!(p.total_count as usize, all.len());
+        got.extend(p.items.into_iter().map(|s| s.id));
+    }
+    assert_eq!(
+        got,
+        expected.iter().map(|s| s.session.id).collect::<Vec<_>>()
+    );
+
+    // Scope and filters; total_count counts the same set.
+    let domain = all[0].session.domain_name.clone();
+    let ak = all[0].session.access_key.clone();
+    let group = all[0].session.group_id;
+    let cases: Vec<(SessionListQuery, Box<dyn Fn(&SessionState) -> bool>)> = vec![
+        (
+            q(&|q| {
+                q.scope = Scope {
+                    domain_name: Some(domain.clone()),
+                    access_key: None,
+                }
+            }),
+            Box::new(|s: &SessionState| s.session.domain_name == domain),
+        ),
+        (
+            q(&|q| {
+                q.scope = Scope {
+                    domain_name: Some(domain.clone()),
+                    access_key: Some(ak.clone()),
+                }
+            }),
+            Box::new(|s: &SessionState| s.session.access_key == ak),
+        ),
+        (
+            q(&|q| {
+                q.scope.domain_name = Some("nowhere".into());
+                q.access_key = Some(ak.clone());
+            }),
+            Box::new(|_: &SessionState| false),
+        ),
+        (
+            q(&|q| q.group_id = Some(group)),
+            Box::new(|s: &SessionState| s.session.group_id == group),
+        ),
+        (
+            q(&|q| q.statuses = vec![Status::Running, Status::Cancelled]),
+            Box::new(|s: &SessionState| {
+                matches!(s.session.status, Status::Running | Status::Cancelled)
+            }),
+        ),
+        (
+            q(&|q| {
+                q.domain_name = Some(domain.clone());
+                q.statuses = vec![Status::Terminated];
+            }),
+            Box::new(|s: &SessionState| {
+                s.session.domain_name == domain && s.session.status == Status::Terminated
+            }),
+        ),
+    ];
+    for (i, (query, keep)) in cases.iter().enumerate() {
+        let page = store.list_sessions(query).await.unwrap();
+        let want: HashSet<Uuid> = all
+            .iter()
+            .filter(|s| keep(s))
+            .map(|s| s.session.id)
+            .collect();
+        assert_eq!(page.total_count as usize, want.len(), "case {i}");
+        assert_eq!(
+            page.items.iter().map(|s| s.id).collect::<HashSet<_>>(),
+            want,
+            "case {i}"
+        );
+    }
+
+    // Explicit order: by name ascending, then descending.
+    for asc in [true, false] {
+        let page = store
+            .list_sessions(&q(&|q| {
+                q.order = Some(Order {
+                    column: "name",
+                    ascending: asc,
+                })
+            }))
+            .await
+            .unwrap();
+        let names: Vec<&str> = page.items.iter().map(|s| s.name.as_str()).collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        if !asc {
+            sorted.reverse();
+        }
+        assert_eq!(names, sorted);
+    }
+    // An order column outside the allow-list is refused, never interpolated.
+    let bad = store
+        .list_sessions(&q(&|q| {
+            q.order = Some(Order {
+                column: "id; DROP TABLE sessions",
+                ascending: true,
+            })
+        }))
+        .await;
+    assert!(bad.is_err());
+}
+
+async fn children_and_single_items_respect_scope<S: Backend>(store: &S) {
+    project(store, &stream(300, 27, false), 0, 500).await;
+    let all = store.all_sessions().await.unwrap();
+    let by_id: std::collections::HashMap<Uuid, &SessionState> =
+        all.iter().map(|s| (s.session.id, s)).collect();
+    let ids: Vec<Uuid> = all.iter().map(|s| s.session.id).collect();
+
+    // containers_of: every container, master first within a session.
+    let containers = store.containers_of(&ids).await.unwrap();
+    assert_eq!(
+        containers.len(),
+        all.iter().map(|s| s.kernels.len()).sum::<usize>()
+    );
+    for s in &all {
+        let mine: Vec<_> = containers
+            .iter()
+            .filter(|k| k.session_id == s.session.id)
+            .cloned()
+            .collect();
+        assert_eq!(mine, s.kernels);
+    }
+
+    // dependencies_of: existing dependencies, in order, scoped.
+    let with_deps: Vec<&SessionState> = all
+        .iter()
+        .filter(|s| !s.session.dependencies.is_empty())
+        .collect();
+    assert!(!with_deps.is_empty());
+    let parents: Vec<Uuid> = with_deps.iter().map(|s| s.session.id).collect();
+    let deps = store
+        .dependencies_of(&parents, &Scope::default())
+        .await
+        .unwrap();
+    for p in &with_deps {
+        let got: Vec<Uuid> = deps
+            .iter()
+            .filter(|(parent, _)| *parent == p.session.id)
+            .map(|(_, d)| d.id)
+            .collect();
+        let want: Vec<Uuid> = p
+            .session
+            .dependencies
+            .iter()
+            .filter(|d| by_id.contains_key(d))
+            .copied()
+            .collect();
+        assert_eq!(got, want);
+    }
+    let domain = with_deps[0].session.domain_name.clone();
+    let scoped = store
+        .dependencies_of(
+            &parents,
+            &Scope {
+                domain_name: Some(domain.clone()),
+                access_key: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(scoped.iter().all(|(_, d)| d.domain_name == domain));
+
+    // Single items and container lists inside and outside the scope.
+    let s = &all[0];
+    let inside = Scope {
+        domain_name: Some(s.session.domain_name.clone()),
+        access_key: Some(s.session.access_key.clone()),
+    };
+    let outside = Scope {
+        domain_name: Some("nowhere".into()),
+        access_key: None,
+    };
+    assert_eq!(
+        store
+            .sessions_by_ids(&[s.session.id], &inside)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        store
+            .sessions_by_ids(&[s.session.id], &outside)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let k = &s.kernels[0];
+    assert_eq!(
+        store.container(k.id, &inside).await.unwrap().as_ref(),
+        Some(k)
+    );
+    assert_eq!(store.container(k.id, &outside).await.unwrap(), None);
+    let list = |scope: Scope, role: Option<String>| ContainerListQuery {
+        scope,
+        session_id: s.session.id,
+        role,
+        order: Some(Order {
+            column: "id",
+            ascending: true,
+        }),
+        limit: 10,
+        offset: 0,
+    };
+    let page = store
+        .list_containers(&list(inside.clone(), None))
+        .await
+        .unwrap();
+    assert_eq!(page.total_count as usize, s.kernels.len());
+    let page = store
+        .list_containers(&list(inside, Some("master".into())))
+        .await
+        .unwrap();
+    assert_eq!((page.total_count, page.items[0].id), (1, s.session.id));
+    let page = store.list_containers(&list(outside, None)).await.unwrap();
+    assert_eq!((page.total_count, page.items.len()), (0, 0));
+}
+
+async fn keypairs_round_trip<S: Backend>(store: &S) {
+    let kp = KeyPair {
+        access_key: "AKIATEST000000000001".into(),
+        secret_key: "s".repeat(40),
+        user_id: Uuid::new_v4(),
+        user_email: "a@example.com".into(),
+        domain_name: "default".into(),
+        role: Role::Admin,
+        is_active: true,
+        created_at: sessionview_events::truncate_to_micros(chrono::Utc::now()),
+    };
+    store.insert_keypair(&kp).await.unwrap();
+    assert!(
+        store.insert_keypair(&kp).await.is_err(),
+        "access keys are unique"
+    );
+    assert_eq!(
+        store.keypair(&kp.access_key).await.unwrap().as_ref(),
+        Some(&kp)
+    );
+    assert_eq!(store.keypair("AKIANOBODY").await.unwrap(), None);
+    assert_eq!(store.list_keypairs().await.unwrap(), vec![kp.clone()]);
+    assert!(store.deactivate_keypair(&kp.access_key).await.unwrap());
+    assert!(!store.deactivate_keypair("AKIANOBODY").await.unwrap());
+    assert!(
+        !store
+            .keypair(&kp.access_key)
+            .await
+            .unwrap()
+            .unwrap()
+            .is_active
+    );
+}
