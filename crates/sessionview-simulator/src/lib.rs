@@ -65,6 +65,8 @@ pub struct SimMessage {
     pub bytes: Vec<u8>,
     /// The envelope's event type, for the optional `event_type` header (`None` for poison).
     pub event_type: Option<&'static str>,
+    /// Simulated time at which the message is published (pace real-time output by it).
+    pub at: DateTime<Utc>,
 }
 
 /// A stream of messages, generated lazily so that millions of events need little memory.
@@ -565,6 +567,7 @@ impl Simulator {
             key,
             bytes,
             event_type: None,
+            at: self.next_arrival,
         }
     }
 }
@@ -604,7 +607,7 @@ impl Iterator for Simulator {
                 self.next_arrival = at + Duration::microseconds((gap * 1e6) as i64);
                 continue;
             }
-            let Reverse((_, _, item)) = self.pending.pop()?;
+            let Reverse((at, _, item)) = self.pending.pop()?;
             let (bytes, key, ty) = match item {
                 Pending::Event(b, k, t) | Pending::Duplicate(b, k, t) => (b, k, t),
             };
@@ -612,6 +615,7 @@ impl Iterator for Simulator {
                 key,
                 bytes,
                 event_type: Some(ty),
+                at,
             });
         }
     }

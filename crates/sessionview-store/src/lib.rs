@@ -21,7 +21,7 @@ mod sqlite;
 
 pub use error::StoreError;
 pub use postgres::PgStore;
-pub use postgres_admin::{Freeze, LIVE_SCHEMA, READ_MODEL_TABLES, truncate_live};
+pub use postgres_admin::{Freeze, LIVE_SCHEMA, READ_MODEL_TABLES};
 pub use read::{
     CONTAINER_ORDER_KEYS, ContainerListQuery, KeyPair, KeyPairAdmin, Order, Page, ReadModel, Role,
     SESSION_ORDER_KEYS, Scope, SessionListQuery,
@@ -131,4 +131,8 @@ pub trait Store: Clone + Send + Sync + 'static {
 
     /// Whether the database answers (readiness).
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Empties the read model (rows, bookkeeping, positions; keypairs stay), for an in-place
+    /// rebuild.
+    fn reset_read_model(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }

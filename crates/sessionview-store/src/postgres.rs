@@ -398,6 +398,13 @@ impl Store for PgStore {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
+
+    async fn reset_read_model(&self) -> Result<(), StoreError> {
+        sqlx::query(&format!("TRUNCATE {}", crate::READ_MODEL_TABLES.join(", ")))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
 }
 
 /// Column vectors for one multi-row `UNNEST` upsert of sessions.

@@ -217,21 +217,6 @@ impl Freeze {
     }
 }
 
-/// Truncates the live read model (for `replay --in-place`). Keypairs are kept.
-pub async fn truncate_live(store: &PgStore) -> Result<(), StoreError> {
-    sqlx::query(&format!(
-        "TRUNCATE {}",
-        READ_MODEL_TABLES
-            .iter()
-            .map(|t| format!("{LIVE_SCHEMA}.{t}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    ))
-    .execute(store.pool())
-    .await?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

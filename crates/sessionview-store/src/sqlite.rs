@@ -508,6 +508,17 @@ impl Store for SqliteStore {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
+
+    async fn reset_read_model(&self) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for table in crate::READ_MODEL_TABLES {
+            sqlx::query(&format!("DELETE FROM {table}"))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
 }
 
 async fn write_changes(

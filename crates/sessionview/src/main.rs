@@ -6,10 +6,12 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use sessionview_projector::{BatchConfig, RunOptions, SourceConfig, Until};
-use sessionview_store::{DeadLetterFilter, PgStore, Store};
+use sessionview_store::{DeadLetterFilter, PgStore, SqliteStore, Store};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+mod client;
+mod demo;
 mod replay;
 mod serve;
 mod simulate;
@@ -42,7 +44,8 @@ enum Command {
     Simulate(simulate::SimulateArgs),
     /// List dead-lettered events with their reason and source position.
     DeadLetters(DeadLetterArgs),
-    /// Rebuild the read model from the event log (by default without taking queries down).
+    /// Rebuild the read model from the event log (by default without taking queries down; that
+    /// and --verify-only need PostgreSQL, SQLite supports --in-place).
     Replay(replay::ReplayArgs),
     /// Serve the GraphQL API (Backend.AI API v5.20191215) from the read model.
     Serve(serve::ServeArgs),
@@ -51,25 +54,81 @@ enum Command {
     /// Manage API keypairs.
     #[command(subcommand)]
     Keypair(serve::KeypairCommand),
+    /// Send a signed GraphQL query to a running server and print the answer.
+    Query(client::QueryArgs),
+    /// Projector and GraphQL server in one process (a single-node deployment).
+    Run(demo::RunArgs),
+    /// The whole system on this machine: a simulated cluster, the projector and the GraphQL
+    /// server on SQLite.
+    Demo(demo::DemoArgs),
 }
 
 #[derive(Debug, Args)]
 struct DbArgs {
-    /// Database URL: postgres://USER@HOST:PORT/DB.
-    #[arg(long, env = "SESSIONVIEW_DATABASE_URL")]
+    /// Database URL: sqlite://PATH (the embedded default; created if missing) or
+    /// postgres://USER@HOST:PORT/DB.
+    #[arg(
+        long,
+        env = "SESSIONVIEW_DATABASE_URL",
+        default_value = "sqlite://sessionview.db"
+    )]
     database_url: String,
     /// Largest number of database connections.
     #[arg(long, env = "SESSIONVIEW_DB_MAX_CONNECTIONS", default_value_t = 8)]
     db_max_connections: u32,
 }
 
+/// The database a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Postgres,
+    Sqlite,
+}
+
 impl DbArgs {
-    async fn connect(&self) -> anyhow::Result<PgStore> {
+    fn backend(&self) -> anyhow::Result<Backend> {
+        let url = &self.database_url;
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Backend::Postgres)
+        } else if url.starts_with("sqlite:") {
+            Ok(Backend::Sqlite)
+        } else {
+            bail!(
+                "unsupported --database-url {:?}: expected sqlite://PATH or postgres://USER@HOST:PORT/DB",
+                redact(url)
+            )
+        }
+    }
+
+    async fn pg(&self) -> anyhow::Result<PgStore> {
         PgStore::connect(&self.database_url, self.db_max_connections)
             .await
             .with_context(|| format!("connecting to {}", redact(&self.database_url)))
     }
+
+    async fn sqlite(&self) -> anyhow::Result<SqliteStore> {
+        SqliteStore::connect(&self.database_url, self.db_max_connections)
+            .await
+            .with_context(|| format!("opening {}", self.database_url))
+    }
 }
+
+/// Runs `$body` with `$store` bound to the backend the URL of `$db` names.
+macro_rules! with_store {
+    ($db:expr, |$store:ident| $body:expr) => {
+        match $db.backend()? {
+            Backend::Postgres => {
+                let $store = $db.pg().await?;
+                $body
+            }
+            Backend::Sqlite => {
+                let $store = $db.sqlite().await?;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_store;
 
 /// Hides a password in a URL for messages.
 fn redact(url: &str) -> String {
@@ -174,12 +233,11 @@ fn main() -> anyhow::Result<()> {
 
 async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Migrate(db) => {
-            let store = db.connect().await?;
+        Command::Migrate(db) => with_store!(db, |store| {
             store.migrate().await.context("migrating the schema")?;
             println!("schema is up to date");
             Ok(())
-        }
+        }),
         Command::Project(args) => project(args).await,
         Command::Simulate(args) => simulate::run(args).await,
         Command::DeadLetters(args) => dead_letters(args).await,
@@ -190,6 +248,9 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keypair(cmd) => serve::keypair(cmd).await,
+        Command::Query(args) => client::query(args).await,
+        Command::Run(args) => demo::run(args).await,
+        Command::Demo(args) => demo::demo(args).await,
     }
 }
 
@@ -218,9 +279,15 @@ async fn project(args: ProjectArgs) -> anyhow::Result<()> {
             *follow = args.follow;
         }
     }
-    let store = args.db.connect().await?;
-    store.migrate().await.context("migrating the schema")?;
+    with_store!(args.db, |store| project_with(store, source, &args).await)
+}
 
+async fn project_with<S: Store>(
+    store: S,
+    source: SourceConfig,
+    args: &ProjectArgs,
+) -> anyhow::Result<()> {
+    store.migrate().await.context("migrating the schema")?;
     let shutdown = CancellationToken::new();
     telemetry::cancel_on_signals(shutdown.clone());
     let ops_stop = CancellationToken::new();
@@ -286,7 +353,10 @@ async fn dead_letters(args: DeadLetterArgs) -> anyhow::Result<()> {
     if args.limit < 1 {
         bail!("--limit must be at least 1, got {}", args.limit);
     }
-    let store = args.db.connect().await?;
+    with_store!(args.db, |store| dead_letters_with(store, args).await)
+}
+
+async fn dead_letters_with<S: Store>(store: S, args: DeadLetterArgs) -> anyhow::Result<()> {
     let rows = store
         .dead_letters(&DeadLetterFilter {
             after_id: args.after_id,

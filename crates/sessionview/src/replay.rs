@@ -14,12 +14,12 @@ use anyhow::{Context, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use sessionview_projector::{BatchConfig, RunOptions, SourceConfig, Until};
-use sessionview_store::{LIVE_SCHEMA, PgStore, Store, StoreCounts, truncate_live};
+use sessionview_store::{LIVE_SCHEMA, PgStore, Store, StoreCounts};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use uuid::Uuid;
 
-use crate::{DbArgs, redact, telemetry};
+use crate::{Backend, DbArgs, redact, telemetry};
 
 const SHADOW: &str = "sessionview_shadow";
 const RETIRED: &str = "sessionview_retired";
@@ -221,7 +221,25 @@ pub(crate) async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         bail!("{}: no such file", path.display());
     }
     let source_name = source.source_name();
-    let live = args.db.connect().await?;
+    if args.db.backend()? == Backend::Sqlite {
+        if !args.in_place {
+            bail!(
+                "zero-downtime replay and --verify-only need PostgreSQL (they build into a shadow \
+                 schema and swap it in); on SQLite, stop the projector and use --in-place"
+            );
+        }
+        let store = args.db.sqlite().await?;
+        store.migrate().await.context("migrating the schema")?;
+        if args.dry_run {
+            println!(
+                "would empty and rebuild {} in place from {}",
+                args.db.database_url, args.from
+            );
+            return Ok(());
+        }
+        return in_place(store, source, &args).await;
+    }
+    let live = args.db.pg().await?;
     live.migrate().await.context("migrating the live schema")?;
     let live_positions = live.positions(&source_name).await?;
     let mode = if args.in_place {
@@ -293,7 +311,7 @@ pub(crate) async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
 
     let result = async {
         if args.in_place {
-            truncate_live(&live).await?;
+            live.reset_read_model().await?;
             let summary = run_to(live.clone(), Until::End).await?;
             return Ok::<_, anyhow::Error>(format!("rebuilt the live tables in place from {} events", summary.messages));
         }
@@ -389,6 +407,48 @@ pub(crate) async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             Err(e)
         }
     }
+}
+
+/// `--in-place` on a backend without shadow schemas (SQLite): empty the read model, rebuild it.
+async fn in_place<S: Store>(
+    store: S,
+    source: SourceConfig,
+    args: &ReplayArgs,
+) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    telemetry::cancel_on_signals(shutdown.clone());
+    let total = match &source {
+        SourceConfig::File { path, .. } => {
+            let p = path.clone();
+            Some(tokio::task::spawn_blocking(move || count_lines(&p)).await??)
+        }
+        SourceConfig::Kafka(_) => None,
+    };
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = CancellationToken::new();
+    let progress = spawn_progress(Arc::clone(&done), total, stop.clone());
+    let started = Instant::now();
+    store.reset_read_model().await?;
+    let opts = RunOptions {
+        batch: BatchConfig {
+            max_events: args.batch_size.max(1),
+            ..BatchConfig::default()
+        },
+        until: Until::End,
+        progress: Some(Arc::clone(&done)),
+        standalone: true,
+    };
+    let result = sessionview_projector::run(source, store, opts, shutdown).await;
+    stop.cancel();
+    let _ = progress.await;
+    let summary = result?;
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "rebuilt the live tables in place from {} events in {seconds:.2}s ({:.0} events/s)",
+        summary.messages,
+        summary.messages as f64 / seconds.max(1e-9)
+    );
+    Ok(())
 }
 
 /// `--verify-only` found differences (exit status 3).

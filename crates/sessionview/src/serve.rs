@@ -8,11 +8,11 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use rand::Rng;
 use sessionview_query::{Limits, ServerConfig};
-use sessionview_store::{KeyPair, KeyPairAdmin, PgStore, Role, Store};
+use sessionview_store::{KeyPair, KeyPairAdmin, PgStore, ReadModel, Role, Store};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::{DbArgs, redact, telemetry};
+use crate::{Backend, DbArgs, redact, telemetry, with_store};
 
 /// Options of `sessionview serve`.
 #[derive(Debug, Args)]
@@ -41,35 +41,40 @@ pub(crate) struct ServeArgs {
 }
 
 pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let store = PgStore::connect_with_timeout(
-        &args.db.database_url,
-        args.db.db_max_connections,
-        Some(Duration::from_millis(args.statement_timeout_ms)),
-    )
-    .await
-    .with_context(|| format!("connecting to {}", redact(&args.db.database_url)))?;
+    match args.db.backend()? {
+        Backend::Postgres => {
+            let store = PgStore::connect_with_timeout(
+                &args.db.database_url,
+                args.db.db_max_connections,
+                Some(Duration::from_millis(args.statement_timeout_ms)),
+            )
+            .await
+            .with_context(|| format!("connecting to {}", redact(&args.db.database_url)))?;
+            serve_with(store, &args).await
+        }
+        // SQLite has no statement timeout; the other limits apply.
+        Backend::Sqlite => serve_with(args.db.sqlite().await?, &args).await,
+    }
+}
+
+impl ServeArgs {
+    fn config(&self) -> ServerConfig {
+        ServerConfig {
+            limits: Limits {
+                max_limit: self.max_limit,
+                max_depth: self.max_depth,
+                max_complexity: self.max_complexity,
+            },
+            body_limit: self.body_limit_bytes,
+        }
+    }
+}
+
+async fn serve_with<S: Store + ReadModel>(store: S, args: &ServeArgs) -> anyhow::Result<()> {
     store.migrate().await.context("migrating the schema")?;
     let shutdown = CancellationToken::new();
     telemetry::cancel_on_signals(shutdown.clone());
-    let handle = telemetry::install_metrics()?;
-    let probe = store.clone();
-    let ops = telemetry::ops_router(
-        handle,
-        move || {
-            let probe = probe.clone();
-            async move { probe.ping().await.is_ok() }
-        },
-        shutdown.clone(),
-    );
-    let cfg = ServerConfig {
-        limits: Limits {
-            max_limit: args.max_limit,
-            max_depth: args.max_depth,
-            max_complexity: args.max_complexity,
-        },
-        body_limit: args.body_limit_bytes,
-    };
-    let app = sessionview_query::router(store, cfg).merge(ops);
+    let app = api_router(store, args.config(), shutdown.clone())?;
     eprintln!(
         "sessionview {} serving http://{}/admin/graphql (GraphiQL: http://{}/graphiql)",
         env!("CARGO_PKG_VERSION"),
@@ -77,6 +82,25 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.listen
     );
     telemetry::serve(args.listen, app, "the GraphQL API", shutdown).await
+}
+
+/// The API routes plus /metrics, /healthz and /readyz (installs the metrics recorder).
+pub(crate) fn api_router<S: Store + ReadModel>(
+    store: S,
+    cfg: ServerConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<axum::Router> {
+    let handle = telemetry::install_metrics()?;
+    let probe = store.clone();
+    let ops = telemetry::ops_router(
+        handle,
+        move || {
+            let probe = probe.clone();
+            async move { Store::ping(&probe).await.is_ok() }
+        },
+        shutdown,
+    );
+    Ok(sessionview_query::router(store, cfg).merge(ops))
 }
 
 /// `sessionview keypair ...`.
@@ -140,6 +164,14 @@ pub(crate) fn generate(email: &str, role: Role, domain: &str, user_id: Uuid) -> 
     }
 }
 
+async fn insert<S: Store + KeyPairAdmin>(store: &S, kp: &KeyPair) -> anyhow::Result<()> {
+    store.migrate().await.context("migrating the schema")?;
+    store
+        .insert_keypair(kp)
+        .await
+        .context("storing the keypair")
+}
+
 pub(crate) async fn keypair(cmd: KeypairCommand) -> anyhow::Result<()> {
     match cmd {
         KeypairCommand::Create(args) => {
@@ -147,18 +179,13 @@ pub(crate) async fn keypair(cmd: KeypairCommand) -> anyhow::Result<()> {
             if args.email.trim().is_empty() || !args.email.contains('@') {
                 bail!("--email {:?} is not an email address", args.email);
             }
-            let store = args.db.connect().await?;
-            store.migrate().await.context("migrating the schema")?;
             let kp = generate(
                 &args.email,
                 role,
                 &args.domain,
                 args.user_id.unwrap_or_else(Uuid::new_v4),
             );
-            store
-                .insert_keypair(&kp)
-                .await
-                .context("storing the keypair")?;
+            with_store!(args.db, |store| insert(&store, &kp).await)?;
             println!("access_key: {}", kp.access_key);
             println!("secret_key: {}", kp.secret_key);
             println!(
@@ -171,8 +198,10 @@ pub(crate) async fn keypair(cmd: KeypairCommand) -> anyhow::Result<()> {
             Ok(())
         }
         KeypairCommand::List(db) => {
-            let store = db.connect().await?;
-            let all = store.list_keypairs().await.context("reading keypairs")?;
+            let all = with_store!(db, |store| store
+                .list_keypairs()
+                .await
+                .context("reading keypairs"))?;
             println!(
                 "{:<22} {:<10} {:<7} {:<16} EMAIL",
                 "ACCESS KEY", "ROLE", "ACTIVE", "DOMAIN"
@@ -190,12 +219,11 @@ pub(crate) async fn keypair(cmd: KeypairCommand) -> anyhow::Result<()> {
             Ok(())
         }
         KeypairCommand::Deactivate(args) => {
-            let store = args.db.connect().await?;
-            if !store
+            let found = with_store!(args.db, |store| store
                 .deactivate_keypair(&args.access_key)
                 .await
-                .context("deactivating the keypair")?
-            {
+                .context("deactivating the keypair"))?;
+            if !found {
                 bail!("no keypair with access key {:?}", args.access_key);
             }
             println!("deactivated {}", args.access_key);

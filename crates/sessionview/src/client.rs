@@ -1,0 +1,84 @@
+//! `sessionview query`: a signed GraphQL request from the command line (what the demo prints).
+
+use anyhow::{Context, bail};
+use clap::Args;
+use sessionview_query::auth::{API_VERSION, SigningInput, sign};
+
+/// Options of `sessionview query`.
+#[derive(Debug, Args)]
+pub(crate) struct QueryArgs {
+    /// The server's base URL.
+    #[arg(
+        long,
+        env = "SESSIONVIEW_ENDPOINT",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    endpoint: String,
+    /// Access key of the keypair to sign with.
+    #[arg(long, env = "SESSIONVIEW_ACCESS_KEY")]
+    access_key: String,
+    /// Secret key of the keypair to sign with.
+    #[arg(long, env = "SESSIONVIEW_SECRET_KEY", hide_env_values = true)]
+    secret_key: String,
+    /// Variables as a JSON object.
+    #[arg(long, env = "SESSIONVIEW_VARIABLES", default_value = "{}")]
+    variables: String,
+    /// The GraphQL query.
+    query: String,
+}
+
+pub(crate) async fn query(args: QueryArgs) -> anyhow::Result<()> {
+    let variables: serde_json::Value =
+        serde_json::from_str(&args.variables).context("--variables is not JSON")?;
+    if !variables.is_object() {
+        bail!("--variables must be a JSON object");
+    }
+    let base = url::Url::parse(&args.endpoint)
+        .with_context(|| format!("--endpoint {:?} is not a URL", args.endpoint))?;
+    let host = match (base.host_str(), base.port()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_owned(),
+        _ => bail!("--endpoint {:?} has no host", args.endpoint),
+    };
+    let path = "/admin/graphql";
+    let date = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, false);
+    let signature = sign(
+        &args.secret_key,
+        &SigningInput {
+            method: "POST",
+            path_and_query: path,
+            date: &date,
+            host: &host,
+            content_type: "application/json",
+            version: API_VERSION,
+        },
+    )?;
+    let body = serde_json::json!({"query": args.query, "variables": variables});
+    let resp = reqwest::Client::new()
+        .post(base.join(path)?)
+        .header("Content-Type", "application/json")
+        .header("Date", &date)
+        .header("X-BackendAI-Version", API_VERSION)
+        .header(
+            "Authorization",
+            format!(
+                "BackendAI signMethod=HMAC-SHA256, credential={}:{signature}",
+                args.access_key
+            ),
+        )
+        .body(body.to_string())
+        .send()
+        .await
+        .with_context(|| format!("sending the query to {}", args.endpoint))?;
+    let status = resp.status();
+    let text = resp.text().await?;
+    let pretty = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or(text);
+    println!("{pretty}");
+    if !status.is_success() {
+        bail!("the server answered {status}");
+    }
+    Ok(())
+}
