@@ -447,8 +447,8 @@ async fn session_lists_filter_scope_order_and_count<S: Backend>(store: &S) {
     let domain = all[0].session.domain_name.clone();
     let ak = all[0].session.access_key.clone();
     let group = all[0].session.group_id;
-    type Keep = Box<dyn Fn(&SessionState) -> bool>;
-    let cases: Vec<(SessionListQuery, Keep)> = vec![
+    type Keep<'a> = Box<dyn Fn(&SessionState) -> bool + 'a>;
+    let cases: Vec<(SessionListQuery, Keep<'_>)> = vec![
         (
             q(&|q| {
                 q.scope = Scope {
