@@ -11,40 +11,18 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sessionview_query::auth::{API_VERSION, SigningInput, sign};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_sessionview");
+#[path = "support/mod.rs"]
+mod support;
+
+use support::{BIN, free_port, signed_graphql};
 
 async fn sessions(host: &str, ak: &str, sk: &str) -> (u64, HashMap<String, String>) {
-    let date = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, false);
-    let sig = sign(
-        sk,
-        &SigningInput {
-            method: "POST",
-            path_and_query: "/admin/graphql",
-            date: &date,
-            host,
-            content_type: "application/json",
-            version: API_VERSION,
-        },
-    )
-    .unwrap();
     let body = json!({"query": "{ compute_session_list(limit: 1000, offset: 0) { total_count items { id status } } }"});
-    let v: Value = reqwest::Client::new()
-        .post(format!("http://{host}/admin/graphql"))
-        .header("Content-Type", "application/json")
-        .header("X-BackendAI-Version", API_VERSION)
-        .header("Date", date)
-        .header(
-            "Authorization",
-            format!("BackendAI signMethod=HMAC-SHA256, credential={ak}:{sig}"),
-        )
-        .body(body.to_string())
-        .send()
+    let v: Value = signed_graphql(host, ak, sk, &body)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -67,12 +45,7 @@ async fn sessions(host: &str, ak: &str, sk: &str) -> (u64, HashMap<String, Strin
 async fn demo_shows_sessions_appearing_and_changing_status() {
     let dir = std::env::temp_dir().join(format!("sv-demo-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let host = format!("127.0.0.1:{port}");
+    let host = format!("127.0.0.1:{}", free_port());
     let db = format!("sqlite://{}", dir.join("demo.db").display());
     let mut demo = Command::new(BIN)
         .args([

@@ -13,7 +13,6 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sessionview_query::auth::{API_VERSION, SigningInput, sign};
 use support::*;
 use tokio::process::Command;
 
@@ -53,43 +52,6 @@ async fn schema_sdl_matches_the_snapshot() {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn signed(host: &str, ak: &str, sk: &str, body: &Value) -> reqwest::Response {
-    let date = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, false);
-    let sig = sign(
-        sk,
-        &SigningInput {
-            method: "POST",
-            path_and_query: "/admin/graphql",
-            date: &date,
-            host,
-            content_type: "application/json",
-            version: API_VERSION,
-        },
-    )
-    .unwrap();
-    reqwest::Client::new()
-        .post(format!("http://{host}/admin/graphql"))
-        .header("Content-Type", "application/json")
-        .header("X-BackendAI-Version", API_VERSION)
-        .header("Date", date)
-        .header(
-            "Authorization",
-            format!("BackendAI signMethod=HMAC-SHA256, credential={ak}:{sig}"),
-        )
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn keypair_serve_and_query_through_the_binary() {
     let db = TestDb::new().await;
@@ -108,33 +70,7 @@ async fn keypair_serve_and_query_through_the_binary() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let out = Command::new(BIN)
-        .args([
-            "keypair",
-            "create",
-            "--database-url",
-            &db.url,
-            "--email",
-            "ops@example.com",
-            "--role",
-            "superadmin",
-        ])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
-            .unwrap()
-            .to_owned()
-    };
-    let (ak, sk) = (field("access_key"), field("secret_key"));
+    let (ak, sk) = create_superadmin(&db.url).await;
     assert!(ak.starts_with("AKIA") && sk.len() == 40);
     // Bad input is refused with a message naming it.
     let out = Command::new(BIN)
@@ -174,7 +110,7 @@ async fn keypair_serve_and_query_through_the_binary() {
     assert!(up, "sessionview serve did not become ready");
 
     let body = json!({"query": "{ compute_session_list(limit: 5, offset: 0) { total_count items { id containers { id agent } } } }"});
-    let resp = signed(&host, &ak, &sk, &body).await;
+    let resp = signed_graphql(&host, &ak, &sk, &body).await;
     assert_eq!(resp.status(), 200);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["compute_session_list"]["total_count"], 50);
@@ -203,7 +139,7 @@ async fn keypair_serve_and_query_through_the_binary() {
         .await
         .unwrap();
     assert!(out.status.success());
-    assert_eq!(signed(&host, &ak, &sk, &body).await.status(), 401);
+    assert_eq!(signed_graphql(&host, &ak, &sk, &body).await.status(), 401);
     let out = Command::new(BIN)
         .args(["keypair", "list", "--database-url", &db.url])
         .output()

@@ -16,19 +16,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sessionview_projection::{Fold, Position, SessionState};
-use sessionview_query::auth::{API_VERSION, SigningInput, sign};
 use sessionview_simulator::SimConfig;
 use sessionview_store::Store;
 use support::*;
 use tokio::process::Command;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The fold of several streams published one after the other (sessions are independent, so the
 /// interleaving in the topic does not matter).
@@ -64,60 +55,9 @@ async fn wait_for(what: &str, secs: u64, mut ok: impl AsyncFnMut() -> bool) {
     }
 }
 
-async fn keypair(db: &TestDb) -> (String, String) {
-    let out = Command::new(BIN)
-        .args([
-            "keypair",
-            "create",
-            "--database-url",
-            &db.url,
-            "--email",
-            "ops@example.com",
-            "--role",
-            "superadmin",
-        ])
-        .output()
-        .await
-        .unwrap();
-    assert!(out.status.success());
-    let text = String::from_utf8(out.stdout).unwrap();
-    let get = |k: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{k}: ")))
-            .unwrap()
-            .to_owned()
-    };
-    (get("access_key"), get("secret_key"))
-}
-
 async fn query(host: &str, ak: &str, sk: &str) -> Result<usize, String> {
-    let date = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, false);
-    let sig = sign(
-        sk,
-        &SigningInput {
-            method: "POST",
-            path_and_query: "/admin/graphql",
-            date: &date,
-            host,
-            content_type: "application/json",
-            version: API_VERSION,
-        },
-    )
-    .unwrap();
     let body = json!({"query": "{ compute_session_list(limit: 5, offset: 0) { total_count items { id status containers { id } } } }"});
-    let resp = reqwest::Client::new()
-        .post(format!("http://{host}/admin/graphql"))
-        .header("Content-Type", "application/json")
-        .header("X-BackendAI-Version", API_VERSION)
-        .header("Date", date)
-        .header(
-            "Authorization",
-            format!("BackendAI signMethod=HMAC-SHA256, credential={ak}:{sig}"),
-        )
-        .body(body.to_string())
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
+    let resp = signed_graphql(host, ak, sk, &body).await;
     let status = resp.status();
     let v: Value = resp.json().await.map_err(|e| e.to_string())?;
     if status != 200 {
@@ -154,7 +94,7 @@ async fn zero_downtime_rebuild_under_live_load() {
     })
     .await;
 
-    let (ak, sk) = keypair(&db).await;
+    let (ak, sk) = create_superadmin(&db.url).await;
     let host = format!("127.0.0.1:{}", free_port());
     let mut server = Command::new(BIN)
         .args(["serve", "--database-url", &db.url, "--listen", &host])
@@ -162,7 +102,12 @@ async fn zero_downtime_rebuild_under_live_load() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    wait_for("serve", 30, async || query(&host, &ak, &sk).await.is_ok()).await;
+    wait_for("serve", 30, async || {
+        reqwest::get(format!("http://{host}/readyz"))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
 
     // Queries in a loop: every one must succeed and never see fewer sessions than before.
     let stop = Arc::new(AtomicBool::new(false));

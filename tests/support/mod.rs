@@ -219,3 +219,72 @@ pub async fn progress(store: &PgStore, source: &str) -> i64 {
         .map(|p| p.values().sum())
         .unwrap_or(0)
 }
+
+/// A free local TCP port (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A GraphQL request to `POST /admin/graphql`, signed as Backend.AI clients sign it.
+pub async fn signed_graphql(
+    host: &str,
+    ak: &str,
+    sk: &str,
+    body: &serde_json::Value,
+) -> reqwest::Response {
+    use sessionview_query::auth::{API_VERSION, SigningInput, sign};
+    let date = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, false);
+    let input = SigningInput {
+        method: "POST",
+        path_and_query: "/admin/graphql",
+        date: &date,
+        host,
+        content_type: "application/json",
+        version: API_VERSION,
+    };
+    let sig = sign(sk, &input).unwrap();
+    reqwest::Client::new()
+        .post(format!("http://{host}/admin/graphql"))
+        .header("Content-Type", "application/json")
+        .header("X-BackendAI-Version", API_VERSION)
+        .header("Date", date)
+        .header(
+            "Authorization",
+            format!("BackendAI signMethod=HMAC-SHA256, credential={ak}:{sig}"),
+        )
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
+}
+
+/// `sessionview keypair create` (superadmin) against `database_url`: the access and secret key.
+pub async fn create_superadmin(database_url: &str) -> (String, String) {
+    let out = Command::new(BIN)
+        .args([
+            "keypair",
+            "create",
+            "--database-url",
+            database_url,
+            "--email",
+            "ops@example.com",
+            "--role",
+            "superadmin",
+        ])
+        .output()
+        .await
+        .unwrap();
+    check("sessionview keypair create", &out);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let field = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}: ")))
+            .unwrap()
+            .to_owned()
+    };
+    (field("access_key"), field("secret_key"))
+}

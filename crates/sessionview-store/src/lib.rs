@@ -28,6 +28,21 @@ pub use read::{
 };
 pub use sqlite::SqliteStore;
 
+/// Every column of a comma-separated list, prefixed by a table alias (`s.id, s.name, ...`).
+pub(crate) fn prefixed(alias: &str, columns: &str) -> String {
+    columns
+        .split(',')
+        .map(|c| format!("{alias}.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Row counts of the read model's tables (same SQL on every backend).
+pub(crate) const COUNTS_SQL: &str = "SELECT (SELECT count(*) FROM sessions) AS sessions, \
+    (SELECT count(*) FROM kernels) AS kernels, (SELECT count(*) FROM seen_events) AS seen_events, \
+    (SELECT count(*) FROM parked_events) AS parked_events, \
+    (SELECT count(*) FROM dead_letters) AS dead_letters";
+
 /// One partition's position move within a commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Advance {

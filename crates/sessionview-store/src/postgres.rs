@@ -18,7 +18,8 @@ use tracing::instrument;
 use uuid::Uuid;
 
 use crate::{
-    Commit, CommitOutcome, DeadLetterFilter, Store, StoreCounts, StoreError, StoredDeadLetter,
+    COUNTS_SQL, Commit, CommitOutcome, DeadLetterFilter, Store, StoreCounts, StoreError,
+    StoredDeadLetter,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
@@ -376,15 +377,7 @@ impl Store for PgStore {
     }
 
     async fn counts(&self) -> Result<StoreCounts, StoreError> {
-        let r = sqlx::query(
-            "SELECT (SELECT count(*) FROM sessions) AS sessions, \
-                    (SELECT count(*) FROM kernels) AS kernels, \
-                    (SELECT count(*) FROM seen_events) AS seen_events, \
-                    (SELECT count(*) FROM parked_events) AS parked_events, \
-                    (SELECT count(*) FROM dead_letters) AS dead_letters",
-        )
-        .fetch_one(&self.pool)
-        .await?;
+        let r = sqlx::query(COUNTS_SQL).fetch_one(&self.pool).await?;
         Ok(StoreCounts {
             sessions: r.try_get("sessions")?,
             kernels: r.try_get("kernels")?,

@@ -11,16 +11,7 @@ use crate::read::{
     CONTAINER_ORDER_KEYS, ContainerListQuery, KeyPair, KeyPairAdmin, Order, Page, ReadModel, Role,
     SESSION_ORDER_KEYS, Scope, SessionListQuery,
 };
-use crate::{PgStore, StoreError};
-
-/// `col` prefixed by a table alias, for every column of a list.
-fn prefixed(alias: &str, columns: &str) -> String {
-    columns
-        .split(',')
-        .map(|c| format!("{alias}.{}", c.trim()))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
+use crate::{PgStore, StoreError, prefixed};
 
 fn push_scope(qb: &mut QueryBuilder<'_, Postgres>, alias: &str, scope: &Scope) {
     if let Some(d) = &scope.domain_name {

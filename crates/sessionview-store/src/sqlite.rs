@@ -24,7 +24,8 @@ use crate::read::{
     SESSION_ORDER_KEYS, Scope, SessionListQuery,
 };
 use crate::{
-    Commit, CommitOutcome, DeadLetterFilter, Store, StoreCounts, StoreError, StoredDeadLetter,
+    COUNTS_SQL, Commit, CommitOutcome, DeadLetterFilter, Store, StoreCounts, StoreError,
+    StoredDeadLetter, prefixed,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
@@ -90,14 +91,6 @@ const SESSION_COLUMNS: &str = "id, name, type, tag, image, registry, cluster_tem
 const KERNEL_COLUMNS: &str = "id, session_id, ordinal, role, hostname, image, registry, status, \
     status_changed, status_info, created_at, terminated_at, agent, container_id, resource_opts, \
     occupied_slots, service_ports, last_stat";
-
-fn prefixed(alias: &str, columns: &str) -> String {
-    columns
-        .split(',')
-        .map(|c| format!("{alias}.{}", c.trim()))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
 
 fn session_from_row(r: &SqliteRow) -> Result<SessionRow, StoreError> {
     const T: &str = "sessions";
@@ -486,15 +479,7 @@ impl Store for SqliteStore {
     }
 
     async fn counts(&self) -> Result<StoreCounts, StoreError> {
-        let r = sqlx::query(
-            "SELECT (SELECT count(*) FROM sessions) AS sessions, \
-                    (SELECT count(*) FROM kernels) AS kernels, \
-                    (SELECT count(*) FROM seen_events) AS seen_events, \
-                    (SELECT count(*) FROM parked_events) AS parked_events, \
-                    (SELECT count(*) FROM dead_letters) AS dead_letters",
-        )
-        .fetch_one(&self.pool)
-        .await?;
+        let r = sqlx::query(COUNTS_SQL).fetch_one(&self.pool).await?;
         Ok(StoreCounts {
             sessions: r.try_get("sessions")?,
             kernels: r.try_get("kernels")?,
