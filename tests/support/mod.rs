@@ -288,3 +288,9 @@ pub async fn create_superadmin(database_url: &str) -> (String, String) {
     };
     (field("access_key"), field("secret_key"))
 }
+
+/// Runs one statement as the administrative user (for fault injection).
+pub async fn admin_exec(sql: &str) {
+    let mut conn = sqlx::PgConnection::connect(&admin_url()).await.unwrap();
+    sqlx::query(sql).execute(&mut conn).await.unwrap();
+}

@@ -41,12 +41,14 @@ fn is_transient_sqlx(e: &sqlx::Error) -> bool {
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
             let code = code.as_ref();
             // 08: connection exception; 40001: serialization failure; 40P01: deadlock;
-            // 53: insufficient resources; 57P01..03: admin/crash shutdown, cannot connect now.
+            // 53: insufficient resources; 57P01..03: admin/crash shutdown, cannot connect now;
+            // 55000: the database is not accepting connections (ALLOW_CONNECTIONS false);
+            // SQLite's 5 and 6: the database file is busy or locked.
             code.starts_with("08")
                 || code == "40001"
                 || code == "40P01"
                 || code.starts_with("53")
-                || matches!(code, "57P01" | "57P02" | "57P03")
+                || matches!(code, "57P01" | "57P02" | "57P03" | "55000" | "5" | "6")
         }),
         _ => false,
     }

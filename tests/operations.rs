@@ -1,0 +1,264 @@
+//! End-to-end tests of the projector's operational behaviour: SIGTERM drains and exits cleanly,
+//! metrics and probes answer, a database outage is retried without losing or doubling anything,
+//! two instances share a topic through a consumer group, and `run` serves what it projects.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a panic is a failed test"
+)]
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use sessionview_store::Store;
+use support::*;
+use tokio::process::Command;
+
+async fn wait_for(what: &str, secs: u64, mut ok: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !ok().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn sigterm(child: &tokio::process::Child) {
+    let pid = child.id().unwrap();
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_and_metrics_and_probes_answer() {
+    let cfg = sim_config(2500, 301);
+    let topic = unique_topic("term");
+    publish(&topic, &cfg).await;
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut live = project_command(
+        &db,
+        &topic,
+        "term",
+        &["--batch-size", "200", "--metrics-listen", &metrics],
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    wait_for("progress", 60, async || progress(&store, &topic).await > 0).await;
+
+    let client = reqwest::Client::new();
+    let text = client
+        .get(format!("http://{metrics}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "sessionview_projector_events_total{event_type=\"session_enqueued\",outcome=\"applied\"}",
+        "sessionview_projector_batch_size_bucket",
+        "sessionview_projector_commit_seconds_bucket",
+        "sessionview_projector_lag_seconds{partition=",
+    ] {
+        assert!(text.contains(name), "{name} missing from /metrics:\n{text}");
+    }
+    assert!(
+        client
+            .get(format!("http://{metrics}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
+    assert!(
+        client
+            .get(format!("http://{metrics}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
+
+    sigterm(&live);
+    let status = tokio::time::timeout(Duration::from_secs(30), live.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        status.success(),
+        "SIGTERM should end the projector cleanly, got {status}"
+    );
+    // Whatever was committed is consistent: finishing the topic gives exactly the fold.
+    project_to_end(&db, &topic, &[]).await;
+    let (expected, _) = model(&cfg);
+    assert_tables_equal(&store, &expected).await;
+    db.drop().await;
+}
+
+/// The database refuses connections for a while mid-projection: batches are retried with backoff,
+/// positions are not advanced meanwhile, and the end result is exact.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_outage_is_retried_without_loss_or_duplication() {
+    let cfg = sim_config(2500, 302);
+    let topic = unique_topic("outage");
+    publish(&topic, &cfg).await;
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    let name = db.url.rsplit('/').next().unwrap().to_owned();
+    let mut live = project_command(
+        &db,
+        &topic,
+        "outage",
+        &[
+            "--batch-size",
+            "200",
+            "--exit-at-end",
+            "--db-max-connections",
+            "2",
+        ],
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    wait_for("progress", 60, async || progress(&store, &topic).await > 0).await;
+
+    // Outage: no new connections, and the projector's existing ones are cut.
+    admin_exec(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false")).await;
+    admin_exec(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND application_name = 'sessionview'"
+    ))
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        live.try_wait().unwrap().is_none(),
+        "the projector must survive the outage"
+    );
+    admin_exec(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true")).await;
+
+    let status = tokio::time::timeout(Duration::from_secs(120), live.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let (expected, _) = model(&cfg);
+    let store = db.store().await;
+    assert_tables_equal(&store, &expected).await;
+    assert_eq!(
+        progress(&store, &topic).await as usize,
+        messages(&cfg).len()
+    );
+    db.drop().await;
+}
+
+/// Two instances in one consumer group split the partitions (with a rebalance when the second
+/// joins) and together build exactly the fold.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_instances_in_a_group_share_the_topic() {
+    let cfg = sim_config(2500, 303);
+    let topic = unique_topic("group");
+    publish(&topic, &cfg).await;
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    let spawn = || {
+        project_command(&db, &topic, "shared", &["--batch-size", "100"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut a = spawn();
+    wait_for("the first instance to start", 60, async || {
+        progress(&store, &topic).await > 0
+    })
+    .await;
+    let mut b = spawn();
+    let total = messages(&cfg).len() as i64;
+    wait_for("both to finish the topic", 180, async || {
+        progress(&store, &topic).await >= total
+    })
+    .await;
+    sigterm(&a);
+    sigterm(&b);
+    assert!(a.wait().await.unwrap().success());
+    assert!(b.wait().await.unwrap().success());
+    let (expected, _) = model(&cfg);
+    assert_tables_equal(&store, &expected).await;
+    assert_eq!(store.positions(&topic).await.unwrap().len(), 4);
+    db.drop().await;
+}
+
+/// `sessionview run`: projector and server in one process, here on SQLite from an archive.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_projects_and_serves_in_one_process() {
+    let dir = std::env::temp_dir().join(format!("sv-run-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let archive = format!("file://{}", dir.join("events.ndjson").display());
+    let db = format!("sqlite://{}", dir.join("sv.db").display());
+    let out = Command::new(BIN)
+        .args([
+            "simulate",
+            "--sessions",
+            "120",
+            "--seed",
+            "304",
+            "--to",
+            &archive,
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let (ak, sk) = create_superadmin(&db).await;
+    let host = format!("127.0.0.1:{}", free_port());
+    let mut run = Command::new(BIN)
+        .args([
+            "run",
+            "--database-url",
+            &db,
+            "--source",
+            &archive,
+            "--listen",
+            &host,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let body = json!({"query": "{ compute_session_list(limit: 1, offset: 0) { total_count } }"});
+    wait_for("all 120 sessions to be served", 60, async || {
+        if !reqwest::get(format!("http://{host}/readyz"))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return false;
+        }
+        let v: serde_json::Value = signed_graphql(&host, &ak, &sk, &body)
+            .await
+            .json()
+            .await
+            .unwrap();
+        v["compute_session_list"]["total_count"] == 120
+    })
+    .await;
+    sigterm(&run);
+    assert!(run.wait().await.unwrap().success());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
