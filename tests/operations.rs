@@ -262,3 +262,68 @@ async fn run_projects_and_serves_in_one_process() {
     assert!(run.wait().await.unwrap().success());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Zero-downtime replay needs PostgreSQL: on SQLite it refuses clearly, and `--in-place` works.
+#[tokio::test(flavor = "multi_thread")]
+async fn replay_on_sqlite_refuses_shadow_modes_and_rebuilds_in_place() {
+    let dir = std::env::temp_dir().join(format!(
+        "sv-sqlite-replay-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let archive = format!("file://{}", dir.join("events.ndjson").display());
+    let db = format!("sqlite://{}", dir.join("sv.db").display());
+    let run = async |args: &[&str]| Command::new(BIN).args(args).output().await.unwrap();
+    assert!(
+        run(&[
+            "simulate",
+            "--sessions",
+            "80",
+            "--seed",
+            "305",
+            "--to",
+            &archive
+        ])
+        .await
+        .status
+        .success()
+    );
+    assert!(
+        run(&["project", "--database-url", &db, "--source", &archive])
+            .await
+            .status
+            .success()
+    );
+    for mode in [&[][..], &["--verify-only"][..]] {
+        let mut args = vec!["replay", "--database-url", &db, "--from", &archive];
+        args.extend_from_slice(mode);
+        let out = run(&args).await;
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("need PostgreSQL") && err.contains("--in-place"),
+            "{err}"
+        );
+    }
+    let out = run(&[
+        "replay",
+        "--database-url",
+        &db,
+        "--from",
+        &archive,
+        "--in-place",
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("rebuilt the live tables in place"));
+    let store = sessionview_store::SqliteStore::connect(&db, 1)
+        .await
+        .unwrap();
+    let (expected, _) = model(&sim_config(80, 305));
+    assert_eq!(store.all_sessions().await.unwrap(), expected);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

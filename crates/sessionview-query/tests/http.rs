@@ -454,3 +454,50 @@ async fn graphiql_page_signs_like_the_server_expects() {
     .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), expected);
 }
+
+/// A statement that runs past the statement timeout is cancelled by the database and reported as
+/// a clear GraphQL error, not a hang or a 500.
+#[tokio::test]
+async fn statement_timeout_is_a_clear_error() {
+    let fx = Fixture::new().await;
+    let slow = sessionview_store::PgStore::connect_with_timeout(
+        &fx.url,
+        2,
+        Some(std::time::Duration::from_millis(300)),
+    )
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, router(slow, ServerConfig::default()))
+            .await
+            .unwrap();
+    });
+    let srv = Server {
+        base: format!("http://{addr}"),
+        host: addr.to_string(),
+        stop: tokio_util::sync::CancellationToken::new(),
+    };
+    // Another session holds a lock the query must wait for.
+    let mut tx = fx.store.pool().begin().await.unwrap();
+    sqlx::query("LOCK TABLE sessions IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let body = json!({"query": "{ compute_session_list(limit: 5, offset: 0) { total_count } }"});
+    let resp = post(&srv, "/admin/graphql", &fx.superadmin, None, &body).await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let v: Value = resp.json().await.unwrap();
+    assert!(
+        v["data"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("statement timeout"),
+        "{v}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    tx.rollback().await.unwrap();
+    fx.drop().await;
+}
