@@ -289,12 +289,19 @@ async fn a_page_of_sessions_with_children_costs_a_constant_number_of_statements(
         );
         costs.push(fx.store.statements_executed() - before);
     }
-    // list + count, all containers, all dependencies, the dependencies' containers: 5, or 4 when
-    // the loader folds the last into the first batch, or 6 when a busy machine makes it split one
-    // batch in two. One statement per session would be over 100.
+    // list + count, then one batch each for containers, dependencies and the dependencies'
+    // containers: 5 (4 when no listed session has a visible dependency). On a busy machine a batch
+    // can split: list items register with the loader in chunks of 32 (futures' cooperative
+    // yield), and the loader's 1 ms window may close between chunks, so at most
+    // 2 + 3 * ceil(n / 32) statements — still far from one per session.
+    let bound = |n: u64| 2 + 3 * n.div_ceil(32);
     assert!(
-        costs.iter().all(|c| (4..=6).contains(c)),
-        "statements for 10 and 100 sessions: {costs:?}"
+        (4..=bound(10)).contains(&costs[0]),
+        "10 sessions: {costs:?}"
+    );
+    assert!(
+        (4..=bound(100)).contains(&costs[1]),
+        "100 sessions: {costs:?}"
     );
     fx.drop().await;
 }
