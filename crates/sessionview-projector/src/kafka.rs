@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
@@ -15,6 +15,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
+use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Timestamp};
 use sessionview_store::Store;
 use tokio::runtime::Handle;
@@ -64,6 +65,21 @@ struct Context<S> {
 }
 
 impl<S: Store> ClientContext for Context<S> {
+    /// librdkafka's periodic statistics carry each partition's high watermark: lag without extra
+    /// requests to the broker.
+    fn stats(&self, statistics: Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        if let Ok(mut h) = self.shared.high_watermarks.lock() {
+            for (p, part) in &topic.partitions {
+                if *p >= 0 && part.hi_offset >= 0 {
+                    h.insert(*p, part.hi_offset);
+                }
+            }
+        }
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         // With enable.partition.eof, librdkafka also reports each end of partition as a "global
         // error"; it is expected, and the poll loop handles it.
@@ -236,7 +252,6 @@ fn poll_loop<S: Store>(
 ) {
     let ctx = consumer.context();
     let mut at_end: HashSet<i32> = HashSet::new();
-    let mut last_watermarks = Instant::now();
     let mut ended = false;
     while !shutdown.is_cancelled() {
         reseek(consumer, topic, shared);
@@ -244,10 +259,6 @@ fn poll_loop<S: Store>(
             for p in fresh.drain(..) {
                 at_end.remove(&p);
             }
-        }
-        if last_watermarks.elapsed() > Duration::from_secs(5) {
-            refresh_watermarks(consumer, topic, shared);
-            last_watermarks = Instant::now();
         }
         if ended {
             std::thread::sleep(Duration::from_millis(100));
@@ -366,18 +377,3 @@ fn reseek<S: Store>(consumer: &BaseConsumer<Context<S>>, topic: &str, shared: &S
     }
 }
 
-fn refresh_watermarks<S: Store>(consumer: &BaseConsumer<Context<S>>, topic: &str, shared: &Shared) {
-    let owned: Vec<i32> = consumer
-        .context()
-        .epochs
-        .lock()
-        .map(|e| e.keys().copied().collect())
-        .unwrap_or_default();
-    for p in owned {
-        if let Ok((_, high)) = consumer.fetch_watermarks(topic, p, Duration::from_millis(500))
-            && let Ok(mut h) = shared.high_watermarks.lock()
-        {
-            h.insert(p, high);
-        }
-    }
-}
