@@ -327,3 +327,34 @@ async fn replay_on_sqlite_refuses_shadow_modes_and_rebuilds_in_place() {
     assert_eq!(store.all_sessions().await.unwrap(), expected);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A missing topic or an unreachable broker is a clear error, not an endless wait.
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_topic_and_unreachable_broker_are_clear_errors() {
+    let db = TestDb::new().await;
+    let missing = format!("kafka://{}/{}", brokers(), unique_topic("missing"));
+    let unreachable = format!("kafka://127.0.0.1:{}/anything", free_port());
+    for (source, expect) in [
+        (&missing, "does not exist"),
+        (&unreachable, "is the broker reachable"),
+    ] {
+        let started = std::time::Instant::now();
+        let out = Command::new(BIN)
+            .args([
+                "project",
+                "--database-url",
+                &db.url,
+                "--exit-at-end",
+                "--source",
+                source,
+            ])
+            .output()
+            .await
+            .unwrap();
+        assert!(!out.status.success(), "{source}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expect), "{source}: {err}");
+        assert!(started.elapsed() < Duration::from_secs(60));
+    }
+    db.drop().await;
+}

@@ -13,9 +13,9 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
-use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Timestamp};
 use sessionview_store::Store;
 use tokio::runtime::Handle;
@@ -227,7 +227,8 @@ pub(crate) async fn spawn<S: Store>(
             // Assignment blocks on the applier's lock, so it happens on this thread.
             let started = match standalone {
                 Some(stored) => assign_all(&consumer, &topic, stored),
-                None => consumer.subscribe(&[&topic]).map_err(ProjectorError::from),
+                None => topic_partitions(&consumer, &topic)
+                    .and_then(|_| consumer.subscribe(&[&topic]).map_err(ProjectorError::from)),
             };
             let ok = started.is_ok();
             let _ = ready_tx.send(started);
@@ -318,6 +319,33 @@ fn poll_loop<S: Store>(
     debug!("consumer thread leaving the group");
 }
 
+/// The topic's partitions, or a clear error when the broker cannot be reached or the topic does
+/// not exist (rather than waiting forever for partitions that never come).
+fn topic_partitions<S: Store>(
+    consumer: &BaseConsumer<Context<S>>,
+    topic: &str,
+) -> Result<Vec<i32>, ProjectorError> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(15))
+        .map_err(|e| {
+            ProjectorError::SourceFailed(format!(
+                "cannot read the metadata of topic {topic} (is the broker reachable?): {e}"
+            ))
+        })?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(ProjectorError::SourceFailed(format!(
+            "topic {topic} does not exist (or has no partitions); create it first, e.g. with `sessionview simulate --partitions N --to kafka://...` or the broker's tools"
+        )));
+    }
+    Ok(partitions)
+}
+
 /// Standalone mode (replay): every partition of the topic, assigned directly at the stored
 /// positions, without joining a group (no rebalance wait, and no partition taken from the live
 /// projector's group).
@@ -326,18 +354,7 @@ fn assign_all<S: Store>(
     topic: &str,
     stored: BTreeMap<i32, i64>,
 ) -> Result<(), ProjectorError> {
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic)
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    if partitions.is_empty() {
-        return Err(ProjectorError::SourceFailed(format!(
-            "topic {topic} has no partitions (does it exist?)"
-        )));
-    }
+    let partitions = topic_partitions(consumer, topic)?;
     let mut tpl = TopicPartitionList::new();
     for p in &partitions {
         tpl.add_partition(topic, *p);
@@ -376,4 +393,3 @@ fn reseek<S: Store>(consumer: &BaseConsumer<Context<S>>, topic: &str, shared: &S
         }
     }
 }
-
