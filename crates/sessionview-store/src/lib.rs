@@ -17,6 +17,7 @@ mod postgres;
 mod postgres_admin;
 mod postgres_read;
 mod read;
+mod sql;
 mod sqlite;
 
 pub use error::StoreError;

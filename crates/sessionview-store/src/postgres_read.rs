@@ -8,51 +8,11 @@ use uuid::Uuid;
 
 use crate::postgres::{KERNEL_COLUMNS, SESSION_COLUMNS, kernel_from_row, session_from_row};
 use crate::read::{
-    CONTAINER_ORDER_KEYS, ContainerListQuery, KeyPair, KeyPairAdmin, Order, Page, ReadModel, Role,
+    CONTAINER_ORDER_KEYS, ContainerListQuery, KeyPair, KeyPairAdmin, Page, ReadModel, Role,
     SESSION_ORDER_KEYS, Scope, SessionListQuery,
 };
+use crate::sql::{push_order, push_scope};
 use crate::{PgStore, StoreError, prefixed};
-
-fn push_scope(qb: &mut QueryBuilder<'_, Postgres>, alias: &str, scope: &Scope) {
-    if let Some(d) = &scope.domain_name {
-        qb.push(format!(" AND {alias}.domain_name = "))
-            .push_bind(d.clone());
-    }
-    if let Some(a) = &scope.access_key {
-        qb.push(format!(" AND {alias}.access_key = "))
-            .push_bind(a.clone());
-    }
-}
-
-fn push_order(
-    qb: &mut QueryBuilder<'_, Postgres>,
-    alias: &str,
-    order: Option<Order>,
-    allowed: &[&str],
-) -> Result<(), StoreError> {
-    match order {
-        None => {
-            qb.push(format!(
-                " ORDER BY {alias}.last_touched DESC, {alias}.id DESC"
-            ));
-        }
-        Some(o) => {
-            // The column is interpolated into SQL: it must come from the allow-list.
-            if !allowed.contains(&o.column) {
-                return Err(StoreError::Corrupt {
-                    table: "order",
-                    detail: format!("{:?} is not an orderable column", o.column),
-                });
-            }
-            let dir = if o.ascending { "ASC" } else { "DESC" };
-            qb.push(format!(
-                " ORDER BY {alias}.{col} {dir} NULLS LAST, {alias}.id {dir}",
-                col = o.column
-            ));
-        }
-    }
-    Ok(())
-}
 
 fn push_session_filters(qb: &mut QueryBuilder<'_, Postgres>, q: &SessionListQuery) {
     qb.push(" WHERE true");

@@ -20,9 +20,10 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
 use uuid::Uuid;
 
 use crate::read::{
-    CONTAINER_ORDER_KEYS, ContainerListQuery, KeyPair, KeyPairAdmin, Order, Page, ReadModel, Role,
+    CONTAINER_ORDER_KEYS, ContainerListQuery, KeyPair, KeyPairAdmin, Page, ReadModel, Role,
     SESSION_ORDER_KEYS, Scope, SessionListQuery,
 };
+use crate::sql::{push_order, push_scope};
 use crate::{
     COUNTS_SQL, Commit, CommitOutcome, DeadLetterFilter, Store, StoreCounts, StoreError,
     StoredDeadLetter, prefixed,
@@ -194,46 +195,6 @@ fn push_in(qb: &mut QueryBuilder<'_, Sqlite>, column: &str, ids: &[Uuid]) {
         sep.push_bind(id.to_string());
     }
     qb.push(")");
-}
-
-fn push_scope(qb: &mut QueryBuilder<'_, Sqlite>, alias: &str, scope: &Scope) {
-    if let Some(d) = &scope.domain_name {
-        qb.push(format!(" AND {alias}.domain_name = "))
-            .push_bind(d.clone());
-    }
-    if let Some(a) = &scope.access_key {
-        qb.push(format!(" AND {alias}.access_key = "))
-            .push_bind(a.clone());
-    }
-}
-
-fn push_order(
-    qb: &mut QueryBuilder<'_, Sqlite>,
-    alias: &str,
-    order: Option<Order>,
-    allowed: &[&str],
-) -> Result<(), StoreError> {
-    match order {
-        None => {
-            qb.push(format!(
-                " ORDER BY {alias}.last_touched DESC, {alias}.id DESC"
-            ));
-        }
-        Some(o) => {
-            if !allowed.contains(&o.column) {
-                return Err(corrupt(
-                    "order",
-                    format!("{:?} is not an orderable column", o.column),
-                ));
-            }
-            let dir = if o.ascending { "ASC" } else { "DESC" };
-            qb.push(format!(
-                " ORDER BY {alias}.{col} {dir} NULLS LAST, {alias}.id {dir}",
-                col = o.column
-            ));
-        }
-    }
-    Ok(())
 }
 
 impl SqliteStore {
