@@ -378,7 +378,10 @@ pub(crate) async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             freeze.swap_and_commit(SHADOW, RETIRED).await?;
             live.drop_schema(RETIRED).await?;
             live.drop_schema(SHADOW).await?;
-            return Ok(format!("swapped in the rebuilt tables at positions {l:?}"));
+            // The rebuilt tables' positions (the live ones, or the end of the log when nothing
+            // was live).
+            let now = live.positions(&source_name).await?;
+            return Ok(format!("swapped in the rebuilt tables at positions {now:?}"));
         }
     }
     .await;
