@@ -75,8 +75,8 @@ pub fn router<R: ReadModel>(store: R, cfg: ServerConfig) -> Router {
         .route("/", get(version))
         .route("/manager/announcement", get(announcement))
         .route("/graphiql", get(graphiql))
-        .route("/admin/graphql", post(admin_graphql::<R>))
-        .route("/admin/gql", post(admin_gql::<R>))
+        .route("/admin/graphql", post(handle::<R>))
+        .route("/admin/gql", post(handle::<R>))
         .layer(DefaultBodyLimit::max(cfg.body_limit))
         .with_state(state)
 }
@@ -206,53 +206,20 @@ enum Flavor {
     Standard,
 }
 
-async fn admin_graphql<R: ReadModel>(
-    State(state): State<Arc<AppState<R>>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    handle(
-        state,
-        method,
-        uri,
-        headers,
-        body,
-        Flavor::Bare,
-        "/admin/graphql",
-    )
-    .await
-}
-
-async fn admin_gql<R: ReadModel>(
-    State(state): State<Arc<AppState<R>>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    handle(
-        state,
-        method,
-        uri,
-        headers,
-        body,
-        Flavor::Standard,
-        "/admin/gql",
-    )
-    .await
-}
-
+/// `POST /admin/graphql` (bare data, problems on errors) and `POST /admin/gql` (the standard
+/// envelope): the same request, answered in the endpoint's shape.
 async fn handle<R: ReadModel>(
-    state: Arc<AppState<R>>,
+    State(state): State<Arc<AppState<R>>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-    flavor: Flavor,
-    endpoint: &'static str,
 ) -> Response {
+    let (flavor, endpoint) = if uri.path() == "/admin/gql" {
+        (Flavor::Standard, "/admin/gql")
+    } else {
+        (Flavor::Bare, "/admin/graphql")
+    };
     let started = Instant::now();
     let span = info_span!(
         "graphql",
