@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use sessionview_store::Store;
+use sqlx::Connection;
 use support::*;
 use tokio::process::Command;
 
@@ -60,21 +61,37 @@ async fn sigterm_drains_and_metrics_and_probes_answer() {
     wait_for("progress", 60, async || progress(&store, &topic).await > 0).await;
 
     let client = reqwest::Client::new();
-    let text = client
-        .get(format!("http://{metrics}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    for name in [
+    let names = [
         "sessionview_projector_events_total{event_type=\"session_enqueued\",outcome=\"applied\"}",
         "sessionview_projector_batch_size_bucket",
         "sessionview_projector_commit_seconds_bucket",
         "sessionview_projector_lag_seconds{partition=",
-    ] {
-        assert!(text.contains(name), "{name} missing from /metrics:\n{text}");
+        // From librdkafka's statistics, emitted once a second.
+        "sessionview_projector_lag_messages{partition=",
+    ];
+    let mut text = String::new();
+    let all_there = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            text = client
+                .get(format!("http://{metrics}/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            if names.iter().all(|n| text.contains(n)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    for name in names {
+        assert!(
+            all_there.is_ok() && text.contains(name),
+            "{name} missing from /metrics:\n{text}"
+        );
     }
     assert!(
         client
@@ -356,5 +373,201 @@ async fn missing_topic_and_unreachable_broker_are_clear_errors() {
         assert!(err.contains(expect), "{source}: {err}");
         assert!(started.elapsed() < Duration::from_secs(60));
     }
+    db.drop().await;
+}
+
+/// `dead-letters retry`: an event an earlier version dead-lettered is re-applied once it is
+/// accepted (here: a valid event stored as a dead letter, as a version with a bug would have);
+/// real poison stays, with its reason. `--dry-run` writes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn dead_letters_retry_reapplies_what_now_applies_and_keeps_the_rest() {
+    let cfg = sim_config(300, 311);
+    let msgs = messages(&cfg);
+    // The stream's last event is the one the "old version" rejected: applying it last keeps the
+    // order the model folds in.
+    let (rejected, rest) = msgs.split_last().unwrap();
+    let dir = std::env::temp_dir().join(format!("sv-retry-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("events.ndjson");
+    let mut lines: Vec<u8> = Vec::new();
+    for m in rest {
+        lines.extend_from_slice(&m.bytes);
+        lines.push(b'\n');
+    }
+    lines.extend_from_slice(b"{not json\n");
+    std::fs::write(&path, &lines).unwrap();
+
+    let db = TestDb::new().await;
+    let out = Command::new(BIN)
+        .args(["project", "--database-url", &db.url, "--source"])
+        .arg(format!("file://{}", path.display()))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let event: serde_json::Value = serde_json::from_slice(&rejected.bytes).unwrap();
+    let event_id = uuid::Uuid::parse_str(event["event_id"].as_str().unwrap()).unwrap();
+    let session_id = uuid::Uuid::parse_str(event["session_id"].as_str().unwrap()).unwrap();
+    let source = format!("file:{}", path.display());
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO dead_letters (source, partition, \"offset\", event_id, event_type, session_id, \
+            label, reason, payload) VALUES ($1, 0, $2, $3, $4, $5, 'bad_field', 'rejected by an older version', $6)",
+    )
+    .bind(&source)
+    .bind(rest.len() as i64 + 1)
+    .bind(event_id)
+    .bind(event["event_type"].as_str().unwrap())
+    .bind(session_id)
+    .bind(&rejected.bytes)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO seen_events (event_id, session_id) VALUES ($1, $2)")
+        .bind(event_id)
+        .bind(session_id)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let store = db.store().await;
+    let (expected, _) = model(&cfg);
+    let before = store.all_sessions().await.unwrap();
+    assert_ne!(before, expected, "the rejected event must matter");
+
+    let retry = |extra: &'static [&'static str]| {
+        let url = db.url.clone();
+        async move {
+            let out = Command::new(BIN)
+                .args(["dead-letters", "retry", "--database-url", &url])
+                .args(extra)
+                .output()
+                .await
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(
+                out.status.success(),
+                "{stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            stdout
+        }
+    };
+    let dry = retry(&["--dry-run"]).await;
+    assert!(
+        dry.contains("would retry 2 dead letters: applied=1 dead_lettered=1"),
+        "{dry}"
+    );
+    assert_eq!(store.all_sessions().await.unwrap(), before);
+    assert_eq!(store.counts().await.unwrap().dead_letters, 2);
+
+    let done = retry(&[]).await;
+    assert!(
+        done.contains("retried 2 dead letters: applied=1 dead_lettered=1"),
+        "{done}"
+    );
+    assert!(done.contains("still dead: malformed"), "{done}");
+    assert_tables_equal(&store, &expected).await;
+    let left = store
+        .dead_letters(&sessionview_store::DeadLetterFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(
+        (left[0].label.as_str(), left[0].payload.as_slice()),
+        ("malformed", &b"{not json"[..])
+    );
+
+    // Nothing left that applies: a second retry changes nothing.
+    let again = retry(&["--label", "bad_field"]).await;
+    assert!(again.contains("no dead letters to retry"), "{again}");
+    let unknown = Command::new(BIN)
+        .args([
+            "dead-letters",
+            "retry",
+            "--database-url",
+            &db.url,
+            "--id",
+            "999999",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no dead letter with id 999999"));
+    assert_tables_equal(&store, &expected).await;
+    std::fs::remove_dir_all(&dir).unwrap();
+    db.drop().await;
+}
+
+/// `/readyz` fails when events wait and nothing is committed (here: the positions row is locked by
+/// another transaction), and recovers when the projector can commit again. (That high lag with
+/// progress is no failure is the unit tests' part, in `sessionview-projector`'s `health`.)
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_fails_on_a_stall_not_on_lag() {
+    let first = sim_config(300, 321);
+    let topic = unique_topic("stall");
+    publish(&topic, &first).await;
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut live = spawn_project(
+        &db,
+        &topic,
+        "stall",
+        &["--metrics-listen", &metrics, "--stall-after-secs", "2"],
+    );
+    let client = reqwest::Client::new();
+    let readyz = async || {
+        let r = client
+            .get(format!("http://{metrics}/readyz"))
+            .send()
+            .await
+            .ok()?;
+        Some((r.status().as_u16(), r.text().await.ok()?))
+    };
+    let first_total = messages(&first).len() as i64;
+    wait_for("the first stream", 120, async || {
+        progress(&store, &topic).await >= first_total
+    })
+    .await;
+    assert_eq!(readyz().await.map(|r| r.0), Some(200));
+
+    // Hold the positions rows: every commit waits, while the database itself answers.
+    let mut blocker = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut blocker).await.unwrap();
+    sqlx::query("SELECT * FROM source_positions WHERE source = $1 FOR UPDATE")
+        .bind(&topic)
+        .fetch_all(&mut blocker)
+        .await
+        .unwrap();
+    let second = sim_config(300, 322);
+    publish(&topic, &second).await;
+    let mut last = None;
+    wait_for("/readyz to report the stall", 60, async || {
+        last = readyz().await;
+        last.as_ref()
+            .is_some_and(|(code, body)| *code == 503 && body.contains("stalled"))
+    })
+    .await;
+    assert_eq!(progress(&store, &topic).await, first_total);
+
+    sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
+    let total = first_total + messages(&second).len() as i64;
+    wait_for("the second stream", 120, async || {
+        progress(&store, &topic).await >= total
+    })
+    .await;
+    wait_for("/readyz to recover", 30, async || {
+        readyz().await.is_some_and(|r| r.0 == 200)
+    })
+    .await;
+    live.kill().await.unwrap();
     db.drop().await;
 }

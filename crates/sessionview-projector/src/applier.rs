@@ -12,6 +12,7 @@ use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::health::Health;
 use crate::metrics;
 use crate::{BatchConfig, ProjectorError, Summary, Until};
 
@@ -49,17 +50,26 @@ pub(crate) struct PartitionState {
 /// The source (re)assigns partitions under the lock; the applier holds the lock while it filters,
 /// folds and commits a batch, so a revocation waits for an in-flight commit and a batch is never
 /// applied for a partition the instance no longer owns.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) owned: Mutex<HashMap<i32, PartitionState>>,
     epochs: AtomicU64,
     /// Partitions whose commit conflicted: the source must re-read the stored position and re-seek.
     reseek: std::sync::Mutex<Vec<i32>>,
-    /// Last known high watermark per partition (for lag).
-    pub(crate) high_watermarks: std::sync::Mutex<HashMap<i32, i64>>,
+    /// Stored positions, high watermarks and the time of the last commit (lag and readiness).
+    pub(crate) health: Health,
 }
 
 impl Shared {
+    pub(crate) fn new(health: Health) -> Self {
+        Self {
+            owned: Mutex::default(),
+            epochs: AtomicU64::default(),
+            reseek: std::sync::Mutex::default(),
+            health,
+        }
+    }
+
     /// A fresh epoch number for an assignment or a re-seek.
     pub(crate) fn next_epoch(&self) -> u64 {
         self.epochs.fetch_add(1, Ordering::Relaxed) + 1
@@ -308,6 +318,7 @@ impl<S: Store> Applier<S> {
                 source: &self.source,
                 advances,
                 changes: &changes,
+                retire: &[],
             })
             .await?;
         Ok((outcome, changes, started.elapsed()))
@@ -331,22 +342,17 @@ impl<S: Store> Applier<S> {
         }
         metrics::batch(batch.len(), commit_time, changes.dead_letters.len());
         let now_ms = chrono::Utc::now().timestamp_millis();
-        let hwm = self
-            .shared
-            .high_watermarks
-            .lock()
-            .map(|h| h.clone())
-            .unwrap_or_default();
+        let health = &self.shared.health;
+        health.committed(advances.iter().map(|a| (a.partition, a.next)));
         for a in advances {
             let newest = batch
                 .iter()
                 .filter(|m| m.partition == a.partition)
                 .filter_map(|m| m.timestamp_ms)
                 .max();
-            let behind = hwm.get(&a.partition).map(|h| (h - a.next).max(0));
             metrics::lag(
                 a.partition,
-                behind,
+                health.behind(a.partition),
                 newest.map(|t| (now_ms - t).max(0) as f64 / 1000.0),
             );
         }

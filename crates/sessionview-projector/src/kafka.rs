@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::applier::{Item, PartitionState, Shared, SourceMessage};
-use crate::{KafkaSourceConfig, ProjectorError};
+use crate::{KafkaSourceConfig, ProjectorError, metrics};
 
 /// Reads stored positions from the store, blocking the consumer thread (with retries).
 struct Positions<S> {
@@ -71,10 +71,11 @@ impl<S: Store> ClientContext for Context<S> {
         let Some(topic) = statistics.topics.get(&self.topic) else {
             return;
         };
-        if let Ok(mut h) = self.shared.high_watermarks.lock() {
-            for (p, part) in &topic.partitions {
-                if *p >= 0 && part.hi_offset >= 0 {
-                    h.insert(*p, part.hi_offset);
+        for (p, part) in &topic.partitions {
+            if *p >= 0 && part.hi_offset >= 0 {
+                self.shared.health.high_watermark(*p, part.hi_offset);
+                if let Some(behind) = self.shared.health.behind(*p) {
+                    metrics::lag(*p, Some(behind), None);
                 }
             }
         }
@@ -123,6 +124,7 @@ impl<S: Store> Context<S> {
             let epoch = self.shared.next_epoch();
             owned.insert(*p, PartitionState { epoch, next });
             epochs.insert(*p, epoch);
+            self.shared.health.assigned(*p, next);
             info!(topic = %self.topic, partition = p, next_offset = ?next, "partition assigned; seeking to the stored position");
         }
         let result = match consumer.rebalance_protocol() {
@@ -147,6 +149,7 @@ impl<S: Store> Context<S> {
             for p in &partitions {
                 owned.remove(p);
                 epochs.remove(p);
+                self.shared.health.revoked(*p);
             }
         }
         info!(topic = %self.topic, ?partitions, "partitions revoked");
@@ -202,7 +205,9 @@ pub(crate) async fn spawn<S: Store>(
             "session.timeout.ms",
             cfg.session_timeout.as_millis().to_string(),
         )
-        .set("client.id", "sessionview-projector");
+        .set("client.id", "sessionview-projector")
+        // High watermarks for lag and readiness come with librdkafka's statistics.
+        .set("statistics.interval.ms", "1000");
     for (k, v) in &cfg.options {
         client.set(k, v);
     }
@@ -384,6 +389,7 @@ fn reseek<S: Store>(consumer: &BaseConsumer<Context<S>>, topic: &str, shared: &S
                 let epoch = shared.next_epoch();
                 owned.insert(p, PartitionState { epoch, next });
                 epochs.insert(p, epoch);
+                shared.health.assigned(p, next);
                 info!(partition = p, next_offset = ?next, "re-seeked to the stored position");
             }
             Err(e) => {

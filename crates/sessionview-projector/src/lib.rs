@@ -20,11 +20,13 @@ use tokio_util::sync::CancellationToken;
 
 mod applier;
 mod file;
+mod health;
 mod kafka;
 pub mod metrics;
 
 pub use applier::SourceMessage;
 pub use file::source_name as file_source_name;
+pub use health::{Health, Progress};
 
 /// Batch bounds.
 #[derive(Debug, Clone, Copy)]
@@ -150,6 +152,8 @@ pub struct RunOptions {
     /// Kafka only: assign every partition of the topic directly instead of joining the consumer
     /// group (replay: no rebalance wait, and no partition taken from the live projector).
     pub standalone: bool,
+    /// Progress facts for readiness probes (a fresh one when `None`).
+    pub health: Option<Health>,
 }
 
 /// How a projection run went.
@@ -190,7 +194,7 @@ pub async fn run<S: Store>(
     opts: RunOptions,
     shutdown: CancellationToken,
 ) -> Result<Summary, ProjectorError> {
-    let shared = Arc::new(applier::Shared::default());
+    let shared = Arc::new(applier::Shared::new(opts.health.unwrap_or_default()));
     let (tx, rx) = mpsc::channel(opts.batch.channel_capacity);
     // The source stops when the applier is done, whatever the reason.
     let source_stop = shutdown.child_token();

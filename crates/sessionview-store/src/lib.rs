@@ -62,6 +62,10 @@ pub struct Commit<'a> {
     pub source: &'a str,
     pub advances: &'a [Advance],
     pub changes: &'a Changes,
+    /// Stored dead letters (by id) to delete in the same transaction: those a retry re-applied.
+    /// Deleted before `changes.dead_letters` are written, so an event that fails again is stored
+    /// again with its new reason.
+    pub retire: &'a [i64],
 }
 
 /// The result of a commit.
@@ -97,6 +101,8 @@ pub struct DeadLetterFilter {
     pub after_id: Option<i64>,
     pub source: Option<String>,
     pub label: Option<String>,
+    /// Only these ids (all when empty).
+    pub ids: Vec<i64>,
     pub limit: i64,
 }
 

@@ -340,12 +340,14 @@ impl Store for PgStore {
                     reason, payload, recorded_at \
              FROM dead_letters \
              WHERE id > $1 AND ($2::text IS NULL OR source = $2) AND ($3::text IS NULL OR label = $3) \
+                AND (cardinality($5::int8[]) = 0 OR id = ANY($5)) \
              ORDER BY id LIMIT $4",
         )
         .bind(filter.after_id.unwrap_or(0))
         .bind(filter.source.as_deref())
         .bind(filter.label.as_deref())
         .bind(filter.limit)
+        .bind(&filter.ids)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -677,6 +679,13 @@ async fn write_changes(
         .bind(&payloads)
         .execute(&mut **tx)
         .await?;
+    }
+
+    if !commit.retire.is_empty() {
+        sqlx::query("DELETE FROM dead_letters WHERE id = ANY($1)")
+            .bind(commit.retire)
+            .execute(&mut **tx)
+            .await?;
     }
 
     if !changes.dead_letters.is_empty() {

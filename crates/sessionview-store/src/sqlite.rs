@@ -411,6 +411,14 @@ impl Store for SqliteStore {
         if let Some(l) = &filter.label {
             qb.push(" AND label = ").push_bind(l.clone());
         }
+        if !filter.ids.is_empty() {
+            qb.push(" AND id IN (");
+            let mut ids = qb.separated(", ");
+            for id in &filter.ids {
+                ids.push_bind(*id);
+            }
+            qb.push(")");
+        }
         qb.push(" ORDER BY id LIMIT ").push_bind(filter.limit);
         let rows = qb.build().fetch_all(&self.pool).await?;
         const T: &str = "dead_letters";
@@ -604,6 +612,15 @@ async fn write_changes(
                 .push_bind(e.bytes.clone());
         });
         qb.push(" ON CONFLICT DO NOTHING");
+        qb.build().execute(&mut **tx).await?;
+    }
+    for chunk in commit.retire.chunks(CHUNK) {
+        let mut qb = QueryBuilder::<Sqlite>::new("DELETE FROM dead_letters WHERE id IN (");
+        let mut ids = qb.separated(", ");
+        for id in chunk {
+            ids.push_bind(*id);
+        }
+        qb.push(")");
         qb.build().execute(&mut **tx).await?;
     }
     for chunk in changes.dead_letters.chunks(CHUNK) {

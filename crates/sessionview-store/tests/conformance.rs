@@ -155,6 +155,7 @@ async fn project<S: Store>(store: &S, messages: &[Vec<u8>], first_offset: i64, s
                 source: SOURCE,
                 advances: &advances,
                 changes: &changes,
+                retire: &[],
             })
             .await
             .unwrap();
@@ -254,6 +255,7 @@ async fn positions_advance_only_by_compare_and_set<S: Backend>(store: &S) {
         source: SOURCE,
         advances: &first,
         changes: &changes,
+        retire: &[],
     };
     assert_eq!(store.commit(c).await.unwrap(), CommitOutcome::Committed);
     let seen_after_first = store.counts().await.unwrap().seen_events;
@@ -280,6 +282,7 @@ async fn positions_advance_only_by_compare_and_set<S: Backend>(store: &S) {
         source: SOURCE,
         advances: &stale,
         changes: &changes,
+        retire: &[],
     };
     assert_eq!(
         store.commit(c).await.unwrap(),
@@ -331,6 +334,7 @@ async fn racing_instances_apply_a_batch_once<S: Backend>(store: &S) {
                     source: SOURCE,
                     advances: &adv,
                     changes: &changes,
+                    retire: &[],
                 })
                 .await
                 .unwrap()
@@ -398,6 +402,28 @@ async fn dead_letters_keep_bytes_reason_and_position<S: Backend>(store: &S) {
         .await
         .unwrap();
     assert_eq!(after.len(), 1);
+
+    // By id, and retired (deleted) inside a commit that moves no position.
+    let by_id = |ids: Vec<i64>| DeadLetterFilter {
+        limit: 10,
+        ids,
+        ..DeadLetterFilter::default()
+    };
+    let one = store.dead_letters(&by_id(vec![all[1].id])).await.unwrap();
+    assert_eq!(one, vec![all[1].clone()]);
+    let changes = Fold::default().finish();
+    let outcome = store
+        .commit(Commit {
+            source: "conformance",
+            advances: &[],
+            changes: &changes,
+            retire: &[all[0].id],
+        })
+        .await
+        .unwrap();
+    assert_eq!(outcome, CommitOutcome::Committed);
+    let left = store.dead_letters(&by_id(Vec::new())).await.unwrap();
+    assert_eq!(left, vec![all[1].clone()]);
 }
 
 /// The default order's key: the latest of created_at, status_changed, terminated_at.

@@ -18,7 +18,7 @@ use tracing::{error, info};
 use uuid::Uuid;
 
 use crate::serve::{api_router, generate};
-use crate::{Backend, DbArgs, telemetry, with_store};
+use crate::{DbArgs, telemetry, with_store};
 
 /// Options of `sessionview run`.
 #[derive(Debug, Args)]

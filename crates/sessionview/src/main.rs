@@ -5,12 +5,13 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use sessionview_projector::{BatchConfig, RunOptions, SourceConfig, Until};
-use sessionview_store::{DeadLetterFilter, PgStore, SqliteStore, Store};
+use sessionview_projector::{BatchConfig, Health, RunOptions, SourceConfig, Until};
+use sessionview_store::{PgStore, SqliteStore, Store};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 mod client;
+mod dead_letters;
 mod demo;
 mod replay;
 mod serve;
@@ -42,8 +43,8 @@ enum Command {
     Project(ProjectArgs),
     /// Write a simulated, contract-valid event stream to Kafka or a file.
     Simulate(simulate::SimulateArgs),
-    /// List dead-lettered events with their reason and source position.
-    DeadLetters(DeadLetterArgs),
+    /// List dead-lettered events with their reason and source position, or re-apply them.
+    DeadLetters(dead_letters::DeadLetterArgs),
     /// Rebuild the read model from the event log (by default without taking queries down; that
     /// and --verify-only need PostgreSQL, SQLite supports --in-place).
     Replay(replay::ReplayArgs),
@@ -64,7 +65,7 @@ enum Command {
 }
 
 #[derive(Debug, Args)]
-struct DbArgs {
+pub(crate) struct DbArgs {
     /// Database URL: sqlite://PATH (the embedded default; created if missing) or
     /// postgres://USER@HOST:PORT/DB.
     #[arg(
@@ -117,11 +118,11 @@ impl DbArgs {
 macro_rules! with_store {
     ($db:expr, |$store:ident| $body:expr) => {
         match $db.backend()? {
-            Backend::Postgres => {
+            $crate::Backend::Postgres => {
                 let $store = $db.pg().await?;
                 $body
             }
-            Backend::Sqlite => {
+            $crate::Backend::Sqlite => {
                 let $store = $db.sqlite().await?;
                 $body
             }
@@ -180,35 +181,13 @@ struct ProjectArgs {
     /// Serve /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9464).
     #[arg(long, env = "SESSIONVIEW_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
-}
-
-#[derive(Debug, Args)]
-struct DeadLetterArgs {
-    #[command(flatten)]
-    db: DbArgs,
-    /// Most dead letters to list.
-    #[arg(long, env = "SESSIONVIEW_LIMIT", default_value_t = 50)]
-    limit: i64,
-    /// List only dead letters with an id greater than this (paging).
-    #[arg(long, env = "SESSIONVIEW_AFTER_ID")]
-    after_id: Option<i64>,
-    /// Only this source (a topic, or file:PATH).
-    #[arg(long = "from-source", env = "SESSIONVIEW_DEAD_LETTER_SOURCE")]
-    source: Option<String>,
-    /// Only this label: malformed, bad_field, unknown_type, unknown_version, invalid,
-    /// unknown_kernel, duplicate_enqueue, bad_slots.
-    #[arg(long, env = "SESSIONVIEW_LABEL")]
-    label: Option<String>,
-    /// Print the raw bytes of each event too.
-    #[arg(long, env = "SESSIONVIEW_SHOW_PAYLOAD")]
-    show_payload: bool,
-    /// Output: a text table or JSON lines.
-    #[arg(long, env = "SESSIONVIEW_FORMAT", value_enum, default_value = "text")]
-    format: OutputFormat,
+    /// /readyz fails when events wait and no batch was committed for this many seconds.
+    #[arg(long, env = "SESSIONVIEW_STALL_AFTER_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    stall_after_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum OutputFormat {
+pub(crate) enum OutputFormat {
     Text,
     Json,
 }
@@ -240,7 +219,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         }),
         Command::Project(args) => project(args).await,
         Command::Simulate(args) => simulate::run(args).await,
-        Command::DeadLetters(args) => dead_letters(args).await,
+        Command::DeadLetters(args) => dead_letters::run(args).await,
         Command::Replay(args) => replay::replay(args).await,
         Command::Serve(args) => serve::serve(args).await,
         Command::Schema => {
@@ -291,15 +270,19 @@ async fn project_with<S: Store>(
     let shutdown = CancellationToken::new();
     telemetry::cancel_on_signals(shutdown.clone());
     let ops_stop = CancellationToken::new();
+    let health = Health::new();
+    let stall_after = Duration::from_secs(args.stall_after_secs);
     let ops = match args.metrics_listen {
         Some(addr) => {
             let handle = telemetry::install_metrics()?;
             let probe = store.clone();
+            let health = health.clone();
             let app = telemetry::ops_router(
                 handle,
                 move || {
                     let probe = probe.clone();
-                    async move { probe.ping().await.is_ok() }
+                    let health = health.clone();
+                    async move { telemetry::projector_ready(&probe, &health, stall_after).await }
                 },
                 ops_stop.clone(),
             );
@@ -325,6 +308,7 @@ async fn project_with<S: Store>(
         } else {
             Until::Forever
         },
+        health: Some(health),
         ..RunOptions::default()
     };
     let result = sessionview_projector::run(source, store, opts, shutdown).await;
@@ -346,64 +330,5 @@ async fn project_with<S: Store>(
         summary.messages as f64 / secs.max(1e-9),
         outcomes.join(" ")
     );
-    Ok(())
-}
-
-async fn dead_letters(args: DeadLetterArgs) -> anyhow::Result<()> {
-    if args.limit < 1 {
-        bail!("--limit must be at least 1, got {}", args.limit);
-    }
-    with_store!(args.db, |store| dead_letters_with(store, args).await)
-}
-
-async fn dead_letters_with<S: Store>(store: S, args: DeadLetterArgs) -> anyhow::Result<()> {
-    let rows = store
-        .dead_letters(&DeadLetterFilter {
-            after_id: args.after_id,
-            source: args.source,
-            label: args.label,
-            limit: args.limit,
-        })
-        .await
-        .context("reading dead letters")?;
-    for d in &rows {
-        match args.format {
-            OutputFormat::Json => {
-                let mut v = serde_json::json!({
-                    "id": d.id,
-                    "source": d.source,
-                    "partition": d.partition,
-                    "offset": d.offset,
-                    "event_id": d.event_id,
-                    "event_type": d.event_type,
-                    "session_id": d.session_id,
-                    "label": d.label,
-                    "reason": d.reason,
-                    "recorded_at": d.recorded_at,
-                });
-                if args.show_payload {
-                    v["payload"] = String::from_utf8_lossy(&d.payload).into();
-                }
-                println!("{v}");
-            }
-            OutputFormat::Text => {
-                println!(
-                    "#{id} {source}[{partition}]@{offset} {label}: {reason}",
-                    id = d.id,
-                    source = d.source,
-                    partition = d.partition,
-                    offset = d.offset,
-                    label = d.label,
-                    reason = d.reason
-                );
-                if args.show_payload {
-                    println!("    {}", String::from_utf8_lossy(&d.payload));
-                }
-            }
-        }
-    }
-    if rows.is_empty() && args.format == OutputFormat::Text {
-        println!("no dead letters");
-    }
     Ok(())
 }

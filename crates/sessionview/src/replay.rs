@@ -275,7 +275,7 @@ pub(crate) async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             handle,
             move || {
                 let probe = probe.clone();
-                async move { probe.ping().await.is_ok() }
+                async move { telemetry::db_ready(&probe).await }
             },
             ops_stop.clone(),
         );
@@ -304,6 +304,7 @@ pub(crate) async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             until,
             progress: Some(Arc::clone(&done)),
             standalone: true,
+            health: None,
         };
         sessionview_projector::run(source.clone(), store, opts, shutdown.clone())
     };
@@ -440,6 +441,7 @@ async fn in_place<S: Store>(
         until: Until::End,
         progress: Some(Arc::clone(&done)),
         standalone: true,
+        health: None,
     };
     let result = sessionview_projector::run(source, store, opts, shutdown).await;
     stop.cancel();

@@ -96,7 +96,7 @@ pub(crate) fn api_router<S: Store + ReadModel>(
         handle,
         move || {
             let probe = probe.clone();
-            async move { Store::ping(&probe).await.is_ok() }
+            async move { telemetry::db_ready(&probe).await }
         },
         shutdown,
     );

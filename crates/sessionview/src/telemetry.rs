@@ -10,6 +10,8 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use sessionview_projector::{Health, Progress};
+use sessionview_store::Store;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -56,8 +58,34 @@ pub(crate) fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     Ok(handle)
 }
 
+/// Readiness of a process that needs only its database.
+pub(crate) async fn db_ready<S: Store>(store: &S) -> Result<(), String> {
+    store
+        .ping()
+        .await
+        .map_err(|e| format!("database unreachable: {e}"))
+}
+
+/// Readiness of a projector: the database answers and the projector is not stalled (events wait
+/// and nothing was committed for `stall_after`). High lag alone is not a failure.
+pub(crate) async fn projector_ready<S: Store>(
+    store: &S,
+    health: &Health,
+    stall_after: Duration,
+) -> Result<(), String> {
+    db_ready(store).await?;
+    match health.progress(stall_after) {
+        Progress::Stalled { behind, idle } => Err(format!(
+            "stalled: {behind} events wait and no batch was committed for {}s",
+            idle.as_secs()
+        )),
+        Progress::CaughtUp | Progress::Working { .. } => Ok(()),
+    }
+}
+
 /// The operational routes: `/metrics`, `/healthz` (the process answers) and `/readyz` (`ready`
-/// resolves `true`). Also keeps the recorder's histograms trimmed until `shutdown`.
+/// resolves `Ok`; otherwise 503 with the reason). Also keeps the recorder's histograms trimmed
+/// until `shutdown`.
 pub(crate) fn ops_router<F, Fut>(
     handle: PrometheusHandle,
     ready: F,
@@ -65,7 +93,7 @@ pub(crate) fn ops_router<F, Fut>(
 ) -> Router
 where
     F: Fn() -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = bool> + Send,
+    Fut: Future<Output = Result<(), String>> + Send,
 {
     let upkeep = handle.clone();
     tokio::spawn(async move {
@@ -85,10 +113,9 @@ where
             get(move || {
                 let ready = ready.clone();
                 async move {
-                    if ready().await {
-                        (StatusCode::OK, "ready\n")
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n")
+                    match ready().await {
+                        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+                        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
                     }
                 }
             }),

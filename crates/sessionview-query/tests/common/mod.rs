@@ -164,6 +164,7 @@ impl Fixture {
                 source: "fixture",
                 advances: &advances,
                 changes: &changes,
+                retire: &[],
             })
             .await
             .unwrap();
