@@ -82,3 +82,44 @@ pub(crate) async fn query(args: QueryArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Options of `sessionview healthcheck`.
+#[derive(Debug, Args)]
+pub(crate) struct HealthcheckArgs {
+    /// The probe to ask: a projector's --metrics-listen address or a server's --listen address,
+    /// path /healthz (the process answers) or /readyz (it can do its work).
+    #[arg(
+        long,
+        env = "SESSIONVIEW_HEALTHCHECK_URL",
+        default_value = "http://127.0.0.1:9464/healthz"
+    )]
+    url: String,
+    /// Give up after this many milliseconds.
+    #[arg(
+        long,
+        env = "SESSIONVIEW_HEALTHCHECK_TIMEOUT_MS",
+        default_value_t = 3000
+    )]
+    timeout_ms: u64,
+}
+
+/// `sessionview healthcheck`: exits 0 when the probe answers 2xx (for container health checks in
+/// images without curl).
+pub(crate) async fn healthcheck(args: HealthcheckArgs) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(args.timeout_ms))
+        .build()
+        .context("building the HTTP client")?;
+    let response = client
+        .get(&args.url)
+        .send()
+        .await
+        .with_context(|| format!("GET {}", args.url))?;
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    if !status.is_success() {
+        bail!("GET {}: {status}: {}", args.url, body.trim());
+    }
+    println!("{}", body.trim());
+    Ok(())
+}

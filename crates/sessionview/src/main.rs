@@ -13,6 +13,7 @@ use tracing::info;
 mod client;
 mod dead_letters;
 mod demo;
+mod reference;
 mod replay;
 mod serve;
 mod simulate;
@@ -21,7 +22,7 @@ mod telemetry;
 /// sessionview: a read model of compute sessions, projected from lifecycle events.
 #[derive(Debug, Parser)]
 #[command(name = "sessionview", version, about, long_about = None)]
-struct Cli {
+pub(crate) struct Cli {
     /// Log line format.
     #[arg(
         long,
@@ -31,6 +32,10 @@ struct Cli {
         default_value = "text"
     )]
     log_format: telemetry::LogFormat,
+    /// Parse the command line and the SESSIONVIEW_* environment, say whether they are accepted,
+    /// and exit without doing anything (deployment files are checked with it).
+    #[arg(long, global = true, hide = true, env = "SESSIONVIEW_CHECK_ARGS")]
+    check_args: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -57,6 +62,11 @@ enum Command {
     Keypair(serve::KeypairCommand),
     /// Send a signed GraphQL query to a running server and print the answer.
     Query(client::QueryArgs),
+    /// Ask a /healthz or /readyz probe; exit 0 when it answers 2xx (container health checks).
+    Healthcheck(client::HealthcheckArgs),
+    /// Print every command's flags and environment variables as Markdown (docs/operations.md).
+    #[command(hide = true)]
+    Reference,
     /// Projector and GraphQL server in one process (a single-node deployment).
     Run(demo::RunArgs),
     /// The whole system on this machine: a simulated cluster, the projector and the GraphQL
@@ -194,6 +204,10 @@ pub(crate) enum OutputFormat {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if cli.check_args {
+        println!("arguments accepted");
+        return Ok(());
+    }
     telemetry::init_logging(cli.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -228,6 +242,14 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         }
         Command::Keypair(cmd) => serve::keypair(cmd).await,
         Command::Query(args) => client::query(args).await,
+        Command::Healthcheck(args) => client::healthcheck(args).await,
+        Command::Reference => {
+            print!(
+                "{}",
+                reference::markdown(&<Cli as clap::CommandFactory>::command())
+            );
+            Ok(())
+        }
         Command::Run(args) => demo::run(args).await,
         Command::Demo(args) => demo::demo(args).await,
     }
