@@ -155,9 +155,10 @@ pub async fn project_to_end(db: &TestDb, topic: &str, extra: &[&str]) -> Output 
 pub fn spawn_project(db: &TestDb, topic: &str, group: &str, extra: &[&str]) -> Child {
     // Its log goes to $SESSIONVIEW_TEST_LOG_DIR/project-<group>.log when that is set.
     let stderr = match std::env::var_os("SESSIONVIEW_TEST_LOG_DIR") {
-        Some(dir) => std::fs::File::create(
-            std::path::Path::new(&dir).join(format!("project-{topic}-{group}.log")),
-        )
+        Some(dir) => std::fs::File::create(std::path::Path::new(&dir).join(format!(
+            "project-{topic}-{group}-{}.log",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        )))
         .map(std::process::Stdio::from)
         .unwrap_or_else(|_| std::process::Stdio::null()),
         None => std::process::Stdio::null(),

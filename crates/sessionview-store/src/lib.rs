@@ -21,7 +21,7 @@ mod sql;
 mod sqlite;
 
 pub use error::StoreError;
-pub use postgres::PgStore;
+pub use postgres::{PgSettings, PgStore};
 pub use postgres_admin::{Freeze, LIVE_SCHEMA, READ_MODEL_TABLES};
 pub use read::{
     CONTAINER_ORDER_KEYS, ContainerListQuery, KeyPair, KeyPairAdmin, Order, Page, ReadModel, Role,

@@ -25,6 +25,17 @@ use crate::{
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
 
 /// A PostgreSQL-backed store (a connection pool; cheap to clone).
+/// Server-side settings for every connection of a [`PgStore`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PgSettings {
+    /// Statements running longer are cancelled by the server.
+    pub statement_timeout: Option<Duration>,
+    /// A session idle inside a transaction for longer is terminated by the server, releasing its
+    /// locks: a paused process (a GC pause, a frozen VM, SIGSTOP) cannot block the others for
+    /// longer than this.
+    pub idle_in_transaction_timeout: Option<Duration>,
+}
+
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
@@ -45,12 +56,35 @@ impl PgStore {
         max_connections: u32,
         statement_timeout: Option<Duration>,
     ) -> Result<Self, StoreError> {
+        let settings = PgSettings {
+            statement_timeout,
+            ..PgSettings::default()
+        };
+        Self::connect_with_settings(url, max_connections, &settings).await
+    }
+
+    /// Like [`PgStore::connect`], with server-side session settings for every connection.
+    pub async fn connect_with_settings(
+        url: &str,
+        max_connections: u32,
+        settings: &PgSettings,
+    ) -> Result<Self, StoreError> {
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Err(StoreError::UnsupportedUrl(url.to_owned()));
         }
         let mut options = PgConnectOptions::from_str(url)?.application_name("sessionview");
-        if let Some(t) = statement_timeout {
-            options = options.options([("statement_timeout", t.as_millis().to_string())]);
+        let mut session = Vec::new();
+        if let Some(t) = settings.statement_timeout {
+            session.push(("statement_timeout", t.as_millis().to_string()));
+        }
+        if let Some(t) = settings.idle_in_transaction_timeout {
+            session.push((
+                "idle_in_transaction_session_timeout",
+                t.as_millis().to_string(),
+            ));
+        }
+        if !session.is_empty() {
+            options = options.options(session);
         }
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)

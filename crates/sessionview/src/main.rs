@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use sessionview_projector::{BatchConfig, Health, RunOptions, SourceConfig, Until};
-use sessionview_store::{PgStore, SqliteStore, Store};
+use sessionview_store::{PgSettings, PgStore, SqliteStore, Store};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -191,6 +191,10 @@ struct ProjectArgs {
     /// Serve /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9464).
     #[arg(long, env = "SESSIONVIEW_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// PostgreSQL ends a session idle inside a transaction for this many seconds, releasing its
+    /// locks (a paused projector cannot hold up the others for longer).
+    #[arg(long, env = "SESSIONVIEW_DB_IDLE_TRANSACTION_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    db_idle_transaction_timeout_secs: u64,
     /// /readyz fails when events wait and no batch was committed for this many seconds.
     #[arg(long, env = "SESSIONVIEW_STALL_AFTER_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     stall_after_secs: u64,
@@ -280,7 +284,25 @@ async fn project(args: ProjectArgs) -> anyhow::Result<()> {
             *follow = args.follow;
         }
     }
-    with_store!(args.db, |store| project_with(store, source, &args).await)
+    match args.db.backend()? {
+        Backend::Postgres => {
+            let settings = PgSettings {
+                idle_in_transaction_timeout: Some(Duration::from_secs(
+                    args.db_idle_transaction_timeout_secs,
+                )),
+                ..PgSettings::default()
+            };
+            let store = PgStore::connect_with_settings(
+                &args.db.database_url,
+                args.db.db_max_connections,
+                &settings,
+            )
+            .await
+            .with_context(|| format!("connecting to {}", redact(&args.db.database_url)))?;
+            project_with(store, source, &args).await
+        }
+        Backend::Sqlite => project_with(args.db.sqlite().await?, source, &args).await,
+    }
 }
 
 async fn project_with<S: Store>(
