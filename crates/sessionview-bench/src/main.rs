@@ -1,0 +1,104 @@
+//! `sessionview-bench`: the benchmark programs of sessionview. Each scenario prints the machine it
+//! ran on, its exact parameters and a table of figures (Markdown, ready for
+//! `docs/benchmarks.md`); none asserts anything. The figures come from the real `sessionview`
+//! binary (release build) run as a child process against real PostgreSQL and a real broker.
+//!
+//! `cargo run --release -p sessionview-bench -- <scenario>`; `--help` lists them.
+
+use clap::{Args, Parser, Subcommand};
+
+mod harness;
+mod kafka;
+mod load;
+mod scenarios;
+
+/// Benchmarks of sessionview: the hardware ceiling, projection, freshness, queries, a peer, rebuild.
+#[derive(Debug, Parser)]
+#[command(name = "sessionview-bench", version, about)]
+struct Cli {
+    #[command(flatten)]
+    env: harness::EnvArgs,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+/// How many events and which stream.
+#[derive(Debug, Clone, Copy, Args)]
+struct Size {
+    /// Events in the stream (the first N of the simulator's output).
+    #[arg(long, env = "SESSIONVIEW_BENCH_EVENTS", default_value_t = 1_000_000)]
+    events: u64,
+    /// Simulator seed.
+    #[arg(long, env = "SESSIONVIEW_BENCH_SEED", default_value_t = 42)]
+    seed: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+struct FreshnessArgs {
+    /// Events published per second.
+    #[arg(long, env = "SESSIONVIEW_BENCH_RATE", default_value_t = 5000)]
+    rate: u32,
+    /// How long to publish and probe.
+    #[arg(long, env = "SESSIONVIEW_BENCH_SECONDS", default_value_t = 30)]
+    seconds: u64,
+    /// Simulator seed.
+    #[arg(long, env = "SESSIONVIEW_BENCH_SEED", default_value_t = 42)]
+    seed: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+struct QueryArgs {
+    /// Sessions in the read model under load.
+    #[arg(long, env = "SESSIONVIEW_BENCH_SESSIONS", default_value_t = 100_000)]
+    sessions: u64,
+    /// Seconds of load per query and concurrency.
+    #[arg(long, env = "SESSIONVIEW_BENCH_SECONDS", default_value_t = 15)]
+    seconds: u64,
+    /// Closed-loop concurrency levels.
+    #[arg(
+        long,
+        env = "SESSIONVIEW_BENCH_CONCURRENCY",
+        value_delimiter = ',',
+        default_value = "1,16,64"
+    )]
+    concurrency: Vec<u32>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// PostgreSQL's write ceiling for the read model's rows: batched multi-row upserts and COPY.
+    Ceiling(Size),
+    /// Events/s from an NDJSON file into PostgreSQL and SQLite; ratio to the ceiling; peak RSS.
+    ProjectFile(Size),
+    /// Events/s through the broker (published first), beside the broker's consume-only rate.
+    ProjectKafka(Size),
+    /// Publish-to-visible latency through Kafka, the projector and GraphQL at a steady rate.
+    Freshness(FreshnessArgs),
+    /// compute_session_list and compute_session under closed-loop load (oha).
+    Query(QueryArgs),
+    /// The query scenario against sessionview and PostGraphile v4 on the same tables.
+    Peer(QueryArgs),
+    /// `sessionview replay` of the stream from a file and from Kafka.
+    Rebuild(Size),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let mut bench = harness::Bench::new(cli.env).await?;
+        let result = match cli.scenario {
+            Scenario::Ceiling(s) => scenarios::ceiling(&mut bench, s).await.map(drop),
+            Scenario::ProjectFile(s) => scenarios::project_file(&mut bench, s).await,
+            Scenario::ProjectKafka(s) => scenarios::project_kafka(&mut bench, s).await,
+            Scenario::Freshness(a) => scenarios::freshness(&mut bench, a).await,
+            Scenario::Query(a) => load::query(&mut bench, &a, false).await,
+            Scenario::Peer(a) => load::query(&mut bench, &a, true).await,
+            Scenario::Rebuild(s) => scenarios::rebuild(&mut bench, s).await,
+        };
+        bench.shutdown().await;
+        result
+    })
+}
