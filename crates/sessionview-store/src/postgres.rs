@@ -34,6 +34,9 @@ pub struct PgSettings {
     /// locks: a paused process (a GC pause, a frozen VM, SIGSTOP) cannot block the others for
     /// longer than this.
     pub idle_in_transaction_timeout: Option<Duration>,
+    /// Plan every execution of a prepared statement for its parameter values
+    /// (`plan_cache_mode = force_custom_plan`) instead of reusing a generic plan.
+    pub custom_plans: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -83,12 +86,18 @@ impl PgStore {
                 t.as_millis().to_string(),
             ));
         }
+        if settings.custom_plans {
+            session.push(("plan_cache_mode", "force_custom_plan".to_owned()));
+        }
         if !session.is_empty() {
             options = options.options(session);
         }
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
+            // No ping before every acquire: it doubles the round trips of short statements; a
+            // broken connection fails its statement (a transient error) and is discarded.
+            .test_before_acquire(false)
             .connect_with(options)
             .await?;
         Ok(Self::from_pool(pool))

@@ -60,6 +60,9 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
+            // No ping before every acquire: it doubles the round trips of short statements; a
+            // broken connection fails its statement (a transient error) and is discarded.
+            .test_before_acquire(false)
             .connect_with(options)
             .await?;
         Ok(Self::from_pool(pool))

@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use rand::Rng;
 use sessionview_query::{Limits, ServerConfig};
-use sessionview_store::{KeyPair, KeyPairAdmin, PgStore, ReadModel, Role, Store};
+use sessionview_store::{KeyPair, KeyPairAdmin, PgSettings, PgStore, ReadModel, Role, Store};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -43,10 +43,17 @@ pub(crate) struct ServeArgs {
 pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     match args.db.backend()? {
         Backend::Postgres => {
-            let store = PgStore::connect_with_timeout(
+            let settings = PgSettings {
+                statement_timeout: Some(Duration::from_millis(args.statement_timeout_ms)),
+                // Filters are skewed (one access key has thousands of sessions, another none): a
+                // plan per execution, not one generic plan for every parameter value.
+                custom_plans: true,
+                ..PgSettings::default()
+            };
+            let store = PgStore::connect_with_settings(
                 &args.db.database_url,
                 args.db.db_max_connections,
-                Some(Duration::from_millis(args.statement_timeout_ms)),
+                &settings,
             )
             .await
             .with_context(|| format!("connecting to {}", redact(&args.db.database_url)))?;

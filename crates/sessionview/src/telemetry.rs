@@ -134,6 +134,12 @@ pub(crate) async fn serve(
         .with_context(|| format!("binding {what} on {addr}"))?;
     let bound = listener.local_addr()?;
     tracing::info!(addr = %bound, "serving {what}");
+    // Small responses go out at once instead of waiting for the peer's delayed ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await?;
