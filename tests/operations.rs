@@ -468,17 +468,7 @@ async fn dead_letters_retry_reapplies_what_now_applies_and_keeps_the_rest() {
     std::fs::write(&path, &lines).unwrap();
 
     let db = TestDb::new().await;
-    let out = Command::new(BIN)
-        .args(["project", "--database-url", &db.url, "--source"])
-        .arg(format!("file://{}", path.display()))
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    project_file(&db, &path).await;
     let event: serde_json::Value = serde_json::from_slice(&rejected.bytes).unwrap();
     let event_id = uuid::Uuid::parse_str(event["event_id"].as_str().unwrap()).unwrap();
     let session_id = uuid::Uuid::parse_str(event["session_id"].as_str().unwrap()).unwrap();

@@ -274,17 +274,7 @@ async fn archive_file_projects_like_the_topic() {
     assert!(out.status.success());
     let db = TestDb::new().await;
     for _ in 0..2 {
-        let out = tokio::process::Command::new(BIN)
-            .args(["project", "--database-url", &db.url, "--source"])
-            .arg(format!("file://{}", path.display()))
-            .output()
-            .await
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        project_file(&db, &path).await;
     }
     let (expected, _) = model(&cfg);
     assert_tables_equal(&db.store().await, &expected).await;

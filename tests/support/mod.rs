@@ -151,6 +151,18 @@ pub async fn project_to_end(db: &TestDb, topic: &str, extra: &[&str]) -> Output 
     out
 }
 
+/// Runs `sessionview project` on the NDJSON archive at `path` into `db` (to its end).
+pub async fn project_file(db: &TestDb, path: &std::path::Path) -> Output {
+    let out = Command::new(BIN)
+        .args(["project", "--database-url", &db.url, "--source"])
+        .arg(format!("file://{}", path.display()))
+        .output()
+        .await
+        .unwrap();
+    check("sessionview project", &out);
+    out
+}
+
 /// Starts `sessionview project` in the background.
 pub fn spawn_project(db: &TestDb, topic: &str, group: &str, extra: &[&str]) -> Child {
     // Its log goes to $SESSIONVIEW_TEST_LOG_DIR/project-<group>.log when that is set.

@@ -112,7 +112,12 @@ impl DbArgs {
     }
 
     async fn pg(&self) -> anyhow::Result<PgStore> {
-        PgStore::connect(&self.database_url, self.db_max_connections)
+        self.pg_with(&PgSettings::default()).await
+    }
+
+    /// Connects with server-side session settings.
+    async fn pg_with(&self, settings: &PgSettings) -> anyhow::Result<PgStore> {
+        PgStore::connect_with_settings(&self.database_url, self.db_max_connections, settings)
             .await
             .with_context(|| format!("connecting to {}", redact(&self.database_url)))
     }
@@ -292,14 +297,7 @@ async fn project(args: ProjectArgs) -> anyhow::Result<()> {
                 )),
                 ..PgSettings::default()
             };
-            let store = PgStore::connect_with_settings(
-                &args.db.database_url,
-                args.db.db_max_connections,
-                &settings,
-            )
-            .await
-            .with_context(|| format!("connecting to {}", redact(&args.db.database_url)))?;
-            project_with(store, source, &args).await
+            project_with(args.db.pg_with(&settings).await?, source, &args).await
         }
         Backend::Sqlite => project_with(args.db.sqlite().await?, source, &args).await,
     }

@@ -8,11 +8,11 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use rand::Rng;
 use sessionview_query::{Limits, ServerConfig};
-use sessionview_store::{KeyPair, KeyPairAdmin, PgSettings, PgStore, ReadModel, Role, Store};
+use sessionview_store::{KeyPair, KeyPairAdmin, PgSettings, ReadModel, Role, Store};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::{Backend, DbArgs, redact, telemetry, with_store};
+use crate::{Backend, DbArgs, telemetry, with_store};
 
 /// Options of `sessionview serve`.
 #[derive(Debug, Args)]
@@ -50,14 +50,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 custom_plans: true,
                 ..PgSettings::default()
             };
-            let store = PgStore::connect_with_settings(
-                &args.db.database_url,
-                args.db.db_max_connections,
-                &settings,
-            )
-            .await
-            .with_context(|| format!("connecting to {}", redact(&args.db.database_url)))?;
-            serve_with(store, &args).await
+            serve_with(args.db.pg_with(&settings).await?, &args).await
         }
         // SQLite has no statement timeout; the other limits apply.
         Backend::Sqlite => serve_with(args.db.sqlite().await?, &args).await,
