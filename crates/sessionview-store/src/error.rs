@@ -40,11 +40,14 @@ fn is_transient_sqlx(e: &sqlx::Error) -> bool {
         sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
             let code = code.as_ref();
-            // 08: connection exception; 40001: serialization failure; 40P01: deadlock;
+            // 08: connection exception; 25P03: the session sat idle in a transaction too long
+            // (idle_in_transaction_session_timeout: a paused process woke up; reconnect and
+            // retry); 40001: serialization failure; 40P01: deadlock;
             // 53: insufficient resources; 57P01..03: admin/crash shutdown, cannot connect now;
             // 55000: the database is not accepting connections (ALLOW_CONNECTIONS false);
             // SQLite's 5 and 6: the database file is busy or locked.
             code.starts_with("08")
+                || code == "25P03"
                 || code == "40001"
                 || code == "40P01"
                 || code.starts_with("53")
