@@ -86,11 +86,12 @@ impl Health {
         self.facts().high.insert(partition, high);
     }
 
-    /// Messages between the stored position of `partition` and its last known high watermark.
+    /// Messages between the stored position of `partition` and its last known high watermark;
+    /// `None` for a partition this instance does not own (its lag is another instance's to report).
     pub(crate) fn behind(&self, partition: i32) -> Option<i64> {
         let f = self.facts();
         let high = *f.high.get(&partition)?;
-        let next = f.next.get(&partition).copied().flatten().unwrap_or(0);
+        let next = (*f.next.get(&partition)?).unwrap_or(0);
         Some((high - next).max(0))
     }
 
@@ -158,6 +159,7 @@ mod tests {
         h.high_watermark(2, 1000); // not ours
         assert_eq!(h.behind(0), Some(5));
         assert_eq!(h.behind(1), Some(4));
+        assert_eq!(h.behind(2), None, "not ours");
         assert_eq!(h.progress(WINDOW), Progress::Working { behind: 9 });
         std::thread::sleep(Duration::from_millis(2));
         assert!(h.progress(Duration::ZERO).is_stalled());
