@@ -5,11 +5,11 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use sessionview_events::{DecodeError, Event, EventType};
+use sessionview_events::{DecodeError, Event, EventBody, EventType};
 use uuid::Uuid;
 
 use crate::apply::{Effect, Reject, apply};
-use crate::rows::SessionState;
+use crate::rows::{KernelRow, SessionRow, SessionState};
 
 /// Where a message sits in its source: a Kafka partition and offset, or line `offset` of a file
 /// (partition 0).
@@ -108,11 +108,65 @@ pub fn plan(messages: &[&[u8]]) -> (Vec<Result<Event, DecodeError>>, LoadRequest
     (decoded, req)
 }
 
+/// Which rows of a changed session differ from what the batch started from.
+///
+/// Half of a typical stream is `kernel_stat_sync`, which changes one kernel row and never the
+/// session row: writing only these rows is most of the store's saving.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DirtyRows {
+    /// The session row itself.
+    pub session: bool,
+    /// Every kernel row (the session was created, or an event touched all its kernels).
+    pub all_kernels: bool,
+    /// Kernel rows changed one at a time, by kernel id (no duplicates).
+    pub kernels: Vec<Uuid>,
+}
+
+impl DirtyRows {
+    /// Every row of the session.
+    pub const fn all() -> Self {
+        Self {
+            session: true,
+            all_kernels: true,
+            kernels: Vec::new(),
+        }
+    }
+
+    fn kernel(&mut self, id: Uuid) {
+        if !self.all_kernels && !self.kernels.contains(&id) {
+            self.kernels.push(id);
+        }
+    }
+
+    /// Records what an applied event changed. Deliberately coarse where it is cheap to be:
+    /// every event but `kernel_stat_sync` may change the session row (the master mirror, slots).
+    fn record(&mut self, event: &Event) {
+        match (&event.body, event.kernel_id) {
+            (EventBody::KernelStatSync(_), Some(k)) => self.kernel(k),
+            (_, Some(k)) => {
+                self.session = true;
+                self.kernel(k);
+            }
+            (EventBody::SessionEnqueued(_) | EventBody::SessionScheduled(_), None) => {
+                *self = Self::all();
+            }
+            (_, None) => self.session = true,
+        }
+    }
+
+    /// Whether kernel row `k` must be written.
+    pub fn has_kernel(&self, k: &KernelRow) -> bool {
+        self.all_kernels || self.kernels.contains(&k.id)
+    }
+}
+
 /// Everything a folded batch must write, in one transaction.
 #[derive(Debug, Clone, Default)]
 pub struct Changes {
-    /// Sessions whose rows changed (whole rows, kernels included).
+    /// Sessions with at least one changed row (whole states, kernels included).
     pub sessions: Vec<SessionState>,
+    /// Which rows of `sessions[i]` changed; a missing entry means all of them.
+    pub dirty: Vec<DirtyRows>,
     /// Sessions created in this batch (their dependencies are written once).
     pub created: Vec<Uuid>,
     /// Event ids to remember as seen, with their session.
@@ -124,6 +178,32 @@ pub struct Changes {
     pub dead_letters: Vec<DeadLetter>,
     /// Outcome counts per event type (`"unknown"` when the type could not be read).
     pub tally: BTreeMap<(&'static str, Outcome), u64>,
+}
+
+impl Changes {
+    /// What changed of `sessions[i]` (all rows when not recorded).
+    fn dirty_of(&self, i: usize) -> Option<&DirtyRows> {
+        self.dirty.get(i)
+    }
+
+    /// The session rows to write.
+    pub fn session_rows(&self) -> impl Iterator<Item = &SessionRow> {
+        self.sessions
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.dirty_of(*i).is_none_or(|d| d.session))
+            .map(|(_, s)| &s.session)
+    }
+
+    /// The kernel rows to write.
+    pub fn kernel_rows(&self) -> impl Iterator<Item = &KernelRow> {
+        self.sessions.iter().enumerate().flat_map(move |(i, s)| {
+            let d = self.dirty_of(i);
+            s.kernels
+                .iter()
+                .filter(move |k| d.is_none_or(|d| d.has_kernel(k)))
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -139,7 +219,7 @@ pub struct Fold {
     sessions: HashMap<Uuid, SessionState>,
     seen: HashSet<Uuid>,
     parked: HashMap<Uuid, Vec<Parked>>,
-    dirty: HashSet<Uuid>,
+    dirty: HashMap<Uuid, DirtyRows>,
     created: Vec<Uuid>,
     new_seen: Vec<(Uuid, Uuid)>,
     released: Vec<(String, Position)>,
@@ -228,7 +308,7 @@ impl Fold {
         }
         match result {
             Ok(Effect::Applied) => {
-                self.dirty.insert(event.session_id);
+                self.dirty.entry(event.session_id).or_default().record(event);
                 if !existed {
                     self.created.push(event.session_id);
                     self.release_parked(event.session_id);
@@ -337,12 +417,12 @@ impl Fold {
 
     /// Ends the batch: the rows and bookkeeping it must write.
     pub fn finish(mut self) -> Changes {
-        let mut dirty: Vec<Uuid> = self.dirty.into_iter().collect();
-        dirty.sort();
-        let sessions = dirty
-            .iter()
-            .filter_map(|id| self.sessions.remove(id))
-            .collect();
+        let mut dirty: Vec<(Uuid, DirtyRows)> = self.dirty.into_iter().collect();
+        dirty.sort_by_key(|(id, _)| *id);
+        let (sessions, dirty) = dirty
+            .into_iter()
+            .filter_map(|(id, d)| self.sessions.remove(&id).map(|s| (s, d)))
+            .unzip();
         let mut parked: Vec<ParkedEvent> = self
             .parked
             .into_values()
@@ -353,6 +433,7 @@ impl Fold {
         parked.sort_by_key(|p| p.position);
         Changes {
             sessions,
+            dirty,
             created: self.created,
             seen: self.new_seen,
             parked,

@@ -9,7 +9,7 @@ mod rows;
 
 pub use apply::{Effect, Reject, apply};
 pub use fold::{
-    Changes, DeadLetter, Fold, LoadRequest, Loaded, Outcome, ParkedEvent, Position, plan,
+    Changes, DeadLetter, DirtyRows, Fold, LoadRequest, Loaded, Outcome, ParkedEvent, Position, plan,
 };
 pub use rows::{
     KernelRow, RESULT_FAILURE, RESULT_SUCCESS, RESULT_UNDEFINED, SessionRow, SessionState,

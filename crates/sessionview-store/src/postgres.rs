@@ -13,6 +13,7 @@ use sessionview_projection::{
     KernelRow, LoadRequest, Loaded, ParkedEvent, Position, SessionRow, SessionState,
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use tracing::instrument;
 use uuid::Uuid;
@@ -470,10 +471,10 @@ struct SessionColumns<'a> {
     terminated_at: Vec<Option<DateTime<Utc>>>,
     startup_command: Vec<Option<&'a str>>,
     result: Vec<&'a str>,
-    resource_opts: Vec<Value>,
+    resource_opts: Vec<Json<&'a JsonObject>>,
     scaling_group: Vec<Option<&'a str>>,
-    service_ports: Vec<Option<Value>>,
-    mounts: Vec<Value>,
+    service_ports: Vec<Option<Json<&'a Value>>>,
+    mounts: Vec<Json<&'a Vec<String>>>,
     occupied_slots: Vec<Value>,
     num_queries: Vec<i64>,
 }
@@ -494,10 +495,10 @@ struct KernelColumns<'a> {
     terminated_at: Vec<Option<DateTime<Utc>>>,
     agent: Vec<Option<&'a str>>,
     container_id: Vec<Option<&'a str>>,
-    resource_opts: Vec<Value>,
+    resource_opts: Vec<Json<&'a JsonObject>>,
     occupied_slots: Vec<Value>,
-    service_ports: Vec<Option<Value>>,
-    last_stat: Vec<Option<Value>>,
+    service_ports: Vec<Option<Json<&'a Value>>>,
+    last_stat: Vec<Option<Json<&'a JsonObject>>>,
 }
 
 async fn write_changes(
@@ -505,61 +506,60 @@ async fn write_changes(
     commit: Commit<'_>,
 ) -> Result<(), StoreError> {
     let changes = commit.changes;
-    if !changes.sessions.is_empty() {
-        let mut s = SessionColumns::default();
-        let mut k = KernelColumns::default();
-        for state in &changes.sessions {
-            let r = &state.session;
-            s.id.push(r.id);
-            s.name.push(&r.name);
-            s.kind.push(&r.session_type);
-            s.tag.push(r.tag.as_deref());
-            s.image.push(&r.image);
-            s.registry.push(&r.registry);
-            s.cluster_template.push(r.cluster_template.as_deref());
-            s.domain_name.push(&r.domain_name);
-            s.group_name.push(&r.group_name);
-            s.group_id.push(r.group_id);
-            s.user_email.push(&r.user_email);
-            s.user_id.push(r.user_id);
-            s.access_key.push(&r.access_key);
-            s.created_user_email.push(r.created_user_email.as_deref());
-            s.created_user_id.push(r.created_user_id);
-            s.status.push(r.status.as_str());
-            s.status_changed.push(r.status_changed);
-            s.status_info.push(r.status_info.as_deref());
-            s.created_at.push(r.created_at);
-            s.terminated_at.push(r.terminated_at);
-            s.startup_command.push(r.startup_command.as_deref());
-            s.result.push(&r.result);
-            s.resource_opts.push(Value::Object(r.resource_opts.clone()));
-            s.scaling_group.push(r.scaling_group.as_deref());
-            s.service_ports.push(r.service_ports.clone());
-            s.mounts.push(Value::from(r.mounts.clone()));
-            s.occupied_slots.push(r.occupied_slots.to_json());
-            s.num_queries.push(r.num_queries);
-            for kr in &state.kernels {
-                k.id.push(kr.id);
-                k.session_id.push(kr.session_id);
-                k.ordinal.push(kr.ordinal);
-                k.role.push(&kr.role);
-                k.hostname.push(kr.hostname.as_deref());
-                k.image.push(&kr.image);
-                k.registry.push(&kr.registry);
-                k.status.push(kr.status.as_str());
-                k.status_changed.push(kr.status_changed);
-                k.status_info.push(kr.status_info.as_deref());
-                k.created_at.push(kr.created_at);
-                k.terminated_at.push(kr.terminated_at);
-                k.agent.push(kr.agent.as_deref());
-                k.container_id.push(kr.container_id.as_deref());
-                k.resource_opts
-                    .push(Value::Object(kr.resource_opts.clone()));
-                k.occupied_slots.push(kr.occupied_slots.to_json());
-                k.service_ports.push(kr.service_ports.clone());
-                k.last_stat.push(kr.last_stat.clone().map(Value::Object));
-            }
-        }
+    // Only the rows the fold marked dirty; JSON is bound by reference (serialized once by sqlx).
+    let mut s = SessionColumns::default();
+    for r in changes.session_rows() {
+        s.id.push(r.id);
+        s.name.push(&r.name);
+        s.kind.push(&r.session_type);
+        s.tag.push(r.tag.as_deref());
+        s.image.push(&r.image);
+        s.registry.push(&r.registry);
+        s.cluster_template.push(r.cluster_template.as_deref());
+        s.domain_name.push(&r.domain_name);
+        s.group_name.push(&r.group_name);
+        s.group_id.push(r.group_id);
+        s.user_email.push(&r.user_email);
+        s.user_id.push(r.user_id);
+        s.access_key.push(&r.access_key);
+        s.created_user_email.push(r.created_user_email.as_deref());
+        s.created_user_id.push(r.created_user_id);
+        s.status.push(r.status.as_str());
+        s.status_changed.push(r.status_changed);
+        s.status_info.push(r.status_info.as_deref());
+        s.created_at.push(r.created_at);
+        s.terminated_at.push(r.terminated_at);
+        s.startup_command.push(r.startup_command.as_deref());
+        s.result.push(&r.result);
+        s.resource_opts.push(Json(&r.resource_opts));
+        s.scaling_group.push(r.scaling_group.as_deref());
+        s.service_ports.push(r.service_ports.as_ref().map(Json));
+        s.mounts.push(Json(&r.mounts));
+        s.occupied_slots.push(r.occupied_slots.to_json());
+        s.num_queries.push(r.num_queries);
+    }
+    let mut k = KernelColumns::default();
+    for kr in changes.kernel_rows() {
+        k.id.push(kr.id);
+        k.session_id.push(kr.session_id);
+        k.ordinal.push(kr.ordinal);
+        k.role.push(&kr.role);
+        k.hostname.push(kr.hostname.as_deref());
+        k.image.push(&kr.image);
+        k.registry.push(&kr.registry);
+        k.status.push(kr.status.as_str());
+        k.status_changed.push(kr.status_changed);
+        k.status_info.push(kr.status_info.as_deref());
+        k.created_at.push(kr.created_at);
+        k.terminated_at.push(kr.terminated_at);
+        k.agent.push(kr.agent.as_deref());
+        k.container_id.push(kr.container_id.as_deref());
+        k.resource_opts.push(Json(&kr.resource_opts));
+        k.occupied_slots.push(kr.occupied_slots.to_json());
+        k.service_ports.push(kr.service_ports.as_ref().map(Json));
+        k.last_stat.push(kr.last_stat.as_ref().map(Json));
+    }
+    if !s.id.is_empty() {
         sqlx::query(
             "INSERT INTO sessions (id, name, type, tag, image, registry, cluster_template, \
                 domain_name, group_name, group_id, user_email, user_id, access_key, \
@@ -609,7 +609,8 @@ async fn write_changes(
         .bind(&s.num_queries)
         .execute(&mut **tx)
         .await?;
-
+    }
+    if !k.id.is_empty() {
         sqlx::query(
             "INSERT INTO kernels (id, session_id, ordinal, role, hostname, image, registry, status, \
                 status_changed, status_info, created_at, terminated_at, agent, container_id, \

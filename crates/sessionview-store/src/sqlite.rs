@@ -480,11 +480,11 @@ async fn write_changes(
     commit: Commit<'_>,
 ) -> Result<(), StoreError> {
     let changes = commit.changes;
-    for chunk in changes.sessions.chunks(CHUNK) {
+    let sessions: Vec<&SessionRow> = changes.session_rows().collect();
+    for chunk in sessions.chunks(CHUNK) {
         let mut qb =
             QueryBuilder::<Sqlite>::new(format!("INSERT INTO sessions ({SESSION_COLUMNS}) "));
-        qb.push_values(chunk, |mut b, st| {
-            let r = &st.session;
+        qb.push_values(chunk, |mut b, r| {
             b.push_bind(r.id.to_string())
                 .push_bind(r.name.clone())
                 .push_bind(r.session_type.clone())
@@ -523,7 +523,7 @@ async fn write_changes(
         );
         qb.build().execute(&mut **tx).await?;
     }
-    let kernels: Vec<&KernelRow> = changes.sessions.iter().flat_map(|s| &s.kernels).collect();
+    let kernels: Vec<&KernelRow> = changes.kernel_rows().collect();
     for chunk in kernels.chunks(CHUNK) {
         let mut qb =
             QueryBuilder::<Sqlite>::new(format!("INSERT INTO kernels ({KERNEL_COLUMNS}) "));

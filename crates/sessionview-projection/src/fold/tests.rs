@@ -62,8 +62,24 @@ fn fold_in_batches(messages: &[Vec<u8>], size: usize) -> (Vec<SessionState>, usi
             fold.apply_decoded("t", pos((b * size + i) as i64), bytes, d);
         }
         let changes = fold.finish();
-        for s in changes.sessions {
-            sessions.insert(s.session.id, s);
+        // Only the rows the changes say are dirty reach the "store"; the others keep what an
+        // earlier batch wrote, so a row changed but not marked dirty shows up as a difference.
+        let rows: Vec<SessionRow> = changes.session_rows().cloned().collect();
+        let kernels: Vec<KernelRow> = changes.kernel_rows().cloned().collect();
+        for s in &changes.sessions {
+            sessions.entry(s.session.id).or_insert_with(|| s.clone());
+        }
+        for r in rows {
+            if let Some(s) = sessions.get_mut(&r.id) {
+                s.session = r;
+            }
+        }
+        for k in kernels {
+            if let Some(s) = sessions.get_mut(&k.session_id)
+                && let Some(slot) = s.kernels.iter_mut().find(|x| x.id == k.id)
+            {
+                *slot = k;
+            }
         }
         seen.extend(changes.seen.iter().map(|(e, _)| *e));
         parked.retain(|p| !changes.released.contains(&(p.source.clone(), p.position)));
