@@ -1,16 +1,19 @@
 //! The applier task: gathers bounded batches from a source, folds them and commits them exactly once.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
-use sessionview_projection::{Changes, Fold, Outcome, Position, plan};
+use sessionview_projection::{
+    Changes, Fold, LoadRequest, Loaded, Outcome, Position, SessionState, plan,
+};
 use sessionview_store::{Advance, Commit, CommitOutcome, Store, StoreError};
 use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
+use uuid::Uuid;
 
 use crate::health::Health;
 use crate::metrics;
@@ -92,6 +95,118 @@ impl Shared {
     }
 }
 
+/// A batch folded and not yet committed.
+#[derive(Debug)]
+struct Folded {
+    /// The admitted messages.
+    batch: Vec<SourceMessage>,
+    /// The epoch of each partition of the batch when it was folded.
+    epochs: BTreeMap<i32, u64>,
+    changes: Changes,
+}
+
+/// What became of a folded batch.
+#[derive(Debug)]
+enum Committed {
+    Done(Vec<Advance>, Duration),
+    /// The stored positions of these partitions moved (another instance applied them).
+    Conflict(Vec<i32>),
+    /// A partition was revoked or re-seeked after the batch was folded.
+    Stale,
+    /// Shutdown while a transient error was being retried.
+    Abandoned,
+}
+
+/// Runs `op`, retrying transient database errors with exponential backoff (100 ms to 10 s) for as
+/// long as it takes. After `shutdown`, a statement in progress still finishes (the drain), but no
+/// new retry starts and a retry wait is cut short: `Ok(None)`, nothing committed.
+async fn with_retries<T, F, Fut>(
+    op: F,
+    shutdown: &CancellationToken,
+) -> Result<Option<T>, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    let retrying = AtomicBool::new(false);
+    let retried = op
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(100))
+                .with_max_delay(Duration::from_secs(10))
+                .without_max_times(),
+        )
+        .when(|e: &StoreError| e.is_transient() && !shutdown.is_cancelled())
+        .notify(|e: &StoreError, wait: Duration| {
+            retrying.store(true, Ordering::Relaxed);
+            metrics::store_retry();
+            warn!(error = %e, retry_in = ?wait, "transient database error; batch not committed, retrying");
+        });
+    let given_up = async {
+        shutdown.cancelled().await;
+        while !retrying.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::select! {
+        biased;
+        r = retried => match r {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.is_transient() && shutdown.is_cancelled() => Ok(None),
+            Err(e) => Err(e),
+        },
+        () = given_up => Ok(None),
+    }
+}
+
+/// Loads what `req` asks for as it will be once `pending` has committed: `pending`'s rows, seen
+/// ids and parked events come from memory (its transaction may still be running), the rest from
+/// the store.
+async fn load_over<S: Store>(
+    store: &S,
+    req: &LoadRequest,
+    pending: Option<&Folded>,
+) -> Result<Loaded, StoreError> {
+    let Some(p) = pending else {
+        return store.load(req).await;
+    };
+    let changes = &p.changes;
+    let overlay: HashMap<Uuid, &SessionState> =
+        changes.sessions.iter().map(|s| (s.session.id, s)).collect();
+    let mut rest = req.clone();
+    rest.session_ids.retain(|id| !overlay.contains_key(id));
+    let mut loaded = store.load(&rest).await?;
+    for id in &req.session_ids {
+        if let Some(s) = overlay.get(id) {
+            loaded.sessions.insert(*id, (*s).clone());
+        }
+    }
+    let pending_seen: HashSet<Uuid> = changes.seen.iter().map(|(e, _)| *e).collect();
+    loaded.seen.extend(
+        req.event_ids
+            .iter()
+            .filter(|e| pending_seen.contains(e))
+            .copied(),
+    );
+    let released: HashSet<(&str, Position)> = changes
+        .released
+        .iter()
+        .map(|(s, p)| (s.as_str(), *p))
+        .collect();
+    loaded
+        .parked
+        .retain(|e| !released.contains(&(e.source.as_str(), e.position)));
+    let wanted: HashSet<Uuid> = req.parked_for.iter().copied().collect();
+    loaded.parked.extend(
+        changes
+            .parked
+            .iter()
+            .filter(|e| wanted.contains(&e.session_id))
+            .cloned(),
+    );
+    Ok(loaded)
+}
+
 /// Folds and commits batches for one source.
 #[derive(Debug)]
 pub(crate) struct Applier<S> {
@@ -141,6 +256,11 @@ impl<S: Store> Applier<S> {
 
     /// Runs until the source ends, the channel closes, or `shutdown` fires; a batch in flight at
     /// shutdown is still committed (drained), then the applier returns.
+    ///
+    /// Batches are pipelined one deep: batch N+1 is loaded and folded (on its own connection)
+    /// while batch N commits. N+1 starts from N's folded rows, so it never waits for N's
+    /// transaction; if N does not commit, N+1 is discarded with it and their partitions re-read
+    /// from the stored positions.
     pub(crate) async fn run(
         mut self,
         mut rx: mpsc::Receiver<Item>,
@@ -148,43 +268,62 @@ impl<S: Store> Applier<S> {
     ) -> Result<Summary, ProjectorError> {
         let started = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut pending: Option<Folded> = None;
         loop {
-            if self.reached_targets().await {
+            if pending.is_none() && self.reached_targets().await {
                 break;
             }
             let mut batch = Vec::new();
             let mut finished = false;
-            tokio::select! {
-                biased;
-                () = shutdown.cancelled() => break,
-                item = rx.recv() => match item {
-                    Some(Item::Message(m)) => batch.push(m),
-                    Some(Item::End) | None => finished = true,
-                },
-                // Re-check the targets now and then: they may be met without a message (at
-                // assignment).
-                _ = tick.tick() => continue,
-            }
-            if !finished {
-                let deadline = tokio::time::Instant::now() + self.cfg.linger;
+            if pending.is_some() {
+                // A batch is waiting to commit: take what is already here, without waiting, so
+                // that the commit is not delayed by a slow source.
                 while batch.len() < self.cfg.max_events {
-                    tokio::select! {
-                        biased;
-                        () = shutdown.cancelled() => { finished = true; break }
-                        () = tokio::time::sleep_until(deadline) => break,
-                        item = rx.recv() => match item {
-                            Some(Item::Message(m)) => batch.push(m),
-                            Some(Item::End) | None => { finished = true; break }
-                        },
+                    match rx.try_recv() {
+                        Ok(Item::Message(m)) => batch.push(m),
+                        Ok(Item::End) | Err(mpsc::error::TryRecvError::Disconnected) => {
+                            finished = true;
+                            break;
+                        }
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                    }
+                }
+                finished |= shutdown.is_cancelled();
+            } else {
+                tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => break,
+                    item = rx.recv() => match item {
+                        Some(Item::Message(m)) => batch.push(m),
+                        Some(Item::End) | None => finished = true,
+                    },
+                    // Re-check the targets now and then: they may be met without a message (at
+                    // assignment).
+                    _ = tick.tick() => continue,
+                }
+                if !finished {
+                    let deadline = tokio::time::Instant::now() + self.cfg.linger;
+                    while batch.len() < self.cfg.max_events {
+                        tokio::select! {
+                            biased;
+                            () = shutdown.cancelled() => { finished = true; break }
+                            () = tokio::time::sleep_until(deadline) => break,
+                            item = rx.recv() => match item {
+                                Some(Item::Message(m)) => batch.push(m),
+                                Some(Item::End) | None => { finished = true; break }
+                            },
+                        }
                     }
                 }
             }
-            if !batch.is_empty() {
-                self.apply_batch(batch, &shutdown).await?;
-            }
+            pending = self.step(pending.take(), batch, &shutdown).await?;
             if finished {
                 break;
             }
+        }
+        // Drain: the last folded batch still commits.
+        if pending.is_some() {
+            self.step(pending, Vec::new(), &shutdown).await?;
         }
         self.summary.elapsed = started.elapsed();
         info!(
@@ -197,15 +336,91 @@ impl<S: Store> Applier<S> {
         Ok(self.summary)
     }
 
-    async fn apply_batch(
+    /// Commits `pending` while folding `batch` on top of it; returns the newly folded batch
+    /// (to commit in the next step).
+    async fn step(
         &mut self,
-        mut batch: Vec<SourceMessage>,
+        pending: Option<Folded>,
+        batch: Vec<SourceMessage>,
         shutdown: &CancellationToken,
-    ) -> Result<(), ProjectorError> {
+    ) -> Result<Option<Folded>, ProjectorError> {
+        if pending.is_none() && batch.is_empty() {
+            return Ok(None);
+        }
         let shared = Arc::clone(&self.shared);
         let mut owned = shared.owned.lock().await;
-        // Only partitions still owned, under the epoch the messages were read in, and only
-        // offsets not yet applied.
+        let batch = self.admit(batch, &owned);
+        let (committed, folded) = tokio::join!(
+            async {
+                match &pending {
+                    Some(p) => Some(self.commit(p, &owned, shutdown).await),
+                    None => None,
+                }
+            },
+            async {
+                if batch.is_empty() {
+                    Ok(None)
+                } else {
+                    self.fold(batch, &owned, pending.as_ref(), shutdown).await
+                }
+            },
+        );
+        let mut keep = true;
+        if let (Some(committed), Some(p)) = (committed, &pending) {
+            match committed? {
+                Committed::Done(advances, commit_time) => {
+                    for a in &advances {
+                        if let Some(st) = owned.get_mut(&a.partition) {
+                            st.next = Some(a.next);
+                        }
+                    }
+                    self.record(&p.batch, &advances, &p.changes, commit_time);
+                }
+                Committed::Conflict(partitions) => {
+                    warn!(
+                        ?partitions,
+                        "stored position moved under this batch (another instance applied it); discarding the batch and re-seeking"
+                    );
+                    metrics::commit_conflict();
+                    self.summary.conflicts += 1;
+                    keep = false;
+                }
+                Committed::Stale => {
+                    debug!(
+                        "partitions were revoked or re-seeked before the batch committed; discarding it"
+                    );
+                    keep = false;
+                }
+                Committed::Abandoned => {
+                    info!("shutdown while retrying: batch left uncommitted, positions untouched");
+                    keep = false;
+                }
+            }
+            if !keep {
+                // The next batch was folded on top of this one: it goes too. Every partition of
+                // either is read again from its stored position (their messages already taken
+                // from the source would otherwise be skipped).
+                let mut partitions: BTreeSet<i32> = p.epochs.keys().copied().collect();
+                if let Ok(Some(f)) = &folded {
+                    partitions.extend(f.epochs.keys().copied());
+                }
+                for partition in &partitions {
+                    owned.remove(partition);
+                }
+                shared.request_reseek(partitions);
+            }
+        }
+        let folded = folded?;
+        Ok(if keep { folded } else { None })
+    }
+
+    /// Only partitions still owned, under the epoch the messages were read in, and only offsets
+    /// not yet applied (nor beyond `--until` targets).
+    fn admit(
+        &self,
+        mut batch: Vec<SourceMessage>,
+        owned: &HashMap<i32, PartitionState>,
+    ) -> Vec<SourceMessage> {
         let before = batch.len();
         let targets = match &self.until {
             Until::Positions(t) => Some(t),
@@ -222,84 +437,33 @@ impl<S: Store> Applier<S> {
                 "dropped messages of revoked or re-seeked partitions"
             );
         }
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let mut advances: BTreeMap<i32, Advance> = BTreeMap::new();
-        for m in &batch {
-            let st = owned.get(&m.partition).copied();
-            let a = advances.entry(m.partition).or_insert(Advance {
-                partition: m.partition,
-                expected: st.and_then(|s| s.next),
-                next: m.offset + 1,
-            });
-            a.next = a.next.max(m.offset + 1);
-        }
-        let advances: Vec<Advance> = advances.into_values().collect();
-        let first = batch.first().map(|m| (m.partition, m.offset));
-        let last = batch.last().map(|m| (m.partition, m.offset));
-        let span = info_span!("batch", source = %self.source, events = batch.len(), ?first, ?last);
-
-        let attempt = || self.fold_and_commit(&batch, &advances);
-        let retried = attempt
-            .retry(
-                ExponentialBuilder::default()
-                    .with_min_delay(Duration::from_millis(100))
-                    .with_max_delay(Duration::from_secs(10))
-                    .without_max_times(),
-            )
-            .when(StoreError::is_transient)
-            .notify(|e, wait| {
-                metrics::store_retry();
-                warn!(error = %e, retry_in = ?wait, "transient database error; batch not committed, retrying");
-            });
-        let result = tokio::select! {
-            biased;
-            r = retried.instrument(span) => r,
-            () = shutdown.cancelled() => {
-                info!("shutdown while retrying: batch left uncommitted, positions untouched");
-                return Ok(());
-            }
-        };
-        let (outcome, changes, commit_time) = result?;
-        match outcome {
-            CommitOutcome::Committed => {
-                for a in &advances {
-                    if let Some(st) = owned.get_mut(&a.partition) {
-                        st.next = Some(a.next);
-                    }
-                }
-                drop(owned);
-                self.record(&batch, &advances, &changes, commit_time);
-            }
-            CommitOutcome::Conflict { partitions } => {
-                warn!(
-                    ?partitions,
-                    "stored position moved under this batch (another instance applied it); discarding the batch and re-seeking"
-                );
-                metrics::commit_conflict();
-                self.summary.conflicts += 1;
-                // Stop applying these partitions until the source has re-seeked them.
-                for a in &advances {
-                    owned.remove(&a.partition);
-                }
-                shared.request_reseek(advances.iter().map(|a| a.partition));
-            }
-        }
-        Ok(())
+        batch
     }
 
-    async fn fold_and_commit(
+    /// Loads what `batch` needs (rows of `pending` from memory, the rest from the store) and
+    /// folds it. Transient database errors are retried.
+    async fn fold(
         &self,
-        batch: &[SourceMessage],
-        advances: &[Advance],
-    ) -> Result<(CommitOutcome, Changes, Duration), StoreError> {
+        mut batch: Vec<SourceMessage>,
+        owned: &HashMap<i32, PartitionState>,
+        pending: Option<&Folded>,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Folded>, ProjectorError> {
+        let mut epochs = BTreeMap::new();
+        for m in &batch {
+            if let Some(st) = owned.get(&m.partition) {
+                epochs.insert(m.partition, st.epoch);
+            }
+        }
         let payloads: Vec<&[u8]> = batch.iter().filter_map(|m| m.payload.as_deref()).collect();
         let (decoded, req) = plan(&payloads);
-        let loaded = self.store.load(&req).await?;
+        let Some(loaded) = with_retries(|| load_over(&self.store, &req, pending), shutdown).await?
+        else {
+            return Ok(None);
+        };
         let mut fold = Fold::from_loaded(loaded);
         let mut decoded = decoded.into_iter();
-        for m in batch {
+        for m in &batch {
             let Some(bytes) = m.payload.as_deref() else {
                 continue;
             };
@@ -310,18 +474,67 @@ impl<S: Store> Applier<S> {
             };
             fold.apply_decoded(&self.source, position, bytes, d);
         }
-        let changes = fold.finish();
-        let started = Instant::now();
-        let outcome = self
-            .store
-            .commit(Commit {
-                source: &self.source,
-                advances,
-                changes: &changes,
-                retire: &[],
-            })
-            .await?;
-        Ok((outcome, changes, started.elapsed()))
+        // The folded batch waits for its commit; its payloads are no longer needed (parked
+        // events and dead letters hold their own copies).
+        for m in &mut batch {
+            m.payload = None;
+        }
+        Ok(Some(Folded {
+            changes: fold.finish(),
+            batch,
+            epochs,
+        }))
+    }
+
+    /// Commits a folded batch if its partitions are still owned under the epochs it was folded
+    /// in; transient errors are retried until shutdown.
+    async fn commit(
+        &self,
+        folded: &Folded,
+        owned: &HashMap<i32, PartitionState>,
+        shutdown: &CancellationToken,
+    ) -> Result<Committed, ProjectorError> {
+        let mut advances: BTreeMap<i32, Advance> = BTreeMap::new();
+        for m in &folded.batch {
+            let Some(st) = owned.get(&m.partition) else {
+                return Ok(Committed::Stale);
+            };
+            if folded.epochs.get(&m.partition) != Some(&st.epoch) {
+                return Ok(Committed::Stale);
+            }
+            let a = advances.entry(m.partition).or_insert(Advance {
+                partition: m.partition,
+                expected: st.next,
+                next: m.offset + 1,
+            });
+            a.next = a.next.max(m.offset + 1);
+        }
+        let advances: Vec<Advance> = advances.into_values().collect();
+        let first = folded.batch.first().map(|m| (m.partition, m.offset));
+        let last = folded.batch.last().map(|m| (m.partition, m.offset));
+        let span =
+            info_span!("batch", source = %self.source, events = folded.batch.len(), ?first, ?last);
+        let attempt = || async {
+            let started = Instant::now();
+            let outcome = self
+                .store
+                .commit(Commit {
+                    source: &self.source,
+                    advances: &advances,
+                    changes: &folded.changes,
+                    retire: &[],
+                })
+                .await?;
+            Ok::<_, StoreError>((outcome, started.elapsed()))
+        };
+        let Some((outcome, commit_time)) = with_retries(attempt, shutdown).instrument(span).await?
+        else {
+            return Ok(Committed::Abandoned);
+        };
+        Ok(match outcome {
+            CommitOutcome::Committed => Committed::Done(advances, commit_time),
+            CommitOutcome::Conflict { partitions } => Committed::Conflict(partitions),
+        })
     }
 
     fn record(

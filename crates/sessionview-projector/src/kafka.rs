@@ -206,6 +206,10 @@ pub(crate) async fn spawn<S: Store>(
             cfg.session_timeout.as_millis().to_string(),
         )
         .set("client.id", "sessionview-projector")
+        // Prefetch at most 16 MiB (librdkafka's default is 64 MiB): the applier's channel and
+        // its two batches in flight are buffer enough, and the default made a catching-up
+        // projector's memory several times its working set.
+        .set("queued.max.messages.kbytes", "16384")
         // High watermarks for lag and readiness come with librdkafka's statistics.
         .set("statistics.interval.ms", "1000");
     for (k, v) in &cfg.options {

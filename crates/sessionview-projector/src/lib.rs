@@ -42,7 +42,7 @@ pub struct BatchConfig {
 impl Default for BatchConfig {
     fn default() -> Self {
         Self {
-            max_events: 5000,
+            max_events: 20_000,
             linger: Duration::from_millis(50),
             channel_capacity: 20_000,
         }

@@ -19,7 +19,7 @@ pub const LAG_SECONDS: &str = "sessionview_projector_lag_seconds";
 
 /// Histogram buckets for [`BATCH_SIZE`].
 pub const BATCH_SIZE_BUCKETS: &[f64] = &[
-    1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0,
+    1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, 20000.0,
 ];
 /// Histogram buckets for [`COMMIT_SECONDS`].
 pub const COMMIT_SECONDS_BUCKETS: &[f64] = &[

@@ -51,7 +51,7 @@ pub(crate) struct ReplayArgs {
     #[arg(long, env = "SESSIONVIEW_REPLAY_DRY_RUN")]
     dry_run: bool,
     /// Most events in one batch.
-    #[arg(long, env = "SESSIONVIEW_BATCH_SIZE", default_value_t = 5000)]
+    #[arg(long, env = "SESSIONVIEW_BATCH_SIZE", default_value_t = 20_000)]
     batch_size: usize,
     /// Show one progress line per partition (Kafka) in the final report.
     #[arg(long, env = "SESSIONVIEW_REPLAY_PER_PARTITION")]
