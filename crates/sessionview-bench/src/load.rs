@@ -177,6 +177,9 @@ async fn query_db(bench: &Bench, sessions: u64, seed: u64) -> anyhow::Result<Str
             .await
             .ok();
         if done.unwrap_or(0) > 0 {
+            // A database from an earlier version gets this version's schema (migrations
+            // backfill what they add).
+            crate::scenarios::migrate(bench, &url).await?;
             return Ok(url);
         }
     }

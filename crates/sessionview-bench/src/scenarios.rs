@@ -39,7 +39,7 @@ fn final_states(size: Size) -> Vec<sessionview_projection::SessionState> {
     fold.sessions().values().cloned().collect()
 }
 
-async fn migrate(bench: &Bench, url: &str) -> anyhow::Result<()> {
+pub(crate) async fn migrate(bench: &Bench, url: &str) -> anyhow::Result<()> {
     let out = bench
         .sessionview()
         .args(["migrate", "--database-url", url])

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use sessionview_events::{DecodeError, Event, EventBody, EventType};
+use sessionview_events::{DecodeError, Event, EventBody, EventType, Status};
 use uuid::Uuid;
 
 use crate::apply::{Effect, Reject, apply};
@@ -160,6 +160,18 @@ impl DirtyRows {
     }
 }
 
+/// A change to the number of sessions with one combination of the list filters' columns.
+///
+/// List totals are answered from these running counts instead of counting matching rows.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CountDelta {
+    pub access_key: String,
+    pub status: Status,
+    pub domain_name: String,
+    pub group_id: Uuid,
+    pub delta: i64,
+}
+
 /// Everything a folded batch must write, in one transaction.
 #[derive(Debug, Clone, Default)]
 pub struct Changes {
@@ -167,6 +179,9 @@ pub struct Changes {
     pub sessions: Vec<SessionState>,
     /// Which rows of `sessions[i]` changed; a missing entry means all of them.
     pub dirty: Vec<DirtyRows>,
+    /// Session counts by filter columns that this batch changes (created sessions, status
+    /// changes), net of each other and without zeros.
+    pub counts: Vec<CountDelta>,
     /// Sessions created in this batch (their dependencies are written once).
     pub created: Vec<Uuid>,
     /// Event ids to remember as seen, with their session.
@@ -220,6 +235,8 @@ pub struct Fold {
     seen: HashSet<Uuid>,
     parked: HashMap<Uuid, Vec<Parked>>,
     dirty: HashMap<Uuid, DirtyRows>,
+    /// The status each loaded session had when the batch started.
+    initial: HashMap<Uuid, Status>,
     created: Vec<Uuid>,
     new_seen: Vec<(Uuid, Uuid)>,
     released: Vec<(String, Position)>,
@@ -244,8 +261,14 @@ impl Fold {
                 stored: true,
             });
         }
+        let initial = loaded
+            .sessions
+            .iter()
+            .map(|(id, s)| (*id, s.session.status))
+            .collect();
         Self {
             sessions: loaded.sessions,
+            initial,
             seen: loaded.seen,
             parked,
             ..Self::default()
@@ -308,7 +331,10 @@ impl Fold {
         }
         match result {
             Ok(Effect::Applied) => {
-                self.dirty.entry(event.session_id).or_default().record(event);
+                self.dirty
+                    .entry(event.session_id)
+                    .or_default()
+                    .record(event);
                 if !existed {
                     self.created.push(event.session_id);
                     self.release_parked(event.session_id);
@@ -419,10 +445,43 @@ impl Fold {
     pub fn finish(mut self) -> Changes {
         let mut dirty: Vec<(Uuid, DirtyRows)> = self.dirty.into_iter().collect();
         dirty.sort_by_key(|(id, _)| *id);
-        let (sessions, dirty) = dirty
+        let (sessions, dirty): (Vec<SessionState>, Vec<DirtyRows>) = dirty
             .into_iter()
             .filter_map(|(id, d)| self.sessions.remove(&id).map(|s| (s, d)))
             .unzip();
+        let mut counts: BTreeMap<(&str, Status, &str, Uuid), i64> = BTreeMap::new();
+        for s in &sessions {
+            let r = &s.session;
+            let before = self.initial.get(&r.id).copied();
+            if before == Some(r.status) {
+                continue;
+            }
+            let key = |status| {
+                (
+                    r.access_key.as_str(),
+                    status,
+                    r.domain_name.as_str(),
+                    r.group_id,
+                )
+            };
+            *counts.entry(key(r.status)).or_default() += 1;
+            if let Some(b) = before {
+                *counts.entry(key(b)).or_default() -= 1;
+            }
+        }
+        let counts = counts
+            .into_iter()
+            .filter(|(_, n)| *n != 0)
+            .map(
+                |((access_key, status, domain_name, group_id), delta)| CountDelta {
+                    access_key: access_key.to_owned(),
+                    status,
+                    domain_name: domain_name.to_owned(),
+                    group_id,
+                    delta,
+                },
+            )
+            .collect();
         let mut parked: Vec<ParkedEvent> = self
             .parked
             .into_values()
@@ -434,6 +493,7 @@ impl Fold {
         Changes {
             sessions,
             dirty,
+            counts,
             created: self.created,
             seen: self.new_seen,
             parked,

@@ -9,7 +9,8 @@ mod rows;
 
 pub use apply::{Effect, Reject, apply};
 pub use fold::{
-    Changes, DeadLetter, DirtyRows, Fold, LoadRequest, Loaded, Outcome, ParkedEvent, Position, plan,
+    Changes, CountDelta, DeadLetter, DirtyRows, Fold, LoadRequest, Loaded, Outcome, ParkedEvent,
+    Position, plan,
 };
 pub use rows::{
     KernelRow, RESULT_FAILURE, RESULT_SUCCESS, RESULT_UNDEFINED, SessionRow, SessionState,

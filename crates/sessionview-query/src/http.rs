@@ -1,7 +1,8 @@
 //! The HTTP surface (axum): Backend.AI's endpoints, request signing, problem+json errors, metrics.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_graphql::{Request, ServerError, Variables};
 use axum::body::Bytes;
@@ -14,7 +15,7 @@ use axum::{Json, Router};
 use metrics::{counter, describe_counter, describe_histogram, histogram};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sessionview_store::ReadModel;
+use sessionview_store::{KeyPair, ReadModel};
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::auth::{self, API_VERSION, AuthError, SigningInput};
@@ -48,6 +49,9 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Largest request body in bytes.
     pub body_limit: usize,
+    /// How long a keypair read from the database is reused for signature checks (zero: read it
+    /// for every request). A deactivation takes effect within this time.
+    pub keypair_cache: Duration,
 }
 
 impl Default for ServerConfig {
@@ -55,6 +59,7 @@ impl Default for ServerConfig {
         Self {
             limits: Limits::default(),
             body_limit: 1 << 20,
+            keypair_cache: Duration::ZERO,
         }
     }
 }
@@ -62,6 +67,55 @@ impl Default for ServerConfig {
 struct AppState<R> {
     schema: QuerySchema,
     store: R,
+    keys: KeyCache,
+}
+
+/// Keypairs read recently, each reused for at most `ttl` after it was read: a dashboard polling
+/// every second no longer costs a keypair lookup per request. Only keys found are kept (a flood of
+/// unknown keys cannot grow it), and at most [`KeyCache::CAPACITY`] of them.
+#[derive(Debug)]
+struct KeyCache {
+    ttl: Duration,
+    entries: std::sync::Mutex<HashMap<String, (Instant, KeyPair)>>,
+}
+
+impl KeyCache {
+    const CAPACITY: usize = 10_000;
+
+    fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            entries: std::sync::Mutex::default(),
+        }
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, KeyPair)>> {
+        // The map holds no invariant a panic could break.
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self, access_key: &str, now: Instant) -> Option<KeyPair> {
+        if self.ttl.is_zero() {
+            return None;
+        }
+        let entries = self.entries();
+        let (read_at, kp) = entries.get(access_key)?;
+        (now.saturating_duration_since(*read_at) < self.ttl).then(|| kp.clone())
+    }
+
+    fn put(&self, kp: &KeyPair, now: Instant) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut entries = self.entries();
+        if entries.len() >= Self::CAPACITY {
+            entries.retain(|_, (read_at, _)| now.saturating_duration_since(*read_at) < self.ttl);
+            if entries.len() >= Self::CAPACITY {
+                entries.clear();
+            }
+        }
+        entries.insert(kp.access_key.clone(), (now, kp.clone()));
+    }
 }
 
 /// The query service's routes. Operational routes (`/metrics`, `/healthz`, `/readyz`) are merged
@@ -70,6 +124,7 @@ pub fn router<R: ReadModel>(store: R, cfg: ServerConfig) -> Router {
     let state = Arc::new(AppState {
         schema: build_schema(cfg.limits),
         store,
+        keys: KeyCache::new(cfg.keypair_cache),
     });
     Router::new()
         .route("/", get(version))
@@ -141,6 +196,7 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// Authenticates a signed request against the stored keypairs.
 async fn authenticate<R: ReadModel>(
     store: &R,
+    keys: &KeyCache,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
@@ -161,7 +217,17 @@ async fn authenticate<R: ReadModel>(
     };
     // The date is checked before the key is looked up: a skewed clock is the client's parameter.
     let checked_date = auth::check_date(date, chrono::Utc::now())?;
-    let keypair = match store.keypair(&access_key).await {
+    let now = Instant::now();
+    // A cached entry is never refreshed by its own use: it expires `ttl` after it was read.
+    let looked_up = match keys.get(&access_key, now) {
+        Some(kp) => Ok(Some(kp)),
+        None => store.keypair(&access_key).await.inspect(|found| {
+            if let Some(kp) = found {
+                keys.put(kp, now);
+            }
+        }),
+    };
+    let keypair = match looked_up {
         Ok(Some(kp)) => kp,
         Ok(None) => return Err(AuthError::UnknownAccessKey(access_key)),
         Err(e) => {
@@ -228,7 +294,7 @@ async fn handle<R: ReadModel>(
         outcome = tracing::field::Empty
     );
     let (response, operation, outcome) = async {
-        let caller = match authenticate(&state.store, &method, &uri, &headers).await {
+        let caller = match authenticate(&state.store, &state.keys, &method, &uri, &headers).await {
             Ok(c) => c,
             Err(e) => {
                 debug!(error = %e, "request refused");
@@ -314,4 +380,62 @@ fn graphql_problem(errors: &[ServerError]) -> Response {
         "GraphQL-generated error.",
         Some(("data", data)),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sessionview_store::Role;
+
+    fn keypair(access_key: &str) -> KeyPair {
+        KeyPair {
+            access_key: access_key.into(),
+            secret_key: "secret".into(),
+            user_id: uuid::Uuid::nil(),
+            user_email: "u@example.com".into(),
+            domain_name: "default".into(),
+            role: Role::User,
+            is_active: true,
+            created_at: chrono::Utc::now(),
+        }
+    }
+
+    #[test]
+    fn a_cached_keypair_expires_after_the_ttl() {
+        let cache = KeyCache::new(Duration::from_secs(1));
+        let t0 = Instant::now();
+        assert!(cache.get("AKIA1", t0).is_none());
+        cache.put(&keypair("AKIA1"), t0);
+        assert_eq!(
+            cache
+                .get("AKIA1", t0 + Duration::from_millis(999))
+                .map(|k| k.access_key),
+            Some("AKIA1".to_owned())
+        );
+        assert!(cache.get("AKIA1", t0 + Duration::from_secs(1)).is_none());
+        assert!(cache.get("AKIA2", t0).is_none());
+    }
+
+    #[test]
+    fn a_zero_ttl_caches_nothing() {
+        let cache = KeyCache::new(Duration::ZERO);
+        let t0 = Instant::now();
+        cache.put(&keypair("AKIA1"), t0);
+        assert!(cache.get("AKIA1", t0).is_none());
+    }
+
+    #[test]
+    fn the_cache_never_grows_beyond_its_capacity() {
+        let cache = KeyCache::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        for i in 0..KeyCache::CAPACITY + 5 {
+            cache.put(&keypair(&format!("AKIA{i}")), t0);
+        }
+        assert!(cache.entries().len() <= KeyCache::CAPACITY);
+        assert!(
+            cache
+                .get(&format!("AKIA{}", KeyCache::CAPACITY + 4), t0)
+                .is_some()
+        );
+    }
 }

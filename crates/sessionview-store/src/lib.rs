@@ -22,7 +22,7 @@ mod sqlite;
 
 pub use error::StoreError;
 pub use postgres::{PgSettings, PgStore};
-pub use postgres_admin::{Freeze, LIVE_SCHEMA, READ_MODEL_TABLES};
+pub use postgres_admin::{Freeze, LIVE_SCHEMA, READ_MODEL_TABLES, SESSION_COUNTS_TABLE};
 pub use read::{
     CONTAINER_ORDER_KEYS, ContainerListQuery, KeyPair, KeyPairAdmin, Order, Page, ReadModel, Role,
     SESSION_ORDER_KEYS, Scope, SessionListQuery,

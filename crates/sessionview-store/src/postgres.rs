@@ -648,6 +648,37 @@ async fn write_changes(
         .await?;
     }
 
+    if !changes.counts.is_empty() {
+        // Deltas in key order (the fold sorts them): concurrent writers lock rows in one order.
+        let shard = commit
+            .advances
+            .iter()
+            .map(|a| a.partition)
+            .min()
+            .unwrap_or(0);
+        let c = &changes.counts;
+        let keys: Vec<&str> = c.iter().map(|d| d.access_key.as_str()).collect();
+        let statuses: Vec<&str> = c.iter().map(|d| d.status.as_str()).collect();
+        let domains: Vec<&str> = c.iter().map(|d| d.domain_name.as_str()).collect();
+        let groups: Vec<Uuid> = c.iter().map(|d| d.group_id).collect();
+        let deltas: Vec<i64> = c.iter().map(|d| d.delta).collect();
+        sqlx::query(
+            "INSERT INTO session_counts AS c (access_key, status, domain_name, group_id, shard, n) \
+             SELECT a, s, d, g, $5, n FROM UNNEST($1::text[], $2::text[], $3::text[], $4::uuid[], \
+                $6::int8[]) AS u(a, s, d, g, n) \
+             ON CONFLICT (access_key, status, domain_name, group_id, shard) \
+             DO UPDATE SET n = c.n + EXCLUDED.n",
+        )
+        .bind(&keys)
+        .bind(&statuses)
+        .bind(&domains)
+        .bind(&groups)
+        .bind(shard)
+        .bind(&deltas)
+        .execute(&mut **tx)
+        .await?;
+    }
+
     // Dependencies never change after the enqueue: written once, for sessions created here.
     let created: HashSet<Uuid> = changes.created.iter().copied().collect();
     let (mut dep_session, mut dep_ordinal, mut dep_on) = (Vec::new(), Vec::new(), Vec::new());

@@ -14,6 +14,7 @@ use crate::{PgStore, StoreCounts, StoreError};
 /// not part of it and stay where they are.)
 pub const READ_MODEL_TABLES: &[&str] = &[
     "sessions",
+    SESSION_COUNTS_TABLE,
     "kernels",
     "session_dependencies",
     "seen_events",
@@ -21,6 +22,9 @@ pub const READ_MODEL_TABLES: &[&str] = &[
     "dead_letters",
     "source_positions",
 ];
+
+/// Running session counts behind list totals (PostgreSQL only).
+pub const SESSION_COUNTS_TABLE: &str = "session_counts";
 
 /// The schema the live tables are in.
 pub const LIVE_SCHEMA: &str = "public";

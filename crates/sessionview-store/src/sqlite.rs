@@ -465,7 +465,11 @@ impl Store for SqliteStore {
 
     async fn reset_read_model(&self) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        for table in crate::READ_MODEL_TABLES {
+        // PostgreSQL's list of tables less `session_counts`, which SQLite does not keep.
+        for table in crate::READ_MODEL_TABLES
+            .iter()
+            .filter(|t| **t != crate::SESSION_COUNTS_TABLE)
+        {
             sqlx::query(&format!("DELETE FROM {table}"))
                 .execute(&mut *tx)
                 .await?;

@@ -38,6 +38,10 @@ pub(crate) struct ServeArgs {
     /// Statements running longer than this are cancelled by the database.
     #[arg(long, env = "SESSIONVIEW_STATEMENT_TIMEOUT_MS", default_value_t = 5000)]
     statement_timeout_ms: u64,
+    /// How long a keypair read from the database is reused to check signatures (0: read it for
+    /// every request). `keypair deactivate` takes effect within this time.
+    #[arg(long, env = "SESSIONVIEW_KEYPAIR_CACHE_MS", default_value_t = 1000)]
+    keypair_cache_ms: u64,
 }
 
 pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -45,9 +49,9 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Backend::Postgres => {
             let settings = PgSettings {
                 statement_timeout: Some(Duration::from_millis(args.statement_timeout_ms)),
-                // Filters are skewed (one access key has thousands of sessions, another none): a
-                // plan per execution, not one generic plan for every parameter value.
-                custom_plans: true,
+                // Generic plans for the key lookups; the list statements, whose filters are
+                // skewed, are planned for their values every time by the store itself.
+                custom_plans: false,
                 ..PgSettings::default()
             };
             serve_with(args.db.pg_with(&settings).await?, &args).await
@@ -66,6 +70,7 @@ impl ServeArgs {
                 max_complexity: self.max_complexity,
             },
             body_limit: self.body_limit_bytes,
+            keypair_cache: Duration::from_millis(self.keypair_cache_ms),
         }
     }
 }

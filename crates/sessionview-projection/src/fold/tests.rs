@@ -36,6 +36,8 @@ fn fold_in_batches(messages: &[Vec<u8>], size: usize) -> (Vec<SessionState>, usi
     let mut seen: HashSet<Uuid> = HashSet::new();
     let mut parked: Vec<ParkedEvent> = Vec::new();
     let mut dead = 0;
+    // Running session counts as the store keeps them (sums of the batches' deltas).
+    let mut counts: BTreeMap<(String, Status, String, Uuid), i64> = BTreeMap::new();
     for (b, chunk) in messages.chunks(size).enumerate() {
         let refs: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
         let (decoded, req) = plan(&refs);
@@ -85,7 +87,30 @@ fn fold_in_batches(messages: &[Vec<u8>], size: usize) -> (Vec<SessionState>, usi
         parked.retain(|p| !changes.released.contains(&(p.source.clone(), p.position)));
         parked.extend(changes.parked);
         dead += changes.dead_letters.len();
+        for c in changes.counts {
+            assert_ne!(c.delta, 0, "a zero delta was emitted");
+            *counts
+                .entry((c.access_key, c.status, c.domain_name, c.group_id))
+                .or_default() += c.delta;
+        }
     }
+    counts.retain(|_, n| *n != 0);
+    let mut expected: BTreeMap<(String, Status, String, Uuid), i64> = BTreeMap::new();
+    for s in sessions.values() {
+        let r = &s.session;
+        *expected
+            .entry((
+                r.access_key.clone(),
+                r.status,
+                r.domain_name.clone(),
+                r.group_id,
+            ))
+            .or_default() += 1;
+    }
+    assert_eq!(
+        counts, expected,
+        "running counts drifted from the rows (batch size {size})"
+    );
     let mut v: Vec<_> = sessions.into_values().collect();
     v.sort_by_key(|s| s.session.id);
     (v, parked.len(), dead)
