@@ -244,7 +244,7 @@ pub(crate) async fn project_file(bench: &mut Bench, size: Size) -> anyhow::Resul
         "project-file",
         &[
             ("stream", format!("{} events (seed {}), {}", thousands(size.events as f64), size.seed, file.display())),
-            ("command", "sessionview project --source file://... --exit-at-end (default batch 5,000)".into()),
+            ("command", "sessionview project --source file://... --exit-at-end (default batch 20,000)".into()),
             ("of ceiling", format!("events/s ÷ the ceiling's {} rows/s: every event rewrites at least one row (its session's or kernel's) and records its id", thousands(ceiling.rows_per_sec))),
         ],
     );
@@ -537,6 +537,16 @@ pub(crate) async fn freshness(bench: &mut Bench, args: FreshnessArgs) -> anyhow:
         }
     }
     let publish_secs = started.elapsed().as_secs_f64();
+    // Steady state: both processes have followed the stream for the whole run.
+    let rss = |child: &tokio::process::Child| {
+        child
+            .id()
+            .and_then(harness::ProcStat::read)
+            .map_or("-".to_owned(), |p| {
+                format!("{:.0} MiB (peak {:.0} MiB)", p.rss_mib, p.peak_rss_mib)
+            })
+    };
+    let (projector_rss, server_rss) = (rss(&projector), rss(&server));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = poller.await;
     let mut read = follower.await??;
@@ -564,7 +574,8 @@ pub(crate) async fn freshness(bench: &mut Bench, args: FreshnessArgs) -> anyhow:
         &[
             ("publishing", format!("{} events/s for {} s (achieved {:.0}/s), 4 partitions, producer linger 1 ms", args.rate, args.seconds, published as f64 / publish_secs)),
             ("probe", "every 8th session_enqueued: time from handing it to the producer until compute_session(id) returns it; one signed GraphQL request every 5 ms asks for all pending probes".into()),
-            ("processes", "sessionview project (default batch 5,000, linger 50 ms) and sessionview serve, PostgreSQL".into()),
+            ("processes", "sessionview project (default batch 20,000, linger 50 ms) and sessionview serve, PostgreSQL".into()),
+            ("RSS at the end of the run (steady state)", format!("projector {projector_rss}, server {server_rss}")),
         ],
     );
     table(

@@ -43,7 +43,7 @@ impl Default for BatchConfig {
     fn default() -> Self {
         Self {
             max_events: 20_000,
-            linger: Duration::from_millis(50),
+            linger: Duration::from_millis(5),
             channel_capacity: 20_000,
         }
     }

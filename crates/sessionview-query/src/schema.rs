@@ -234,9 +234,42 @@ fn json(v: &serde_json::Value) -> JsonString {
     JsonString(v.clone())
 }
 
-/// A compute session.
+/// A compute session, with its containers when the resolver that made it fetched them already.
 #[derive(Debug)]
-pub struct ComputeSession(Arc<SessionRow>);
+pub struct ComputeSession(Arc<SessionRow>, Option<Vec<Arc<KernelRow>>>);
+
+impl ComputeSession {
+    /// Wraps `rows`; when `containers_selected`, their containers are read at once, in one
+    /// statement (no DataLoader round: it would wait its batching delay for keys that are all
+    /// known already).
+    async fn with_containers(
+        db: &Db,
+        rows: Vec<SessionRow>,
+        containers_selected: bool,
+    ) -> Result<Vec<ComputeSession>> {
+        if !containers_selected || rows.is_empty() {
+            return Ok(rows
+                .into_iter()
+                .map(|s| ComputeSession(Arc::new(s), None))
+                .collect());
+        }
+        let ids: Vec<Uuid> = rows.iter().map(|s| s.id).collect();
+        let mut by_session: HashMap<Uuid, Vec<Arc<KernelRow>>> = HashMap::new();
+        for k in db.containers_of(&ids).await.map_err(|e| store_error(&e))? {
+            by_session
+                .entry(k.session_id)
+                .or_default()
+                .push(Arc::new(k));
+        }
+        Ok(rows
+            .into_iter()
+            .map(|s| {
+                let containers = by_session.remove(&s.id).unwrap_or_default();
+                ComputeSession(Arc::new(s), Some(containers))
+            })
+            .collect())
+    }
+}
 
 #[Object(rename_fields = "snake_case", rename_args = "snake_case")]
 impl ComputeSession {
@@ -342,13 +375,17 @@ impl ComputeSession {
     /// All its containers, master first.
     #[graphql(complexity = "8 * child_complexity")]
     async fn containers(&self, ctx: &Context<'_>) -> Result<Option<Vec<Option<ComputeContainer>>>> {
-        let loader = ctx.data::<DataLoader<ContainerLoader>>()?;
         let show_agent = ctx.data::<Caller>()?.role() == Role::SuperAdmin;
-        let rows = loader
-            .load_one(self.0.id)
-            .await
-            .map_err(|e| store_error(&e))?
-            .unwrap_or_default();
+        let rows = match &self.1 {
+            Some(prefetched) => prefetched.clone(),
+            // Nested sessions (dependencies): batched across the parent list by the loader.
+            None => ctx
+                .data::<DataLoader<ContainerLoader>>()?
+                .load_one(self.0.id)
+                .await
+                .map_err(|e| store_error(&e))?
+                .unwrap_or_default(),
+        };
         Ok(Some(
             rows.into_iter()
                 .map(|row| Some(ComputeContainer { row, show_agent }))
@@ -365,7 +402,9 @@ impl ComputeSession {
             .map_err(|e| store_error(&e))?
             .unwrap_or_default();
         Ok(Some(
-            rows.into_iter().map(|s| Some(ComputeSession(s))).collect(),
+            rows.into_iter()
+                .map(|s| Some(ComputeSession(s, None)))
+                .collect(),
         ))
     }
 }
@@ -547,7 +586,11 @@ impl Queries {
             .sessions_by_ids(&[id], &caller.scope())
             .await
             .map_err(|e| store_error(&e))?;
-        Ok(rows.into_iter().next().map(|s| ComputeSession(Arc::new(s))))
+        let containers = ctx.look_ahead().field("containers").exists();
+        Ok(ComputeSession::with_containers(db, rows, containers)
+            .await?
+            .into_iter()
+            .next())
     }
 
     /// A page of sessions, filtered inside the caller's scope.
@@ -608,11 +651,12 @@ impl Queries {
             offset: i64::from(offset),
         };
         let page = db.list_sessions(&q).await.map_err(|e| store_error(&e))?;
+        let containers = ctx.look_ahead().field("items").field("containers").exists();
         Ok(Some(ComputeSessionList {
-            items: page
-                .items
+            items: ComputeSession::with_containers(db, page.items, containers)
+                .await?
                 .into_iter()
-                .map(|s| Some(ComputeSession(Arc::new(s))))
+                .map(Some)
                 .collect(),
             total_count: clamp_count(page.total_count),
         }))

@@ -209,7 +209,10 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
-            .pragma("cache_size", "-65536");
+            // 16 MiB of page cache per connection (a pool has several: the projector loads on
+            // one while it commits on another). 64 MiB each made a catching-up projector's
+            // memory 543 MiB for 13 % more speed.
+            .pragma("cache_size", "-16384");
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(Duration::from_secs(10))

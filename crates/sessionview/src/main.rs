@@ -180,7 +180,7 @@ struct ProjectArgs {
     #[arg(long, env = "SESSIONVIEW_BATCH_SIZE", default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     batch_size: u32,
     /// Longest wait, in milliseconds, for more events once a batch has its first.
-    #[arg(long, env = "SESSIONVIEW_BATCH_LINGER_MS", default_value_t = 50)]
+    #[arg(long, env = "SESSIONVIEW_BATCH_LINGER_MS", default_value_t = 5)]
     batch_linger_ms: u64,
     /// Stop once every assigned partition (or the file) has reached the end it had at start.
     #[arg(long, env = "SESSIONVIEW_EXIT_AT_END")]
