@@ -407,6 +407,9 @@ pub(crate) async fn rebuild(bench: &mut Bench, size: Size) -> anyhow::Result<()>
     Ok(())
 }
 
+/// A probe's session id and how long it took to become visible (`None`: not within 10 s).
+type ProbeResult = (String, Option<Duration>);
+
 pub(crate) async fn freshness(bench: &mut Bench, args: FreshnessArgs) -> anyhow::Result<()> {
     let brokers = bench.broker().await?;
     let topic = format!("bench-fresh-{}", uuid::Uuid::new_v4().simple());
@@ -450,7 +453,7 @@ pub(crate) async fn freshness(bench: &mut Bench, args: FreshnessArgs) -> anyhow:
     // Probes waiting to become visible; one poller asks for all of them in one GraphQL request
     // (aliases) every 5 ms, so probing adds ~200 requests/s, not a storm.
     let pending: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
-    let all: Arc<Mutex<Vec<(String, Option<Duration>)>>> = Arc::default();
+    let all: Arc<Mutex<Vec<ProbeResult>>> = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // When the broker acknowledged each probe (its own share of the latency).
     let acks: Arc<Mutex<Vec<(String, Duration)>>> = Arc::default();
