@@ -588,7 +588,7 @@ pub(crate) async fn freshness(bench: &mut Bench, args: FreshnessArgs) -> anyhow:
         &[
             ("publishing", format!("{} events/s for {} s (achieved {:.0}/s), 4 partitions, producer linger 1 ms", args.rate, args.seconds, published as f64 / publish_secs)),
             ("probe", "every 8th session_enqueued: time from handing it to the producer until compute_session(id) returns it; one signed GraphQL request every 5 ms asks for all pending probes".into()),
-            ("processes", "sessionview project (default batch 20,000, linger 50 ms) and sessionview serve, PostgreSQL".into()),
+            ("processes", "sessionview project (defaults: batch 20,000, linger 5 ms, fetch.wait.max.ms 5) and sessionview serve, PostgreSQL".into()),
             ("RSS at the end of the run (steady state)", format!("projector {projector_rss}, server {server_rss}")),
         ],
     );
