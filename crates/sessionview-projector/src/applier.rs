@@ -449,6 +449,7 @@ impl<S: Store> Applier<S> {
         pending: Option<&Folded>,
         shutdown: &CancellationToken,
     ) -> Result<Option<Folded>, ProjectorError> {
+        let started = Instant::now();
         let mut epochs = BTreeMap::new();
         for m in &batch {
             if let Some(st) = owned.get(&m.partition) {
@@ -479,6 +480,7 @@ impl<S: Store> Applier<S> {
         for m in &mut batch {
             m.payload = None;
         }
+        metrics::fold(started.elapsed());
         Ok(Some(Folded {
             changes: fold.finish(),
             batch,

@@ -11,6 +11,7 @@ use sessionview_projection::Outcome;
 pub const EVENTS: &str = "sessionview_projector_events_total";
 pub const BATCH_SIZE: &str = "sessionview_projector_batch_size";
 pub const COMMIT_SECONDS: &str = "sessionview_projector_commit_seconds";
+pub const FOLD_SECONDS: &str = "sessionview_projector_fold_seconds";
 pub const DEAD_LETTERS: &str = "sessionview_projector_dead_letters_total";
 pub const CONFLICTS: &str = "sessionview_projector_commit_conflicts_total";
 pub const RETRIES: &str = "sessionview_projector_store_retries_total";
@@ -21,7 +22,7 @@ pub const LAG_SECONDS: &str = "sessionview_projector_lag_seconds";
 pub const BATCH_SIZE_BUCKETS: &[f64] = &[
     1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, 20000.0,
 ];
-/// Histogram buckets for [`COMMIT_SECONDS`].
+/// Histogram buckets for [`COMMIT_SECONDS`] and [`FOLD_SECONDS`].
 pub const COMMIT_SECONDS_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
@@ -37,6 +38,12 @@ pub fn describe() {
         COMMIT_SECONDS,
         metrics::Unit::Seconds,
         "Time to commit one batch (rows, bookkeeping and positions in one transaction)."
+    );
+    describe_histogram!(
+        FOLD_SECONDS,
+        metrics::Unit::Seconds,
+        "Time to load and fold one batch (overlaps the previous batch's commit; when it is \
+         longer than the commits, the projector's CPU is the bottleneck, not the database)."
     );
     describe_counter!(DEAD_LETTERS, "Events stored as dead letters.");
     describe_counter!(
@@ -68,6 +75,10 @@ pub(crate) fn batch(size: usize, commit: Duration, dead_letters: usize) {
     if dead_letters > 0 {
         counter!(DEAD_LETTERS).increment(dead_letters as u64);
     }
+}
+
+pub(crate) fn fold(took: Duration) {
+    histogram!(FOLD_SECONDS).record(took.as_secs_f64());
 }
 
 pub(crate) fn lag(partition: i32, messages: Option<i64>, seconds: Option<f64>) {

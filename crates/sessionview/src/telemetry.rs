@@ -48,6 +48,10 @@ pub(crate) fn install_metrics() -> anyhow::Result<PrometheusHandle> {
             pm::COMMIT_SECONDS_BUCKETS,
         )?
         .set_buckets_for_metric(
+            Matcher::Full(pm::FOLD_SECONDS.into()),
+            pm::COMMIT_SECONDS_BUCKETS,
+        )?
+        .set_buckets_for_metric(
             Matcher::Full(sessionview_query::http::REQUEST_SECONDS.into()),
             sessionview_query::http::REQUEST_SECONDS_BUCKETS,
         )?
