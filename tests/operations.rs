@@ -69,6 +69,7 @@ async fn sigterm_drains_and_metrics_and_probes_answer() {
         "sessionview_projector_events_total{event_type=\"session_enqueued\",outcome=\"applied\"}",
         "sessionview_projector_batch_size_bucket",
         "sessionview_projector_commit_seconds_bucket",
+        "sessionview_projector_fold_seconds_bucket",
         "sessionview_projector_lag_seconds{partition=",
         // From librdkafka's statistics, emitted once a second.
         "sessionview_projector_lag_messages{partition=",
