@@ -76,15 +76,13 @@ impl ReadModel for PgStore {
         let mut count =
             QueryBuilder::new("SELECT coalesce(sum(s.n), 0)::int8 FROM session_counts s");
         push_session_filters(&mut count, q);
-        // The page and the count on two connections at once: one round trip of latency. Neither
-        // is a cached prepared statement: planned for its values every time (access keys and
-        // statuses are skewed; a generic plan would be wrong for the big ones).
+        // The page and the count on two connections at once: one round trip of latency. The page
+        // is not a cached prepared statement: it is planned for its values every time (access
+        // keys and statuses are skewed; a generic plan would be wrong for the big ones). The
+        // count reads a few rows of a small table: a cached generic plan is right for any value.
         let (rows, total_count) = futures_util::future::try_join(
             qb.build().persistent(false).fetch_all(self.pool()),
-            count
-                .build_query_scalar::<i64>()
-                .persistent(false)
-                .fetch_one(self.pool()),
+            count.build_query_scalar::<i64>().fetch_one(self.pool()),
         )
         .await?;
         let items = rows
