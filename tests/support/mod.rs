@@ -227,19 +227,7 @@ pub async fn assert_tables_equal(store: &PgStore, expected: &[SessionState]) {
 
 /// The running session counts (list totals) equal the sessions counted row by row.
 pub async fn assert_counts_match_rows(store: &PgStore) {
-    let drift: Vec<(String, String, i64, i64)> = sqlx::query_as(
-        "WITH rows AS (SELECT access_key, status, domain_name, group_id, count(*)::int8 AS n \
-                       FROM sessions GROUP BY 1, 2, 3, 4), \
-              kept AS (SELECT access_key, status, domain_name, group_id, sum(n)::int8 AS n \
-                       FROM session_counts GROUP BY 1, 2, 3, 4 HAVING sum(n) <> 0) \
-         SELECT coalesce(r.access_key, k.access_key), coalesce(r.status, k.status), \
-                coalesce(r.n, 0), coalesce(k.n, 0) \
-         FROM rows r FULL JOIN kept k USING (access_key, status, domain_name, group_id) \
-         WHERE r.n IS DISTINCT FROM k.n",
-    )
-    .fetch_all(store.pool())
-    .await
-    .unwrap();
+    let drift = store.session_count_drift("public").await.unwrap();
     assert!(
         drift.is_empty(),
         "session counts drifted (key, status, rows, kept): {drift:?}"

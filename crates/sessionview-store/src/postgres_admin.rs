@@ -129,6 +129,40 @@ impl PgStore {
             .collect()
     }
 
+    /// Where the running session counts (`session_counts`, behind list totals) in `schema`
+    /// disagree with the sessions counted row by row: `(access_key, status, rows, kept)` per
+    /// filter combination, empty when they agree. A projector of a version before the counts
+    /// table, writing after its migration, is the way they drift; a replay rebuilds them.
+    pub async fn session_count_drift(
+        &self,
+        schema: &str,
+    ) -> Result<Vec<(String, String, i64, i64)>, StoreError> {
+        let x = checked(schema)?;
+        let rows = sqlx::query(&format!(
+            "WITH rows AS (SELECT access_key, status, domain_name, group_id, count(*)::int8 AS n \
+                           FROM {x}.sessions GROUP BY 1, 2, 3, 4), \
+                  kept AS (SELECT access_key, status, domain_name, group_id, sum(n)::int8 AS n \
+                           FROM {x}.{SESSION_COUNTS_TABLE} GROUP BY 1, 2, 3, 4 HAVING sum(n) <> 0) \
+             SELECT coalesce(r.access_key, k.access_key) AS access_key, \
+                    coalesce(r.status, k.status) AS status, \
+                    coalesce(r.n, 0) AS counted, coalesce(k.n, 0) AS kept \
+             FROM rows r FULL JOIN kept k USING (access_key, status, domain_name, group_id) \
+             WHERE r.n IS DISTINCT FROM k.n ORDER BY 1, 2"
+        ))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("access_key")?,
+                    r.try_get("status")?,
+                    r.try_get("counted")?,
+                    r.try_get("kept")?,
+                ))
+            })
+            .collect()
+    }
+
     /// Row counts of the read model's tables in `schema`.
     pub async fn counts_in(&self, schema: &str) -> Result<StoreCounts, StoreError> {
         let x = checked(schema)?;

@@ -74,11 +74,14 @@ pub(crate) struct Verification {
     pub(crate) shadow: StoreCounts,
     /// Sessions whose content differs, or that exist on one side only.
     pub(crate) differing: Vec<Uuid>,
+    /// Live list totals that disagree with the live sessions: `(access_key, status, counted,
+    /// kept)` (a rebuild recomputes them).
+    pub(crate) count_drift: Vec<(String, String, i64, i64)>,
 }
 
 impl Verification {
     fn is_clean(&self) -> bool {
-        self.differing.is_empty() && self.live == self.shadow
+        self.differing.is_empty() && self.live == self.shadow && self.count_drift.is_empty()
     }
 
     fn print(&self) {
@@ -109,6 +112,17 @@ impl Verification {
                 println!("  ... and {} more", self.differing.len() - 50);
             }
         }
+        if self.count_drift.is_empty() {
+            println!("list totals: consistent with the sessions");
+        } else {
+            println!(
+                "list totals: session_counts disagrees with the sessions for {} access key and status pairs (counted, kept):",
+                self.count_drift.len()
+            );
+            for (key, status, counted, kept) in self.count_drift.iter().take(50) {
+                println!("  {key} {status}: {counted}, {kept}");
+            }
+        }
     }
 }
 
@@ -128,6 +142,7 @@ async fn verify(live: &PgStore) -> anyhow::Result<Verification> {
         live: live.counts_in(LIVE_SCHEMA).await?,
         shadow: live.counts_in(SHADOW).await?,
         differing,
+        count_drift: live.session_count_drift(LIVE_SCHEMA).await?,
     })
 }
 
@@ -374,7 +389,10 @@ pub(crate) async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
                 if report.is_clean() {
                     return Ok("verified: the live tables equal a fresh rebuild".to_owned());
                 }
-                return Err(anyhow::Error::new(Differs(report.differing.len())));
+                return Err(anyhow::Error::new(Differs {
+                    sessions: report.differing.len(),
+                    totals: report.count_drift.len(),
+                }));
             }
             freeze.swap_and_commit(SHADOW, RETIRED).await?;
             live.drop_schema(RETIRED).await?;
@@ -458,5 +476,10 @@ async fn in_place<S: Store>(
 
 /// `--verify-only` found differences (exit status 3).
 #[derive(Debug, thiserror::Error)]
-#[error("the live tables differ from a fresh rebuild in {0} sessions")]
-pub(crate) struct Differs(pub(crate) usize);
+#[error(
+    "the live tables differ from a fresh rebuild: {sessions} sessions, {totals} list totals (access key and status pairs)"
+)]
+pub(crate) struct Differs {
+    pub(crate) sessions: usize,
+    pub(crate) totals: usize,
+}
