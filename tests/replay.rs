@@ -228,15 +228,7 @@ async fn verify_only_names_tampered_sessions() {
             .success()
     );
 
-    let out = sessionview(&[
-        "replay",
-        "--database-url",
-        &db.url,
-        "--from",
-        &url,
-        "--verify-only",
-    ])
-    .await;
+    let out = verify_only(&db, &url).await;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(
@@ -254,15 +246,7 @@ async fn verify_only_names_tampered_sessions() {
         .await
         .unwrap();
     let before = store.session_digests("public").await.unwrap();
-    let out = sessionview(&[
-        "replay",
-        "--database-url",
-        &db.url,
-        "--from",
-        &url,
-        "--verify-only",
-    ])
-    .await;
+    let out = verify_only(&db, &url).await;
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(3), "{text}");
     assert!(
@@ -285,15 +269,7 @@ async fn verify_only_names_tampered_sessions() {
         .execute(store.pool())
         .await
         .unwrap();
-    let out = sessionview(&[
-        "replay",
-        "--database-url",
-        &db.url,
-        "--from",
-        &url,
-        "--verify-only",
-    ])
-    .await;
+    let out = verify_only(&db, &url).await;
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(3), "{text}");
     assert!(
@@ -310,6 +286,19 @@ async fn verify_only_names_tampered_sessions() {
     assert_counts_match_rows(&store).await;
     std::fs::remove_dir_all(dir).unwrap();
     db.drop().await;
+}
+
+/// `sessionview replay --verify-only` of `url` against `db`.
+async fn verify_only(db: &TestDb, url: &str) -> std::process::Output {
+    sessionview(&[
+        "replay",
+        "--database-url",
+        &db.url,
+        "--from",
+        url,
+        "--verify-only",
+    ])
+    .await
 }
 
 /// Acceptance 3: a replay killed midway leaves the live tables identical; the next run succeeds.

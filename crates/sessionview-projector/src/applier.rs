@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
@@ -128,7 +128,8 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, StoreError>>,
 {
-    let retrying = AtomicBool::new(false);
+    // Signalled before each retry wait (a permit is kept when nobody waits yet).
+    let retrying = tokio::sync::Notify::new();
     let retried = op
         .retry(
             ExponentialBuilder::default()
@@ -138,15 +139,13 @@ where
         )
         .when(|e: &StoreError| e.is_transient() && !shutdown.is_cancelled())
         .notify(|e: &StoreError, wait: Duration| {
-            retrying.store(true, Ordering::Relaxed);
+            retrying.notify_one();
             metrics::store_retry();
             warn!(error = %e, retry_in = ?wait, "transient database error; batch not committed, retrying");
         });
     let given_up = async {
         shutdown.cancelled().await;
-        while !retrying.load(Ordering::Relaxed) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        retrying.notified().await;
     };
     tokio::select! {
         biased;

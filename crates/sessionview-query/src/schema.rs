@@ -198,13 +198,22 @@ impl Loader<Uuid> for ContainerLoader {
     type Error = Arc<StoreError>;
 
     async fn load(&self, keys: &[Uuid]) -> Result<HashMap<Uuid, Self::Value>, Self::Error> {
-        let rows = self.db.containers_of(keys).await.map_err(Arc::new)?;
-        let mut out: HashMap<Uuid, Self::Value> = HashMap::new();
-        for k in rows {
-            out.entry(k.session_id).or_default().push(Arc::new(k));
-        }
-        Ok(out)
+        containers_by_session(&self.db, keys)
+            .await
+            .map_err(Arc::new)
     }
+}
+
+/// The containers of `sessions` in one statement, by session (master first).
+async fn containers_by_session(
+    db: &Db,
+    sessions: &[Uuid],
+) -> Result<HashMap<Uuid, Vec<Arc<KernelRow>>>, StoreError> {
+    let mut out: HashMap<Uuid, Vec<Arc<KernelRow>>> = HashMap::new();
+    for k in db.containers_of(sessions).await? {
+        out.entry(k.session_id).or_default().push(Arc::new(k));
+    }
+    Ok(out)
 }
 
 struct DependencyLoader {
@@ -254,13 +263,9 @@ impl ComputeSession {
                 .collect());
         }
         let ids: Vec<Uuid> = rows.iter().map(|s| s.id).collect();
-        let mut by_session: HashMap<Uuid, Vec<Arc<KernelRow>>> = HashMap::new();
-        for k in db.containers_of(&ids).await.map_err(|e| store_error(&e))? {
-            by_session
-                .entry(k.session_id)
-                .or_default()
-                .push(Arc::new(k));
-        }
+        let mut by_session = containers_by_session(db, &ids)
+            .await
+            .map_err(|e| store_error(&e))?;
         Ok(rows
             .into_iter()
             .map(|s| {
