@@ -196,6 +196,11 @@ impl Bench {
         Ok(addr)
     }
 
+    /// The process id of the broker this bench started (None: an external broker, or none yet).
+    pub(crate) fn broker_pid(&self) -> Option<u32> {
+        self.broker.as_ref()?.1.as_ref()?.id()
+    }
+
     /// A `sessionview` command with the log quiet.
     pub(crate) fn sessionview(&self) -> Command {
         let mut cmd = Command::new(&self.bin);

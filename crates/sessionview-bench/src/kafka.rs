@@ -128,38 +128,3 @@ pub(crate) fn consume_only(brokers: &str, topic: &str) -> anyhow::Result<(u64, D
     }
     Ok((n, started.elapsed()))
 }
-
-/// Follows `topic` from its end with a plain consumer until `stop`, recording for every message the
-/// time from its producer timestamp to its arrival here: the broker's delivery latency.
-pub(crate) fn follow_latency(
-    brokers: &str,
-    topic: &str,
-    stop: &std::sync::atomic::AtomicBool,
-) -> anyhow::Result<Vec<Duration>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set(
-            "group.id",
-            format!("bench-follow-{}", uuid::Uuid::new_v4().simple()),
-        )
-        .set("enable.auto.commit", "false")
-        .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let mut tpl = TopicPartitionList::new();
-    for t in metadata.topics() {
-        for p in t.partitions() {
-            tpl.add_partition_offset(topic, p.id(), Offset::End)?;
-        }
-    }
-    consumer.assign(&tpl)?;
-    let mut latencies = Vec::new();
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100))
-            && let Some(ts) = m.timestamp().to_millis()
-        {
-            let now = chrono::Utc::now().timestamp_millis();
-            latencies.push(Duration::from_millis(u64::try_from(now - ts).unwrap_or(0)));
-        }
-    }
-    Ok(latencies)
-}

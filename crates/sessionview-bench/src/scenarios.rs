@@ -408,7 +408,15 @@ pub(crate) async fn rebuild(bench: &mut Bench, size: Size) -> anyhow::Result<()>
 }
 
 /// A probe's session id and how long it took to become visible (`None`: not within 10 s).
-type ProbeResult = (String, Option<Duration>);
+/// CPU seconds used so far by each process of the freshness run (None: not known).
+struct CpuSample {
+    projector: Option<f64>,
+    broker: Option<f64>,
+    postgres: Option<f64>,
+}
+
+/// A probe's key, when it was published, and how long until it was visible (None: not in 10 s).
+type ProbeResult = (String, Instant, Option<Duration>);
 
 pub(crate) async fn freshness(bench: &mut Bench, args: FreshnessArgs) -> anyhow::Result<()> {
     let brokers = bench.broker().await?;
@@ -449,7 +457,7 @@ pub(crate) async fn freshness(bench: &mut Bench, args: FreshnessArgs) -> anyhow:
     tokio::time::sleep(Duration::from_secs(5)).await;
 
     let signer = Arc::new(Signer::new(format!("127.0.0.1:{port}"), ak, sk));
-    let producer = kafka::producer(&brokers, 1)?;
+    let producer = kafka::producer(&brokers, args.producer_linger_ms)?;
     // Probes waiting to become visible; one poller asks for all of them in one GraphQL request
     // (aliases) every 5 ms, so probing adds ~200 requests/s, not a storm.
     let pending: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
@@ -488,25 +496,21 @@ pub(crate) async fn freshness(bench: &mut Bench, args: FreshnessArgs) -> anyhow:
                         .as_ref()
                         .is_some_and(|a| !a[format!("p{i}")].is_null());
                     if visible {
-                        done.push((id.clone(), Some(now - *sent)));
+                        done.push((id.clone(), *sent, Some(now - *sent)));
                     } else if now - *sent > Duration::from_secs(10) {
-                        done.push((id.clone(), None));
+                        done.push((id.clone(), *sent, None));
                     }
                 }
                 if !done.is_empty() {
                     pending
                         .lock()
                         .await
-                        .retain(|(id, _)| !done.iter().any(|(d, _)| d == id));
+                        .retain(|(id, _)| !done.iter().any(|(d, _, _)| d == id));
                     all.lock().await.extend(done);
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })
-    };
-    let follower = {
-        let (b, t, stop) = (brokers.clone(), topic.clone(), Arc::clone(&stop));
-        tokio::task::spawn_blocking(move || kafka::follow_latency(&b, &t, &stop))
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut stream = harness::stream(u64::MAX / 2, args.seed);
@@ -515,8 +519,21 @@ pub(crate) async fn freshness(bench: &mut Bench, args: FreshnessArgs) -> anyhow:
     let started = Instant::now();
     let mut published = 0u64;
     let mut enqueued = 0u64;
+    // CPU seconds used so far by the projector, the broker and PostgreSQL, at each window's start
+    // and at the end: what each of them spends as the run goes on.
+    let window = Duration::from_secs(5);
+    let cpu_now = |projector: &tokio::process::Child, broker: Option<u32>| CpuSample {
+        projector: projector.id().and_then(harness::cpu_secs),
+        broker: broker.and_then(harness::cpu_secs),
+        postgres: Some(harness::postgres_cpu_secs()),
+    };
+    let broker_pid = bench.broker_pid();
+    let mut cpu = vec![cpu_now(&projector, broker_pid)];
     while started.elapsed() < Duration::from_secs(args.seconds) {
         tick.tick().await;
+        if started.elapsed() >= window * cpu.len() as u32 {
+            cpu.push(cpu_now(&projector, broker_pid));
+        }
         for _ in 0..per_tick {
             let Some(m) = stream.next() else { break };
             let sent_at = Instant::now();
@@ -541,6 +558,7 @@ pub(crate) async fn freshness(bench: &mut Bench, args: FreshnessArgs) -> anyhow:
         }
     }
     let publish_secs = started.elapsed().as_secs_f64();
+    cpu.push(cpu_now(&projector, broker_pid));
     // Steady state: both processes have followed the stream for the whole run.
     let rss = |child: &tokio::process::Child| {
         child
@@ -553,8 +571,6 @@ pub(crate) async fn freshness(bench: &mut Bench, args: FreshnessArgs) -> anyhow:
     let (projector_rss, server_rss) = (rss(&projector), rss(&server));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = poller.await;
-    let mut read = follower.await??;
-    read.sort();
     let _ = projector.kill().await;
     let _ = server.kill().await;
     let all = all.lock().await.clone();
@@ -566,11 +582,11 @@ pub(crate) async fn freshness(bench: &mut Bench, args: FreshnessArgs) -> anyhow:
         acks.iter().map(|(k, d)| (k.as_str(), *d)).collect();
     let mut after_ack: Vec<Duration> = all
         .iter()
-        .filter_map(|(k, l)| Some(l.as_ref()?.saturating_sub(*ack_of.get(k.as_str())?)))
+        .filter_map(|(k, _, l)| Some(l.as_ref()?.saturating_sub(*ack_of.get(k.as_str())?)))
         .collect();
     after_ack.sort();
     acked.sort();
-    let mut seen: Vec<Duration> = all.iter().filter_map(|(_, l)| *l).collect();
+    let mut seen: Vec<Duration> = all.iter().filter_map(|(_, _, l)| *l).collect();
     let missed = all.len() - seen.len();
     seen.sort();
     let pct = |v: &[Duration], p: f64| {
@@ -586,7 +602,7 @@ pub(crate) async fn freshness(bench: &mut Bench, args: FreshnessArgs) -> anyhow:
     bench.header(
         "freshness",
         &[
-            ("publishing", format!("{} events/s for {} s (achieved {:.0}/s), 4 partitions, producer linger 1 ms", args.rate, args.seconds, published as f64 / publish_secs)),
+            ("publishing", format!("{} events/s for {} s (achieved {:.0}/s), 4 partitions, producer linger {} ms", args.rate, args.seconds, published as f64 / publish_secs, args.producer_linger_ms)),
             ("probe", "every 8th session_enqueued: time from handing it to the producer until compute_session(id) returns it; one signed GraphQL request every 5 ms asks for all pending probes".into()),
             ("processes", "sessionview project (defaults: batch 20,000, linger 5 ms, fetch.wait.max.ms 5) and sessionview serve, PostgreSQL".into()),
             ("RSS at the end of the run (steady state)", format!("projector {projector_rss}, server {server_rss}")),
@@ -627,15 +643,65 @@ pub(crate) async fn freshness(bench: &mut Bench, args: FreshnessArgs) -> anyhow:
                 pct(&after_ack, 0.99),
                 pct(&after_ack, 1.0),
             ],
-            vec![
-                "publish → read by a plain consumer (every event, ms resolution)".into(),
-                read.len().to_string(),
-                String::new(),
-                pct(&read, 0.5),
-                pct(&read, 0.99),
-                pct(&read, 1.0),
-            ],
         ],
+    );
+    // The same probes by when they were published: a tail that grows with the run's length
+    // (a component slowing down as the topic or the tables grow) reads differently from spikes.
+    let mut rows = Vec::new();
+    for w in 0..args.seconds.div_ceil(window.as_secs()) {
+        let (from, to) = (window * w as u32, window * (w as u32 + 1));
+        // Share of one core over the window, from the samples at its two ends.
+        let share = |pick: fn(&CpuSample) -> Option<f64>| {
+            let (Some(a), Some(b)) = (cpu.get(w as usize), cpu.get(w as usize + 1)) else {
+                return "-".to_owned();
+            };
+            match (pick(a), pick(b)) {
+                (Some(a), Some(b)) => format!("{:.0} %", (b - a) / window.as_secs_f64() * 100.0),
+                _ => "-".to_owned(),
+            }
+        };
+        let in_window = |sent: &Instant| {
+            let at = sent.saturating_duration_since(started);
+            at >= from && at < to
+        };
+        let mut lat: Vec<Duration> = all
+            .iter()
+            .filter(|(_, sent, _)| in_window(sent))
+            .filter_map(|(_, _, l)| *l)
+            .collect();
+        lat.sort();
+        let mut ack: Vec<Duration> = all
+            .iter()
+            .filter(|(_, sent, _)| in_window(sent))
+            .filter_map(|(k, _, _)| ack_of.get(k.as_str()).copied())
+            .collect();
+        ack.sort();
+        rows.push(vec![
+            format!("{}–{} s", from.as_secs(), to.as_secs()),
+            lat.len().to_string(),
+            pct(&lat, 0.5),
+            pct(&lat, 0.99),
+            pct(&lat, 1.0),
+            pct(&ack, 0.99),
+            share(|c| c.projector),
+            share(|c| c.broker),
+            share(|c| c.postgres),
+        ]);
+    }
+    println!();
+    table(
+        &[
+            "published at",
+            "probes",
+            "visible p50 ms",
+            "visible p99 ms",
+            "visible max ms",
+            "acknowledged p99 ms",
+            "projector CPU (of a core)",
+            "broker CPU",
+            "PostgreSQL CPU",
+        ],
+        &rows,
     );
     Ok(())
 }

@@ -6,7 +6,8 @@
 //!
 //! Runtime shape: a source (a consumer thread for Kafka, a task for a file) sends
 //! [`applier::Item`]s over a bounded channel to the applier task, which gathers batches bounded by
-//! size and linger time, folds them, and commits rows and positions in one transaction.
+//! size and linger time, folds them, and commits rows and positions in one transaction. Beside
+//! them a task refreshes the planner statistics of tables that have grown ([`statistics`]).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -23,6 +24,7 @@ mod file;
 mod health;
 mod kafka;
 pub mod metrics;
+mod statistics;
 
 pub use applier::SourceMessage;
 pub use file::source_name as file_source_name;
@@ -199,6 +201,12 @@ pub async fn run<S: Store>(
     // The source stops when the applier is done, whatever the reason.
     let source_stop = shutdown.child_token();
     let exit_at_end = opts.until == Until::End;
+    let statistics = tokio::spawn(statistics::refresh_until(
+        store.clone(),
+        source_stop.clone(),
+    ));
+    // Whichever way this returns (an early error included), the source and that task stop.
+    let _stop_on_return = source_stop.clone().drop_guard();
     let applier = applier::Applier::new(
         store.clone(),
         source.source_name(),
@@ -207,7 +215,7 @@ pub async fn run<S: Store>(
         opts.until,
         opts.progress,
     );
-    match source {
+    let result = match source {
         SourceConfig::Kafka(cfg) => {
             // Standalone assignment happens before the consumer thread starts: read the stored
             // positions here, on the runtime.
@@ -250,7 +258,11 @@ pub async fn run<S: Store>(
                 .map_err(|e| ProjectorError::SourceFailed(e.to_string()))??;
             result
         }
-    }
+    };
+    // Stopped with the source; an ANALYZE in progress finishes first.
+    source_stop.cancel();
+    let _ = statistics.await;
+    result
 }
 
 #[cfg(test)]

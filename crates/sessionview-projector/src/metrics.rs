@@ -17,6 +17,7 @@ pub const CONFLICTS: &str = "sessionview_projector_commit_conflicts_total";
 pub const RETRIES: &str = "sessionview_projector_store_retries_total";
 pub const LAG_MESSAGES: &str = "sessionview_projector_lag_messages";
 pub const LAG_SECONDS: &str = "sessionview_projector_lag_seconds";
+pub const STATISTICS_REFRESHED: &str = "sessionview_projector_statistics_refreshed_total";
 
 /// Histogram buckets for [`BATCH_SIZE`].
 pub const BATCH_SIZE_BUCKETS: &[f64] = &[
@@ -58,6 +59,10 @@ pub fn describe() {
         LAG_MESSAGES,
         "Messages between the last applied offset and the partition's last known high watermark."
     );
+    describe_counter!(
+        STATISTICS_REFRESHED,
+        "Tables analyzed by the projector because they doubled since their last statistics."
+    );
     describe_gauge!(
         LAG_SECONDS,
         metrics::Unit::Seconds,
@@ -93,6 +98,12 @@ pub(crate) fn lag(partition: i32, messages: Option<i64>, seconds: Option<f64>) {
 
 pub(crate) fn commit_conflict() {
     counter!(CONFLICTS).increment(1);
+}
+
+pub(crate) fn statistics_refreshed(tables: &[String]) {
+    for t in tables {
+        counter!(STATISTICS_REFRESHED, "table" => t.clone()).increment(1);
+    }
 }
 
 pub(crate) fn store_retry() {

@@ -157,4 +157,12 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// Empties the read model (rows, bookkeeping, positions; keypairs stay), for an in-place
     /// rebuild.
     fn reset_read_model(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Refreshes the query planner's statistics of read-model tables that have grown since they
+    /// were last gathered, and names them. PostgreSQL: `ANALYZE` of every table now more than
+    /// twice its size at its last `ANALYZE` (autovacuum's first pass over a new table comes a
+    /// minute or more late, and generic plans cached while a table was small keep scanning it
+    /// whole until statistics change). SQLite plans with its indexes without statistics:
+    /// nothing to do.
+    fn refresh_statistics(&self) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
 }

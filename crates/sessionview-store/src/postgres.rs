@@ -25,7 +25,6 @@ use crate::{
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
 
-/// A PostgreSQL-backed store (a connection pool; cheap to clone).
 /// Server-side settings for every connection of a [`PgStore`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PgSettings {
@@ -40,6 +39,7 @@ pub struct PgSettings {
     pub custom_plans: bool,
 }
 
+/// A PostgreSQL-backed store (a connection pool; cheap to clone).
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
@@ -444,7 +444,45 @@ impl Store for PgStore {
             .await?;
         Ok(())
     }
+
+    #[instrument(skip_all)]
+    async fn refresh_statistics(&self) -> Result<Vec<String>, StoreError> {
+        // `relpages` is what the last ANALYZE (or VACUUM) saw, 0 before the first; the 64 KiB
+        // floor leaves tables alone while a scan of them costs nothing anyway. Names resolve
+        // through the search path, like every statement of the store (a replay's shadow schema).
+        let grown: Vec<String> = sqlx::query_scalar(
+            "SELECT c.relname::text FROM pg_class c \
+             WHERE c.oid = ANY($1::text[]::regclass[]) \
+               AND pg_relation_size(c.oid) \
+                   > 2 * c.relpages::int8 * current_setting('block_size')::int8 + 65536",
+        )
+        .bind(GROWING_TABLES)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut analyzed = Vec::new();
+        // Names from the constant list, never from the database, go into the statement.
+        for table in GROWING_TABLES
+            .iter()
+            .filter(|t| grown.iter().any(|g| g == *t))
+        {
+            sqlx::query(&format!("ANALYZE {table}"))
+                .execute(&self.pool)
+                .await?;
+            analyzed.push((*table).to_owned());
+        }
+        Ok(analyzed)
+    }
 }
+
+/// The tables read by key that grow with the stream: the projector's loads and the query
+/// service's lookups need their statistics current to be planned as index scans.
+const GROWING_TABLES: &[&str] = &[
+    "sessions",
+    "kernels",
+    "session_dependencies",
+    "seen_events",
+    "parked_events",
+];
 
 /// Column vectors for one multi-row `UNNEST` upsert of sessions.
 #[derive(Default)]

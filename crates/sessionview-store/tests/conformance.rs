@@ -53,6 +53,11 @@ impl PgDb {
         Self { admin, name, store }
     }
 
+    fn url(&self) -> String {
+        let base = self.admin.rsplit_once('/').map_or(&*self.admin, |(b, _)| b);
+        format!("{base}/{}", self.name)
+    }
+
     async fn drop(self) {
         self.store.pool().close().await;
         let mut conn = sqlx::PgConnection::connect(&self.admin).await.unwrap();
@@ -123,6 +128,63 @@ conformance!(
 );
 
 const SOURCE: &str = "test.events";
+
+/// A client's generic plan for a lookup, cached while `sessions` was empty, scans the table
+/// whole however large it grows until its statistics change; `refresh_statistics` changes them
+/// once the table has grown, and leaves tables that have not grown alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_statistics_follow_a_growing_table() {
+    let db = PgDb::new().await;
+    let store = &db.store;
+    assert_eq!(
+        store.refresh_statistics().await.unwrap(),
+        Vec::<String>::new(),
+        "empty tables need no statistics"
+    );
+    let mut client = sqlx::PgConnection::connect(&db.url()).await.unwrap();
+    sqlx::query("PREPARE lookup(uuid[]) AS SELECT id, name FROM sessions WHERE id = ANY($1)")
+        .execute(&mut client)
+        .await
+        .unwrap();
+    let explain = "EXPLAIN EXECUTE lookup(ARRAY[gen_random_uuid(), gen_random_uuid()])";
+    // Five custom plans, then PostgreSQL settles on the generic one.
+    for _ in 0..8 {
+        sqlx::query(explain).execute(&mut client).await.unwrap();
+    }
+    project(store, &stream(3000, 11, false), 0, 5000).await;
+    async fn plan(client: &mut sqlx::PgConnection, explain: &str) -> String {
+        sqlx::query_scalar::<_, String>(explain)
+            .fetch_all(client)
+            .await
+            .unwrap()
+            .join("\n")
+    }
+    let stale = plan(&mut client, explain).await;
+    assert!(
+        stale.contains("Seq Scan on sessions"),
+        "the cached plan should still scan the grown table:\n{stale}"
+    );
+
+    let refreshed = store.refresh_statistics().await.unwrap();
+    for table in ["sessions", "kernels", "seen_events"] {
+        assert!(
+            refreshed.iter().any(|t| t == table),
+            "{table} in {refreshed:?}"
+        );
+    }
+    let fresh = plan(&mut client, explain).await;
+    assert!(
+        fresh.contains("Index") && !fresh.contains("Seq Scan"),
+        "after ANALYZE the lookup should use the primary key:\n{fresh}"
+    );
+    assert_eq!(
+        store.refresh_statistics().await.unwrap(),
+        Vec::<String>::new(),
+        "nothing has grown since"
+    );
+    drop(client);
+    db.drop().await;
+}
 
 /// Folds and commits `messages` (partition 0, from `first_offset`) in batches of `size`.
 async fn project<S: Store>(store: &S, messages: &[Vec<u8>], first_offset: i64, size: usize) {
