@@ -45,8 +45,8 @@ struct FreshnessArgs {
     #[arg(long, env = "SESSIONVIEW_BENCH_SEED", default_value_t = 42)]
     seed: u64,
     /// The publishing producer's `linger.ms` (librdkafka's default is 5). tansu's memory storage
-    /// pays for every stored batch on each later produce and fetch, so smaller batches make the
-    /// broker slow down as the topic grows (see docs/benchmarks.md).
+    /// costs more CPU per request as the topic's stored batches add up; bigger batches slow
+    /// that growth (see docs/benchmarks.md).
     #[arg(
         long,
         env = "SESSIONVIEW_BENCH_PRODUCER_LINGER_MS",
