@@ -16,8 +16,8 @@ use async_graphql::{
 use sessionview_events::Status;
 use sessionview_projection::{KernelRow, SessionRow};
 use sessionview_store::{
-    CONTAINER_ORDER_KEYS, ContainerListQuery, KeyPair, Order, Page, ReadModel, Role,
-    SESSION_ORDER_KEYS, Scope, SessionListQuery, StoreError,
+    CONTAINER_ORDER_KEYS, ContainerListQuery, KeyPair, Order, Page, PageWithContainers, ReadModel,
+    Role, SESSION_ORDER_KEYS, Scope, SessionListQuery, StoreError,
 };
 use uuid::Uuid;
 
@@ -34,6 +34,10 @@ pub(crate) trait Reads: Send + Sync {
         &'a self,
         q: &'a SessionListQuery,
     ) -> BoxFuture<'a, Result<Page<SessionRow>, StoreError>>;
+    fn list_sessions_with_containers<'a>(
+        &'a self,
+        q: &'a SessionListQuery,
+    ) -> BoxFuture<'a, Result<PageWithContainers, StoreError>>;
     fn sessions_by_ids<'a>(
         &'a self,
         ids: &'a [Uuid],
@@ -65,6 +69,12 @@ impl<R: ReadModel> Reads for R {
         q: &'a SessionListQuery,
     ) -> BoxFuture<'a, Result<Page<SessionRow>, StoreError>> {
         Box::pin(ReadModel::list_sessions(self, q))
+    }
+    fn list_sessions_with_containers<'a>(
+        &'a self,
+        q: &'a SessionListQuery,
+    ) -> BoxFuture<'a, Result<PageWithContainers, StoreError>> {
+        Box::pin(ReadModel::list_sessions_with_containers(self, q))
     }
     fn sessions_by_ids<'a>(
         &'a self,
@@ -209,11 +219,16 @@ async fn containers_by_session(
     db: &Db,
     sessions: &[Uuid],
 ) -> Result<HashMap<Uuid, Vec<Arc<KernelRow>>>, StoreError> {
+    Ok(by_session(db.containers_of(sessions).await?))
+}
+
+/// Containers grouped by their session, in the order given.
+fn by_session(containers: Vec<KernelRow>) -> HashMap<Uuid, Vec<Arc<KernelRow>>> {
     let mut out: HashMap<Uuid, Vec<Arc<KernelRow>>> = HashMap::new();
-    for k in db.containers_of(sessions).await? {
+    for k in containers {
         out.entry(k.session_id).or_default().push(Arc::new(k));
     }
-    Ok(out)
+    out
 }
 
 struct DependencyLoader {
@@ -655,16 +670,30 @@ impl Queries {
             limit: i64::from(limit),
             offset: i64::from(offset),
         };
-        let page = db.list_sessions(&q).await.map_err(|e| store_error(&e))?;
-        let containers = ctx.look_ahead().field("items").field("containers").exists();
-        Ok(Some(ComputeSessionList {
-            items: ComputeSession::with_containers(db, page.items, containers)
-                .await?
-                .into_iter()
-                .map(Some)
-                .collect(),
-            total_count: clamp_count(page.total_count),
-        }))
+        // With `containers` selected, the page comes with its containers in one read.
+        let (page, mut containers) = if ctx.look_ahead().field("items").field("containers").exists()
+        {
+            let (page, rows) = db
+                .list_sessions_with_containers(&q)
+                .await
+                .map_err(|e| store_error(&e))?;
+            (page, Some(by_session(rows)))
+        } else {
+            let page = db.list_sessions(&q).await.map_err(|e| store_error(&e))?;
+            (page, None)
+        };
+        let total_count = clamp_count(page.total_count);
+        let items = page
+            .items
+            .into_iter()
+            .map(|s| {
+                let prefetched = containers
+                    .as_mut()
+                    .map(|c| c.remove(&s.id).unwrap_or_default());
+                Some(ComputeSession(Arc::new(s), prefetched))
+            })
+            .collect();
+        Ok(Some(ComputeSessionList { items, total_count }))
     }
 
     /// One container by id; null when it does not exist or the caller may not see its session.

@@ -34,9 +34,25 @@ pub struct PgSettings {
     /// locks: a paused process (a GC pause, a frozen VM, SIGSTOP) cannot block the others for
     /// longer than this.
     pub idle_in_transaction_timeout: Option<Duration>,
-    /// Plan every execution of a prepared statement for its parameter values
-    /// (`plan_cache_mode = force_custom_plan`) instead of reusing a generic plan.
-    pub custom_plans: bool,
+    /// How the server plans cached (prepared) statements.
+    pub plan_cache: PlanCache,
+}
+
+/// PostgreSQL's `plan_cache_mode` for every connection of a [`PgStore`]. Statements the store
+/// runs unnamed (`persistent(false)`) are planned for their values whatever the mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PlanCache {
+    /// The server's setting (by default: five custom plans, then the generic one if it does not
+    /// look costlier).
+    #[default]
+    Server,
+    /// Every execution planned for its values (`force_custom_plan`).
+    Custom,
+    /// One generic plan per statement, made once (`force_generic_plan`): for statements whose
+    /// best plan does not depend on their values. A `LIMIT $n` makes the cost of every custom
+    /// plan look far lower than the generic one's, so under the server's setting such a
+    /// statement is planned again on every execution.
+    Generic,
 }
 
 /// A PostgreSQL-backed store (a connection pool; cheap to clone).
@@ -87,8 +103,12 @@ impl PgStore {
                 t.as_millis().to_string(),
             ));
         }
-        if settings.custom_plans {
-            session.push(("plan_cache_mode", "force_custom_plan".to_owned()));
+        match settings.plan_cache {
+            PlanCache::Server => {}
+            PlanCache::Custom => session.push(("plan_cache_mode", "force_custom_plan".to_owned())),
+            PlanCache::Generic => {
+                session.push(("plan_cache_mode", "force_generic_plan".to_owned()));
+            }
         }
         if !session.is_empty() {
             options = options.options(session);
@@ -152,67 +172,100 @@ pub(crate) const KERNEL_COLUMNS: &str = "id, session_id, ordinal, role, hostname
     status_changed, status_info, created_at, terminated_at, agent, container_id, resource_opts, \
     occupied_slots, service_ports, last_stat";
 
-pub(crate) fn session_from_row(r: &PgRow) -> Result<SessionRow, StoreError> {
+/// The column at `first + n` (rows are decoded by position, in the order of the column lists
+/// above: no name lookups, and a statement may carry several tables' columns side by side).
+struct Columns<'r> {
+    row: &'r PgRow,
+    next: usize,
+}
+
+impl<'r> Columns<'r> {
+    fn get<T>(&mut self) -> Result<T, StoreError>
+    where
+        T: sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
+    {
+        let v = self.row.try_get(self.next)?;
+        self.next += 1;
+        Ok(v)
+    }
+}
+
+/// A session from [`SESSION_COLUMNS`] starting at column `first`.
+pub(crate) fn session_from_row(r: &PgRow, first: usize) -> Result<SessionRow, StoreError> {
     const T: &str = "sessions";
-    let mounts: Value = r.try_get("mounts")?;
-    let mounts = serde_json::from_value(mounts).map_err(|e| corrupt(T, e))?;
+    let mut c = Columns {
+        row: r,
+        next: first,
+    };
+    // Fields in the column order of SESSION_COLUMNS.
     Ok(SessionRow {
-        id: r.try_get("id")?,
-        name: r.try_get("name")?,
-        session_type: r.try_get("type")?,
-        tag: r.try_get("tag")?,
-        image: r.try_get("image")?,
-        registry: r.try_get("registry")?,
-        cluster_template: r.try_get("cluster_template")?,
-        domain_name: r.try_get("domain_name")?,
-        group_name: r.try_get("group_name")?,
-        group_id: r.try_get("group_id")?,
-        user_email: r.try_get("user_email")?,
-        user_id: r.try_get("user_id")?,
-        access_key: r.try_get("access_key")?,
-        created_user_email: r.try_get("created_user_email")?,
-        created_user_id: r.try_get("created_user_id")?,
-        status: status(T, r.try_get("status")?)?,
-        status_changed: r.try_get("status_changed")?,
-        status_info: r.try_get("status_info")?,
-        created_at: r.try_get("created_at")?,
-        terminated_at: r.try_get("terminated_at")?,
-        startup_command: r.try_get("startup_command")?,
-        result: r.try_get("result")?,
-        resource_opts: object(T, r.try_get("resource_opts")?)?,
-        scaling_group: r.try_get("scaling_group")?,
-        service_ports: r.try_get("service_ports")?,
-        mounts,
-        occupied_slots: slots(T, &r.try_get::<Value, _>("occupied_slots")?)?,
-        num_queries: r.try_get("num_queries")?,
+        id: c.get()?,
+        name: c.get()?,
+        session_type: c.get()?,
+        tag: c.get()?,
+        image: c.get()?,
+        registry: c.get()?,
+        cluster_template: c.get()?,
+        domain_name: c.get()?,
+        group_name: c.get()?,
+        group_id: c.get()?,
+        user_email: c.get()?,
+        user_id: c.get()?,
+        access_key: c.get()?,
+        created_user_email: c.get()?,
+        created_user_id: c.get()?,
+        status: status(T, c.get()?)?,
+        status_changed: c.get()?,
+        status_info: c.get()?,
+        created_at: c.get()?,
+        terminated_at: c.get()?,
+        startup_command: c.get()?,
+        result: c.get()?,
+        resource_opts: object(T, c.get()?)?,
+        scaling_group: c.get()?,
+        service_ports: c.get()?,
+        mounts: serde_json::from_value(c.get()?).map_err(|e| corrupt(T, e))?,
+        occupied_slots: slots(T, &c.get::<Value>()?)?,
+        num_queries: c.get()?,
         dependencies: Vec::new(),
     })
 }
 
-pub(crate) fn kernel_from_row(r: &PgRow) -> Result<KernelRow, StoreError> {
+/// A kernel from [`KERNEL_COLUMNS`] starting at column `first`.
+pub(crate) fn kernel_from_row(r: &PgRow, first: usize) -> Result<KernelRow, StoreError> {
     const T: &str = "kernels";
-    let last_stat: Option<Value> = r.try_get("last_stat")?;
+    let mut c = Columns {
+        row: r,
+        next: first,
+    };
+    // Fields in the column order of KERNEL_COLUMNS.
     Ok(KernelRow {
-        id: r.try_get("id")?,
-        session_id: r.try_get("session_id")?,
-        ordinal: r.try_get("ordinal")?,
-        role: r.try_get("role")?,
-        hostname: r.try_get("hostname")?,
-        image: r.try_get("image")?,
-        registry: r.try_get("registry")?,
-        status: status(T, r.try_get("status")?)?,
-        status_changed: r.try_get("status_changed")?,
-        status_info: r.try_get("status_info")?,
-        created_at: r.try_get("created_at")?,
-        terminated_at: r.try_get("terminated_at")?,
-        agent: r.try_get("agent")?,
-        container_id: r.try_get("container_id")?,
-        resource_opts: object(T, r.try_get("resource_opts")?)?,
-        occupied_slots: slots(T, &r.try_get::<Value, _>("occupied_slots")?)?,
-        service_ports: r.try_get("service_ports")?,
-        last_stat: last_stat.map(|v| object(T, v)).transpose()?,
+        id: c.get()?,
+        session_id: c.get()?,
+        ordinal: c.get()?,
+        role: c.get()?,
+        hostname: c.get()?,
+        image: c.get()?,
+        registry: c.get()?,
+        status: status(T, c.get()?)?,
+        status_changed: c.get()?,
+        status_info: c.get()?,
+        created_at: c.get()?,
+        terminated_at: c.get()?,
+        agent: c.get()?,
+        container_id: c.get()?,
+        resource_opts: object(T, c.get()?)?,
+        occupied_slots: slots(T, &c.get::<Value>()?)?,
+        service_ports: c.get()?,
+        last_stat: c
+            .get::<Option<Value>>()?
+            .map(|v| object(T, v))
+            .transpose()?,
     })
 }
+
+/// Columns in [`SESSION_COLUMNS`].
+pub(crate) const SESSION_COLUMN_COUNT: usize = 28;
 
 /// Reads sessions (all, or those in `ids`) with their kernels and dependencies.
 async fn read_sessions(
@@ -235,7 +288,7 @@ async fn read_sessions(
     let rows = fetch(format!("SELECT {SESSION_COLUMNS} FROM sessions {filter}")).await?;
     let mut out = HashMap::with_capacity(rows.len());
     for r in &rows {
-        let session = session_from_row(r)?;
+        let session = session_from_row(r, 0)?;
         out.insert(
             session.id,
             SessionState {
@@ -249,7 +302,7 @@ async fn read_sessions(
     ))
     .await?;
     for r in &kernels {
-        let k = kernel_from_row(r)?;
+        let k = kernel_from_row(r, 0)?;
         if let Some(s) = out.get_mut(&k.session_id) {
             s.kernels.push(k);
         }

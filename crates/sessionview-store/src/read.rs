@@ -153,6 +153,9 @@ pub struct KeyPair {
     pub created_at: DateTime<Utc>,
 }
 
+/// A page of sessions and the containers of its sessions.
+pub type PageWithContainers = (Page<SessionRow>, Vec<KernelRow>);
+
 /// Reads the query service makes. Implementations never write the read model.
 pub trait ReadModel: Clone + Send + Sync + 'static {
     /// One page of sessions and the count of the whole set.
@@ -160,6 +163,25 @@ pub trait ReadModel: Clone + Send + Sync + 'static {
         &self,
         q: &SessionListQuery,
     ) -> impl Future<Output = Result<Page<SessionRow>, StoreError>> + Send;
+
+    /// [`ReadModel::list_sessions`] with every container of the page's sessions (by session,
+    /// master first): what a list whose containers are selected needs. The default reads the
+    /// page, then its containers; a backend may do it in one statement.
+    fn list_sessions_with_containers(
+        &self,
+        q: &SessionListQuery,
+    ) -> impl Future<Output = Result<PageWithContainers, StoreError>> + Send {
+        async move {
+            let page = self.list_sessions(q).await?;
+            let ids: Vec<Uuid> = page.items.iter().map(|s| s.id).collect();
+            let containers = if ids.is_empty() {
+                Vec::new()
+            } else {
+                self.containers_of(&ids).await?
+            };
+            Ok((page, containers))
+        }
+    }
 
     /// Sessions by id, inside `scope` (missing and out-of-scope ids are left out).
     fn sessions_by_ids(

@@ -583,6 +583,7 @@ async fn session_lists_filter_scope_order_and_count<S: Backend>(store: &S) {
         ),
     ];
     for (i, (query, keep)) in cases.iter().enumerate() {
+        assert_page_with_containers(store, query, &all).await;
         let page = store.list_sessions(query).await.unwrap();
         let want: HashSet<Uuid> = all
             .iter()
@@ -599,15 +600,14 @@ async fn session_lists_filter_scope_order_and_count<S: Backend>(store: &S) {
 
     // Explicit order: by name ascending, then descending.
     for asc in [true, false] {
-        let page = store
-            .list_sessions(&q(&|q| {
-                q.order = Some(Order {
-                    column: "name",
-                    ascending: asc,
-                })
-            }))
-            .await
-            .unwrap();
+        let query = q(&|q| {
+            q.order = Some(Order {
+                column: "name",
+                ascending: asc,
+            })
+        });
+        assert_page_with_containers(store, &query, &all).await;
+        let page = store.list_sessions(&query).await.unwrap();
         let names: Vec<&str> = page.items.iter().map(|s| s.name.as_str()).collect();
         let mut sorted = names.clone();
         sorted.sort();
@@ -616,16 +616,60 @@ async fn session_lists_filter_scope_order_and_count<S: Backend>(store: &S) {
         }
         assert_eq!(names, sorted);
     }
+    // Pages of the default order with their containers, the last one past the end.
+    for offset in [0, 7, 290, 400] {
+        let query = q(&|q| {
+            q.limit = 13;
+            q.offset = offset;
+        });
+        assert_page_with_containers(store, &query, &all).await;
+    }
     // An order column outside the allow-list is refused, never interpolated.
-    let bad = store
-        .list_sessions(&q(&|q| {
-            q.order = Some(Order {
-                column: "id; DROP TABLE sessions",
-                ascending: true,
-            })
-        }))
-        .await;
-    assert!(bad.is_err());
+    let bad_order = |q: &mut SessionListQuery| {
+        q.order = Some(Order {
+            column: "id; DROP TABLE sessions",
+            ascending: true,
+        })
+    };
+    assert!(store.list_sessions(&q(&bad_order)).await.is_err());
+    assert!(
+        store
+            .list_sessions_with_containers(&q(&bad_order))
+            .await
+            .is_err()
+    );
+}
+
+/// A page read with its containers is the page read alone, and the containers are exactly its
+/// sessions' kernels, each session's master first (sessions without containers included).
+async fn assert_page_with_containers<S: Backend>(
+    store: &S,
+    query: &SessionListQuery,
+    all: &[SessionState],
+) {
+    let alone = store.list_sessions(query).await.unwrap();
+    let (page, containers) = store.list_sessions_with_containers(query).await.unwrap();
+    assert_eq!(page, alone, "{query:?}");
+    let by_id: std::collections::HashMap<Uuid, &SessionState> =
+        all.iter().map(|s| (s.session.id, s)).collect();
+    let mut got: std::collections::HashMap<Uuid, Vec<_>> = std::collections::HashMap::new();
+    for k in containers {
+        got.entry(k.session_id).or_default().push(k);
+    }
+    for s in &page.items {
+        let mut kernels = by_id[&s.id].kernels.clone();
+        kernels.sort_by_key(|k| k.ordinal);
+        assert_eq!(
+            got.remove(&s.id).unwrap_or_default(),
+            kernels,
+            "{query:?}: session {}",
+            s.id
+        );
+    }
+    assert!(
+        got.is_empty(),
+        "containers of sessions off the page: {got:?}"
+    );
 }
 
 async fn children_and_single_items_respect_scope<S: Backend>(store: &S) {

@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use rand::Rng;
 use sessionview_query::{Limits, ServerConfig};
-use sessionview_store::{KeyPair, KeyPairAdmin, PgSettings, ReadModel, Role, Store};
+use sessionview_store::{KeyPair, KeyPairAdmin, PgSettings, PlanCache, ReadModel, Role, Store};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -49,9 +49,10 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Backend::Postgres => {
             let settings = PgSettings {
                 statement_timeout: Some(Duration::from_millis(args.statement_timeout_ms)),
-                // Generic plans for the key lookups; the list statements, whose filters are
-                // skewed, are planned for their values every time by the store itself.
-                custom_plans: false,
+                // Cached statements keep one generic plan (key lookups, pages of one access
+                // key); list statements whose best plan depends on their values are run unnamed
+                // by the store and planned for those values every time.
+                plan_cache: PlanCache::Generic,
                 ..PgSettings::default()
             };
             serve_with(args.db.pg_with(&settings).await?, &args).await
