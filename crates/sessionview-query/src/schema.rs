@@ -17,7 +17,7 @@ use sessionview_events::Status;
 use sessionview_projection::{KernelRow, SessionRow};
 use sessionview_store::{
     CONTAINER_ORDER_KEYS, ContainerListQuery, KeyPair, Order, Page, PageWithContainers, ReadModel,
-    Role, SESSION_ORDER_KEYS, Scope, SessionListQuery, StoreError,
+    Role, SESSION_ORDER_KEYS, Scope, SessionListQuery, SessionWithContainers, StoreError,
 };
 use uuid::Uuid;
 
@@ -38,6 +38,11 @@ pub(crate) trait Reads: Send + Sync {
         &'a self,
         q: &'a SessionListQuery,
     ) -> BoxFuture<'a, Result<PageWithContainers, StoreError>>;
+    fn session_with_containers<'a>(
+        &'a self,
+        id: Uuid,
+        scope: &'a Scope,
+    ) -> BoxFuture<'a, Result<Option<SessionWithContainers>, StoreError>>;
     fn sessions_by_ids<'a>(
         &'a self,
         ids: &'a [Uuid],
@@ -75,6 +80,13 @@ impl<R: ReadModel> Reads for R {
         q: &'a SessionListQuery,
     ) -> BoxFuture<'a, Result<PageWithContainers, StoreError>> {
         Box::pin(ReadModel::list_sessions_with_containers(self, q))
+    }
+    fn session_with_containers<'a>(
+        &'a self,
+        id: Uuid,
+        scope: &'a Scope,
+    ) -> BoxFuture<'a, Result<Option<SessionWithContainers>, StoreError>> {
+        Box::pin(ReadModel::session_with_containers(self, id, scope))
     }
     fn sessions_by_ids<'a>(
         &'a self,
@@ -261,35 +273,6 @@ fn json(v: &serde_json::Value) -> JsonString {
 /// A compute session, with its containers when the resolver that made it fetched them already.
 #[derive(Debug)]
 pub struct ComputeSession(Arc<SessionRow>, Option<Vec<Arc<KernelRow>>>);
-
-impl ComputeSession {
-    /// Wraps `rows`; when `containers_selected`, their containers are read at once, in one
-    /// statement (no DataLoader round: it would wait its batching delay for keys that are all
-    /// known already).
-    async fn with_containers(
-        db: &Db,
-        rows: Vec<SessionRow>,
-        containers_selected: bool,
-    ) -> Result<Vec<ComputeSession>> {
-        if !containers_selected || rows.is_empty() {
-            return Ok(rows
-                .into_iter()
-                .map(|s| ComputeSession(Arc::new(s), None))
-                .collect());
-        }
-        let ids: Vec<Uuid> = rows.iter().map(|s| s.id).collect();
-        let mut by_session = containers_by_session(db, &ids)
-            .await
-            .map_err(|e| store_error(&e))?;
-        Ok(rows
-            .into_iter()
-            .map(|s| {
-                let containers = by_session.remove(&s.id).unwrap_or_default();
-                ComputeSession(Arc::new(s), Some(containers))
-            })
-            .collect())
-    }
-}
 
 #[Object(rename_fields = "snake_case", rename_args = "snake_case")]
 impl ComputeSession {
@@ -601,16 +584,28 @@ impl Queries {
     /// One session by id; null when it does not exist or the caller may not see it.
     async fn compute_session(&self, ctx: &Context<'_>, id: Uuid) -> Result<Option<ComputeSession>> {
         let db = ctx.data::<Db>()?;
-        let caller = ctx.data::<Caller>()?;
+        let scope = ctx.data::<Caller>()?.scope();
+        // With `containers` selected, the session comes with its containers in one read.
+        if ctx.look_ahead().field("containers").exists() {
+            let found = db
+                .session_with_containers(id, &scope)
+                .await
+                .map_err(|e| store_error(&e))?;
+            return Ok(found.map(|(s, containers)| {
+                ComputeSession(
+                    Arc::new(s),
+                    Some(containers.into_iter().map(Arc::new).collect()),
+                )
+            }));
+        }
         let rows = db
-            .sessions_by_ids(&[id], &caller.scope())
+            .sessions_by_ids(&[id], &scope)
             .await
             .map_err(|e| store_error(&e))?;
-        let containers = ctx.look_ahead().field("containers").exists();
-        Ok(ComputeSession::with_containers(db, rows, containers)
-            .await?
+        Ok(rows
             .into_iter()
-            .next())
+            .next()
+            .map(|s| ComputeSession(Arc::new(s), None)))
     }
 
     /// A page of sessions, filtered inside the caller's scope.

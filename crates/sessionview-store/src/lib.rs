@@ -26,6 +26,7 @@ pub use postgres_admin::{Freeze, LIVE_SCHEMA, READ_MODEL_TABLES, SESSION_COUNTS_
 pub use read::{
     CONTAINER_ORDER_KEYS, ContainerListQuery, KeyPair, KeyPairAdmin, Order, Page,
     PageWithContainers, ReadModel, Role, SESSION_ORDER_KEYS, Scope, SessionListQuery,
+    SessionWithContainers,
 };
 pub use sqlite::SqliteStore;
 

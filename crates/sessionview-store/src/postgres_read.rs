@@ -11,7 +11,7 @@ use crate::postgres::{
 };
 use crate::read::{
     CONTAINER_ORDER_KEYS, ContainerListQuery, KeyPair, KeyPairAdmin, Page, PageWithContainers,
-    ReadModel, Role, SESSION_ORDER_KEYS, Scope, SessionListQuery,
+    ReadModel, Role, SESSION_ORDER_KEYS, Scope, SessionListQuery, SessionWithContainers,
 };
 use crate::sql::{push_order, push_scope};
 use crate::{PgStore, StoreError, prefixed};
@@ -40,6 +40,28 @@ fn push_session_filters(qb: &mut QueryBuilder<'_, Postgres>, q: &SessionListQuer
             qb.push(" AND s.status = ANY(").push_bind(names).push(")");
         }
     }
+}
+
+/// Sessions and their containers from rows of [`SESSION_COLUMNS`] followed by
+/// [`KERNEL_COLUMNS`] (sessions joined to their kernels, each session's rows together).
+fn sessions_and_containers(
+    rows: &[sqlx::postgres::PgRow],
+) -> Result<(Vec<SessionRow>, Vec<KernelRow>), StoreError> {
+    let mut sessions: Vec<SessionRow> = Vec::new();
+    let mut containers = Vec::with_capacity(rows.len());
+    for r in rows {
+        let id: Uuid = r.try_get(0)?;
+        if sessions.last().is_none_or(|s| s.id != id) {
+            sessions.push(session_from_row(r, 0)?);
+        }
+        // A session without containers yet comes with one row of NULLs for them.
+        if r.try_get::<Option<Uuid>, _>(SESSION_COLUMN_COUNT)?
+            .is_some()
+        {
+            containers.push(kernel_from_row(r, SESSION_COLUMN_COUNT)?);
+        }
+    }
+    Ok((sessions, containers))
 }
 
 /// Whether one cached generic plan serves a session list equally well for every value of its
@@ -139,22 +161,29 @@ impl ReadModel for PgStore {
             count.build_query_scalar::<i64>().fetch_one(self.pool()),
         )
         .await?;
-        let mut items: Vec<SessionRow> = Vec::new();
-        let mut containers = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let id: Uuid = r.try_get(0)?;
-            if items.last().is_none_or(|s| s.id != id) {
-                items.push(session_from_row(r, 0)?);
-            }
-            // A session without containers yet comes with one row of NULLs for them.
-            if r.try_get::<Option<Uuid>, _>(SESSION_COLUMN_COUNT)?
-                .is_some()
-            {
-                containers.push(kernel_from_row(r, SESSION_COLUMN_COUNT)?);
-            }
-        }
+        let (items, containers) = sessions_and_containers(&rows)?;
         self.count_statements(2);
         Ok((Page { items, total_count }, containers))
+    }
+
+    async fn session_with_containers(
+        &self,
+        id: Uuid,
+        scope: &Scope,
+    ) -> Result<Option<SessionWithContainers>, StoreError> {
+        let cols = prefixed("s", SESSION_COLUMNS);
+        let kcols = prefixed("k", KERNEL_COLUMNS);
+        let mut qb = QueryBuilder::new(format!(
+            "SELECT {cols}, {kcols} FROM sessions s \
+             LEFT JOIN kernels k ON k.session_id = s.id WHERE s.id = "
+        ));
+        qb.push_bind(id);
+        push_scope(&mut qb, "s", scope);
+        qb.push(" ORDER BY k.ordinal");
+        let rows = qb.build().fetch_all(self.pool()).await?;
+        self.count_statements(1);
+        let (mut sessions, containers) = sessions_and_containers(&rows)?;
+        Ok(sessions.pop().map(|s| (s, containers)))
     }
 
     async fn sessions_by_ids(

@@ -156,6 +156,9 @@ pub struct KeyPair {
 /// A page of sessions and the containers of its sessions.
 pub type PageWithContainers = (Page<SessionRow>, Vec<KernelRow>);
 
+/// A session and its containers, master first.
+pub type SessionWithContainers = (SessionRow, Vec<KernelRow>);
+
 /// Reads the query service makes. Implementations never write the read model.
 pub trait ReadModel: Clone + Send + Sync + 'static {
     /// One page of sessions and the count of the whole set.
@@ -180,6 +183,23 @@ pub trait ReadModel: Clone + Send + Sync + 'static {
                 self.containers_of(&ids).await?
             };
             Ok((page, containers))
+        }
+    }
+
+    /// One session by id inside `scope`, with its containers (master first); `None` when it
+    /// does not exist or lies outside the scope. The default reads the session, then its
+    /// containers; a backend may do it in one statement.
+    fn session_with_containers(
+        &self,
+        id: Uuid,
+        scope: &Scope,
+    ) -> impl Future<Output = Result<Option<SessionWithContainers>, StoreError>> + Send {
+        async move {
+            let Some(session) = self.sessions_by_ids(&[id], scope).await?.pop() else {
+                return Ok(None);
+            };
+            let containers = self.containers_of(&[id]).await?;
+            Ok(Some((session, containers)))
         }
     }
 

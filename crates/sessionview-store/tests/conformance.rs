@@ -758,6 +758,47 @@ async fn children_and_single_items_respect_scope<S: Backend>(store: &S) {
             .unwrap()
             .is_empty()
     );
+    // A session with its containers: the session's row and its kernels in order, or nothing.
+    for state in all
+        .iter()
+        .filter(|x| x.kernels.len() > 1)
+        .take(3)
+        .chain([s])
+    {
+        let mut kernels = state.kernels.clone();
+        kernels.sort_by_key(|k| k.ordinal);
+        let scope = Scope {
+            domain_name: Some(state.session.domain_name.clone()),
+            access_key: None,
+        };
+        let (row, containers) = store
+            .session_with_containers(state.session.id, &scope)
+            .await
+            .unwrap()
+            .expect("in scope");
+        assert_eq!(
+            row,
+            store
+                .sessions_by_ids(&[state.session.id], &scope)
+                .await
+                .unwrap()[0]
+        );
+        assert_eq!(containers, kernels);
+    }
+    assert_eq!(
+        store
+            .session_with_containers(s.session.id, &outside)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .session_with_containers(Uuid::new_v4(), &Scope::default())
+            .await
+            .unwrap(),
+        None
+    );
     let k = &s.kernels[0];
     assert_eq!(
         store.container(k.id, &inside).await.unwrap().as_ref(),
