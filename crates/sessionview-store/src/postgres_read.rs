@@ -42,23 +42,26 @@ fn push_session_filters(qb: &mut QueryBuilder<'_, Postgres>, q: &SessionListQuer
     }
 }
 
-/// Sessions and their containers from rows of [`SESSION_COLUMNS`] followed by
-/// [`KERNEL_COLUMNS`] (sessions joined to their kernels, each session's rows together).
+/// Sessions and their containers from rows holding [`SESSION_COLUMNS`] from column `first`,
+/// then [`KERNEL_COLUMNS`] (sessions joined to their kernels, each session's rows together). A
+/// session without containers comes with NULLs for them; a row of NULLs for the session too
+/// (an empty page beside its total) holds neither.
 fn sessions_and_containers(
     rows: &[sqlx::postgres::PgRow],
+    first: usize,
 ) -> Result<(Vec<SessionRow>, Vec<KernelRow>), StoreError> {
+    let kernel = first + SESSION_COLUMN_COUNT;
     let mut sessions: Vec<SessionRow> = Vec::new();
     let mut containers = Vec::with_capacity(rows.len());
     for r in rows {
-        let id: Uuid = r.try_get(0)?;
+        let Some(id) = r.try_get::<Option<Uuid>, _>(first)? else {
+            continue;
+        };
         if sessions.last().is_none_or(|s| s.id != id) {
-            sessions.push(session_from_row(r, 0)?);
+            sessions.push(session_from_row(r, first)?);
         }
-        // A session without containers yet comes with one row of NULLs for them.
-        if r.try_get::<Option<Uuid>, _>(SESSION_COLUMN_COUNT)?
-            .is_some()
-        {
-            containers.push(kernel_from_row(r, SESSION_COLUMN_COUNT)?);
+        if r.try_get::<Option<Uuid>, _>(kernel)?.is_some() {
+            containers.push(kernel_from_row(r, kernel)?);
         }
     }
     Ok((sessions, containers))
@@ -135,8 +138,9 @@ impl ReadModel for PgStore {
         &self,
         q: &SessionListQuery,
     ) -> Result<PageWithContainers, StoreError> {
-        // The page joined to its containers: one statement and one connection instead of two
-        // after each other. A session's columns repeat on each of its containers' rows.
+        // One statement on one connection: the total from the running counts, the page, and
+        // each session's containers (its columns repeat on each of its containers' rows). The
+        // total's one row is joined to the rest, so that an empty page still carries it.
         let cols = prefixed("s", SESSION_COLUMNS);
         let kcols = prefixed("k", KERNEL_COLUMNS);
         let mut qb = QueryBuilder::new(format!(
@@ -146,23 +150,25 @@ impl ReadModel for PgStore {
         push_order(&mut qb, "s", q.order, SESSION_ORDER_KEYS)?;
         qb.push(" LIMIT ").push_bind(q.limit);
         qb.push(" OFFSET ").push_bind(q.offset);
+        qb.push("), total AS (SELECT coalesce(sum(s.n), 0)::int8 AS n FROM session_counts s");
+        push_session_filters(&mut qb, q);
         qb.push(format!(
-            ") SELECT {cols}, {kcols} FROM page s LEFT JOIN kernels k ON k.session_id = s.id"
+            ") SELECT t.n, {cols}, {kcols} FROM total t \
+             LEFT JOIN (page s LEFT JOIN kernels k ON k.session_id = s.id) ON true"
         ));
         push_order(&mut qb, "s", q.order, SESSION_ORDER_KEYS)?;
         qb.push(", k.ordinal");
-        let mut count =
-            QueryBuilder::new("SELECT coalesce(sum(s.n), 0)::int8 FROM session_counts s");
-        push_session_filters(&mut count, q);
-        let (rows, total_count) = futures_util::future::try_join(
-            qb.build()
-                .persistent(generic_plan_fits(q))
-                .fetch_all(self.pool()),
-            count.build_query_scalar::<i64>().fetch_one(self.pool()),
-        )
-        .await?;
-        let (items, containers) = sessions_and_containers(&rows)?;
-        self.count_statements(2);
+        let rows = qb
+            .build()
+            .persistent(generic_plan_fits(q))
+            .fetch_all(self.pool())
+            .await?;
+        let total_count = match rows.first() {
+            Some(r) => r.try_get(0)?,
+            None => 0,
+        };
+        let (items, containers) = sessions_and_containers(&rows, 1)?;
+        self.count_statements(1);
         Ok((Page { items, total_count }, containers))
     }
 
@@ -182,7 +188,7 @@ impl ReadModel for PgStore {
         qb.push(" ORDER BY k.ordinal");
         let rows = qb.build().fetch_all(self.pool()).await?;
         self.count_statements(1);
-        let (mut sessions, containers) = sessions_and_containers(&rows)?;
+        let (mut sessions, containers) = sessions_and_containers(&rows, 0)?;
         Ok(sessions.pop().map(|s| (s, containers)))
     }
 
