@@ -16,8 +16,9 @@ use async_graphql::{
 use sessionview_events::Status;
 use sessionview_projection::{KernelRow, SessionRow};
 use sessionview_store::{
-    CONTAINER_ORDER_KEYS, ContainerListQuery, KeyPair, Order, Page, PageWithContainers, ReadModel,
-    Role, SESSION_ORDER_KEYS, Scope, SessionListQuery, SessionWithContainers, StoreError,
+    CONTAINER_ORDER_KEYS, ContainerListQuery, KernelFields, KeyPair, Order, Page,
+    PageWithContainers, ReadModel, Role, SESSION_ORDER_KEYS, Scope, SessionListQuery,
+    SessionWithContainers, StoreError,
 };
 use uuid::Uuid;
 
@@ -37,11 +38,13 @@ pub(crate) trait Reads: Send + Sync {
     fn list_sessions_with_containers<'a>(
         &'a self,
         q: &'a SessionListQuery,
+        fields: KernelFields,
     ) -> BoxFuture<'a, Result<PageWithContainers, StoreError>>;
     fn session_with_containers<'a>(
         &'a self,
         id: Uuid,
         scope: &'a Scope,
+        fields: KernelFields,
     ) -> BoxFuture<'a, Result<Option<SessionWithContainers>, StoreError>>;
     fn sessions_by_ids<'a>(
         &'a self,
@@ -78,15 +81,17 @@ impl<R: ReadModel> Reads for R {
     fn list_sessions_with_containers<'a>(
         &'a self,
         q: &'a SessionListQuery,
+        fields: KernelFields,
     ) -> BoxFuture<'a, Result<PageWithContainers, StoreError>> {
-        Box::pin(ReadModel::list_sessions_with_containers(self, q))
+        Box::pin(ReadModel::list_sessions_with_containers(self, q, fields))
     }
     fn session_with_containers<'a>(
         &'a self,
         id: Uuid,
         scope: &'a Scope,
+        fields: KernelFields,
     ) -> BoxFuture<'a, Result<Option<SessionWithContainers>, StoreError>> {
-        Box::pin(ReadModel::session_with_containers(self, id, scope))
+        Box::pin(ReadModel::session_with_containers(self, id, scope, fields))
     }
     fn sessions_by_ids<'a>(
         &'a self,
@@ -272,7 +277,41 @@ fn json(v: &serde_json::Value) -> JsonString {
 
 /// A compute session, with its containers when the resolver that made it fetched them already.
 #[derive(Debug)]
-pub struct ComputeSession(Arc<SessionRow>, Option<Vec<Arc<KernelRow>>>);
+pub struct ComputeSession(Arc<SessionRow>, Option<Prefetched>);
+
+/// Containers read together with their session, and which of their columns were decoded.
+#[derive(Debug, Clone)]
+struct Prefetched {
+    rows: Vec<Arc<KernelRow>>,
+    fields: KernelFields,
+}
+
+impl Prefetched {
+    fn new(rows: Vec<KernelRow>, fields: KernelFields) -> Self {
+        Self {
+            rows: rows.into_iter().map(Arc::new).collect(),
+            fields,
+        }
+    }
+}
+
+/// The container fields held in JSON columns: a read whose `containers` select none of them
+/// leaves those columns out.
+const CONTAINER_JSON_FIELDS: [&str; 4] =
+    ["resource_opts", "occupied_slots", "live_stat", "last_stat"];
+
+/// Which container columns a selection of `containers` needs (fragments included; a field
+/// under `@skip`/`@include` counts as selected).
+fn container_fields(containers: &async_graphql::Lookahead<'_>) -> KernelFields {
+    if CONTAINER_JSON_FIELDS
+        .iter()
+        .any(|f| containers.field(f).exists())
+    {
+        KernelFields::All
+    } else {
+        KernelFields::WithoutJson
+    }
+}
 
 #[Object(rename_fields = "snake_case", rename_args = "snake_case")]
 impl ComputeSession {
@@ -379,19 +418,27 @@ impl ComputeSession {
     #[graphql(complexity = "8 * child_complexity")]
     async fn containers(&self, ctx: &Context<'_>) -> Result<Option<Vec<Option<ComputeContainer>>>> {
         let show_agent = ctx.data::<Caller>()?.role() == Role::SuperAdmin;
-        let rows = match &self.1 {
-            Some(prefetched) => prefetched.clone(),
+        let (rows, fields) = match &self.1 {
+            Some(p) => (p.rows.clone(), p.fields),
             // Nested sessions (dependencies): batched across the parent list by the loader.
-            None => ctx
-                .data::<DataLoader<ContainerLoader>>()?
-                .load_one(self.0.id)
-                .await
-                .map_err(|e| store_error(&e))?
-                .unwrap_or_default(),
+            None => (
+                ctx.data::<DataLoader<ContainerLoader>>()?
+                    .load_one(self.0.id)
+                    .await
+                    .map_err(|e| store_error(&e))?
+                    .unwrap_or_default(),
+                KernelFields::All,
+            ),
         };
         Ok(Some(
             rows.into_iter()
-                .map(|row| Some(ComputeContainer { row, show_agent }))
+                .map(|row| {
+                    Some(ComputeContainer {
+                        row,
+                        show_agent,
+                        fields,
+                    })
+                })
                 .collect(),
         ))
     }
@@ -417,6 +464,24 @@ impl ComputeSession {
 pub struct ComputeContainer {
     row: Arc<KernelRow>,
     show_agent: bool,
+    /// Which columns `row` was decoded with.
+    fields: KernelFields,
+}
+
+impl ComputeContainer {
+    /// The row, for a field held in a JSON column; an error if the read left those out (the
+    /// look-ahead that decided it missed a field: a bug, never a silently empty value).
+    fn with_json(&self) -> Result<&KernelRow> {
+        match self.fields {
+            KernelFields::All => Ok(&self.row),
+            KernelFields::WithoutJson => {
+                tracing::error!(container = %self.row.id, "a JSON field was resolved on a container read without them");
+                Err(Error::new(
+                    "internal error: the container was read without this field",
+                ))
+            }
+        }
+    }
 }
 
 #[Object(rename_fields = "snake_case", rename_args = "snake_case")]
@@ -466,26 +531,28 @@ impl ComputeContainer {
     async fn container_id(&self) -> Option<&str> {
         self.row.container_id.as_deref()
     }
-    async fn resource_opts(&self) -> Option<JsonString> {
-        Some(JsonString(serde_json::Value::Object(
-            self.row.resource_opts.clone(),
-        )))
+    async fn resource_opts(&self) -> Result<Option<JsonString>> {
+        Ok(Some(JsonString(serde_json::Value::Object(
+            self.with_json()?.resource_opts.clone(),
+        ))))
     }
-    async fn occupied_slots(&self) -> Option<JsonString> {
-        Some(JsonString(self.row.occupied_slots.to_json()))
+    async fn occupied_slots(&self) -> Result<Option<JsonString>> {
+        Ok(Some(JsonString(self.with_json()?.occupied_slots.to_json())))
     }
     /// While RUNNING the latest stat, otherwise `last_stat`.
-    async fn live_stat(&self) -> Option<JsonString> {
-        self.row
+    async fn live_stat(&self) -> Result<Option<JsonString>> {
+        Ok(self
+            .with_json()?
             .last_stat
             .as_ref()
-            .map(|s| JsonString(serde_json::Value::Object(s.clone())))
+            .map(|s| JsonString(serde_json::Value::Object(s.clone()))))
     }
-    async fn last_stat(&self) -> Option<JsonString> {
-        self.row
+    async fn last_stat(&self) -> Result<Option<JsonString>> {
+        Ok(self
+            .with_json()?
             .last_stat
             .as_ref()
-            .map(|s| JsonString(serde_json::Value::Object(s.clone())))
+            .map(|s| JsonString(serde_json::Value::Object(s.clone()))))
     }
 }
 
@@ -586,16 +653,15 @@ impl Queries {
         let db = ctx.data::<Db>()?;
         let scope = ctx.data::<Caller>()?.scope();
         // With `containers` selected, the session comes with its containers in one read.
-        if ctx.look_ahead().field("containers").exists() {
+        let containers = ctx.look_ahead().field("containers");
+        if containers.exists() {
+            let fields = container_fields(&containers);
             let found = db
-                .session_with_containers(id, &scope)
+                .session_with_containers(id, &scope, fields)
                 .await
                 .map_err(|e| store_error(&e))?;
             return Ok(found.map(|(s, containers)| {
-                ComputeSession(
-                    Arc::new(s),
-                    Some(containers.into_iter().map(Arc::new).collect()),
-                )
+                ComputeSession(Arc::new(s), Some(Prefetched::new(containers, fields)))
             }));
         }
         let rows = db
@@ -666,13 +732,14 @@ impl Queries {
             offset: i64::from(offset),
         };
         // With `containers` selected, the page comes with its containers in one read.
-        let (page, mut containers) = if ctx.look_ahead().field("items").field("containers").exists()
-        {
+        let containers = ctx.look_ahead().field("items").field("containers");
+        let (page, mut prefetched) = if containers.exists() {
+            let fields = container_fields(&containers);
             let (page, rows) = db
-                .list_sessions_with_containers(&q)
+                .list_sessions_with_containers(&q, fields)
                 .await
                 .map_err(|e| store_error(&e))?;
-            (page, Some(by_session(rows)))
+            (page, Some((by_session(rows), fields)))
         } else {
             let page = db.list_sessions(&q).await.map_err(|e| store_error(&e))?;
             (page, None)
@@ -682,10 +749,11 @@ impl Queries {
             .items
             .into_iter()
             .map(|s| {
-                let prefetched = containers
-                    .as_mut()
-                    .map(|c| c.remove(&s.id).unwrap_or_default());
-                Some(ComputeSession(Arc::new(s), prefetched))
+                let containers = prefetched.as_mut().map(|(by_session, fields)| Prefetched {
+                    rows: by_session.remove(&s.id).unwrap_or_default(),
+                    fields: *fields,
+                });
+                Some(ComputeSession(Arc::new(s), containers))
             })
             .collect();
         Ok(Some(ComputeSessionList { items, total_count }))
@@ -706,6 +774,7 @@ impl Queries {
         Ok(row.map(|r| ComputeContainer {
             row: Arc::new(r),
             show_agent: caller.role() == Role::SuperAdmin,
+            fields: KernelFields::All,
         }))
     }
 
@@ -743,6 +812,7 @@ impl Queries {
                     Some(ComputeContainer {
                         row: Arc::new(r),
                         show_agent,
+                        fields: KernelFields::All,
                     })
                 })
                 .collect(),

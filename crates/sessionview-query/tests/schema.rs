@@ -451,3 +451,47 @@ async fn scalars_are_serialized_as_the_seed_shows() {
     assert_eq!(s["created_user_uuid"], Value::Null);
     fx.drop().await;
 }
+
+/// Lists and single sessions read their containers' JSON columns only when a selection needs
+/// them (directly, through a fragment or an inline fragment); every path answers what a
+/// container read alone answers.
+#[tokio::test]
+async fn container_fields_are_whole_on_every_path() {
+    let fx = Fixture::new().await;
+    let su = &fx.superadmin;
+    let json_fields = ["occupied_slots", "last_stat", "live_stat", "resource_opts"];
+    let scalar_fields = ["role", "status", "agent", "container_id"];
+    let one = "query($id: UUID!) { compute_container(id: $id) { role status agent container_id occupied_slots last_stat live_stat resource_opts } }";
+    let lists = [
+        "{ compute_session_list(limit: 40, offset: 0) { items { containers { id occupied_slots last_stat live_stat resource_opts } } } }",
+        "{ compute_session_list(limit: 40, offset: 0) { items { containers { id ...J } } } } fragment J on ComputeContainer { occupied_slots last_stat live_stat resource_opts }",
+        "{ compute_session_list(limit: 40, offset: 0) { items { containers { id ... on ComputeContainer { occupied_slots last_stat live_stat resource_opts } } } } }",
+        "{ compute_session_list(limit: 40, offset: 0) { items { containers { id role status agent container_id } } } }",
+    ];
+    let (mut compared, mut with_stats) = (0, 0);
+    for (i, q) in lists.iter().enumerate() {
+        let fields: &[&str] = if i < 3 { &json_fields } else { &scalar_fields };
+        let d = data(&fx, su, q, json!({})).await;
+        for s in d["compute_session_list"]["items"].as_array().unwrap() {
+            for c in s["containers"].as_array().unwrap() {
+                let alone = data(&fx, su, one, json!({"id": c["id"]})).await;
+                for f in fields {
+                    assert_eq!(c[f], alone["compute_container"][f], "{q}: {f} of {}", c["id"]);
+                }
+                compared += 1;
+                with_stats += usize::from(!c["last_stat"].is_null());
+            }
+        }
+    }
+    assert!(compared > 40, "{compared} containers compared");
+    assert!(with_stats > 0, "no container with stats: the comparison would be vacuous");
+    // A single session, through a fragment.
+    let q = "query($id: UUID!) { compute_session(id: $id) { containers { id ...J } } } fragment J on ComputeContainer { occupied_slots last_stat }";
+    let d = data(&fx, su, q, json!({"id": common::SEED_SESSION})).await;
+    for c in d["compute_session"]["containers"].as_array().unwrap() {
+        let alone = data(&fx, su, one, json!({"id": c["id"]})).await;
+        assert_eq!(c["occupied_slots"], alone["compute_container"]["occupied_slots"]);
+        assert_ne!(c["occupied_slots"], Value::Null);
+    }
+    fx.drop().await;
+}

@@ -24,7 +24,7 @@ pub use error::StoreError;
 pub use postgres::{PgSettings, PgStore, PlanCache};
 pub use postgres_admin::{Freeze, LIVE_SCHEMA, READ_MODEL_TABLES, SESSION_COUNTS_TABLE};
 pub use read::{
-    CONTAINER_ORDER_KEYS, ContainerListQuery, KeyPair, KeyPairAdmin, Order, Page,
+    CONTAINER_ORDER_KEYS, ContainerListQuery, KernelFields, KeyPair, KeyPairAdmin, Order, Page,
     PageWithContainers, ReadModel, Role, SESSION_ORDER_KEYS, Scope, SessionListQuery,
     SessionWithContainers,
 };

@@ -172,6 +172,10 @@ pub(crate) const KERNEL_COLUMNS: &str = "id, session_id, ordinal, role, hostname
     status_changed, status_info, created_at, terminated_at, agent, container_id, resource_opts, \
     occupied_slots, service_ports, last_stat";
 
+/// The leading columns of [`KERNEL_COLUMNS`], without its JSON ones.
+pub(crate) const KERNEL_SCALAR_COLUMNS: &str = "id, session_id, ordinal, role, hostname, image, \
+    registry, status, status_changed, status_info, created_at, terminated_at, agent, container_id";
+
 /// The column at `first + n` (rows are decoded by position, in the order of the column lists
 /// above: no name lookups, and a statement may carry several tables' columns side by side).
 struct Columns<'r> {
@@ -238,7 +242,29 @@ pub(crate) fn kernel_from_row(r: &PgRow, first: usize) -> Result<KernelRow, Stor
         row: r,
         next: first,
     };
-    // Fields in the column order of KERNEL_COLUMNS.
+    let mut k = kernel_scalars(&mut c)?;
+    // The JSON columns follow the scalar ones.
+    k.resource_opts = object(T, c.get()?)?;
+    k.occupied_slots = slots(T, &c.get::<Value>()?)?;
+    k.service_ports = c.get()?;
+    k.last_stat = c
+        .get::<Option<Value>>()?
+        .map(|v| object(T, v))
+        .transpose()?;
+    Ok(k)
+}
+
+/// A kernel from [`KERNEL_SCALAR_COLUMNS`] starting at column `first`; its JSON fields empty.
+pub(crate) fn kernel_scalars_from_row(r: &PgRow, first: usize) -> Result<KernelRow, StoreError> {
+    kernel_scalars(&mut Columns {
+        row: r,
+        next: first,
+    })
+}
+
+/// The columns of [`KERNEL_SCALAR_COLUMNS`], in order; the JSON fields empty.
+fn kernel_scalars(c: &mut Columns<'_>) -> Result<KernelRow, StoreError> {
+    const T: &str = "kernels";
     Ok(KernelRow {
         id: c.get()?,
         session_id: c.get()?,
@@ -254,13 +280,10 @@ pub(crate) fn kernel_from_row(r: &PgRow, first: usize) -> Result<KernelRow, Stor
         terminated_at: c.get()?,
         agent: c.get()?,
         container_id: c.get()?,
-        resource_opts: object(T, c.get()?)?,
-        occupied_slots: slots(T, &c.get::<Value>()?)?,
-        service_ports: c.get()?,
-        last_stat: c
-            .get::<Option<Value>>()?
-            .map(|v| object(T, v))
-            .transpose()?,
+        resource_opts: JsonObject::new(),
+        occupied_slots: ResourceSlots::default(),
+        service_ports: None,
+        last_stat: None,
     })
 }
 

@@ -7,11 +7,13 @@ use sqlx::{Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
 use crate::postgres::{
-    KERNEL_COLUMNS, SESSION_COLUMN_COUNT, SESSION_COLUMNS, kernel_from_row, session_from_row,
+    KERNEL_COLUMNS, KERNEL_SCALAR_COLUMNS, SESSION_COLUMN_COUNT, SESSION_COLUMNS, kernel_from_row,
+    kernel_scalars_from_row, session_from_row,
 };
 use crate::read::{
-    CONTAINER_ORDER_KEYS, ContainerListQuery, KeyPair, KeyPairAdmin, Page, PageWithContainers,
-    ReadModel, Role, SESSION_ORDER_KEYS, Scope, SessionListQuery, SessionWithContainers,
+    CONTAINER_ORDER_KEYS, ContainerListQuery, KernelFields, KeyPair, KeyPairAdmin, Page,
+    PageWithContainers, ReadModel, Role, SESSION_ORDER_KEYS, Scope, SessionListQuery,
+    SessionWithContainers,
 };
 use crate::sql::{push_order, push_scope};
 use crate::{PgStore, StoreError, prefixed};
@@ -42,6 +44,14 @@ fn push_session_filters(qb: &mut QueryBuilder<'_, Postgres>, q: &SessionListQuer
     }
 }
 
+/// The kernel columns a read with containers selects (prefixed `k.`).
+fn kernel_columns(fields: KernelFields) -> String {
+    match fields {
+        KernelFields::All => prefixed("k", KERNEL_COLUMNS),
+        KernelFields::WithoutJson => prefixed("k", KERNEL_SCALAR_COLUMNS),
+    }
+}
+
 /// Sessions and their containers from rows holding [`SESSION_COLUMNS`] from column `first`,
 /// then [`KERNEL_COLUMNS`] (sessions joined to their kernels, each session's rows together). A
 /// session without containers comes with NULLs for them; a row of NULLs for the session too
@@ -49,6 +59,7 @@ fn push_session_filters(qb: &mut QueryBuilder<'_, Postgres>, q: &SessionListQuer
 fn sessions_and_containers(
     rows: &[sqlx::postgres::PgRow],
     first: usize,
+    fields: KernelFields,
 ) -> Result<(Vec<SessionRow>, Vec<KernelRow>), StoreError> {
     let kernel = first + SESSION_COLUMN_COUNT;
     let mut sessions: Vec<SessionRow> = Vec::new();
@@ -61,7 +72,10 @@ fn sessions_and_containers(
             sessions.push(session_from_row(r, first)?);
         }
         if r.try_get::<Option<Uuid>, _>(kernel)?.is_some() {
-            containers.push(kernel_from_row(r, kernel)?);
+            containers.push(match fields {
+                KernelFields::All => kernel_from_row(r, kernel)?,
+                KernelFields::WithoutJson => kernel_scalars_from_row(r, kernel)?,
+            });
         }
     }
     Ok((sessions, containers))
@@ -137,12 +151,13 @@ impl ReadModel for PgStore {
     async fn list_sessions_with_containers(
         &self,
         q: &SessionListQuery,
+        fields: KernelFields,
     ) -> Result<PageWithContainers, StoreError> {
         // One statement on one connection: the total from the running counts, the page, and
         // each session's containers (its columns repeat on each of its containers' rows). The
         // total's one row is joined to the rest, so that an empty page still carries it.
         let cols = prefixed("s", SESSION_COLUMNS);
-        let kcols = prefixed("k", KERNEL_COLUMNS);
+        let kcols = kernel_columns(fields);
         let mut qb = QueryBuilder::new(format!(
             "WITH page AS (SELECT {cols}, s.last_touched FROM sessions s"
         ));
@@ -167,7 +182,7 @@ impl ReadModel for PgStore {
             Some(r) => r.try_get(0)?,
             None => 0,
         };
-        let (items, containers) = sessions_and_containers(&rows, 1)?;
+        let (items, containers) = sessions_and_containers(&rows, 1, fields)?;
         self.count_statements(1);
         Ok((Page { items, total_count }, containers))
     }
@@ -176,9 +191,10 @@ impl ReadModel for PgStore {
         &self,
         id: Uuid,
         scope: &Scope,
+        fields: KernelFields,
     ) -> Result<Option<SessionWithContainers>, StoreError> {
         let cols = prefixed("s", SESSION_COLUMNS);
-        let kcols = prefixed("k", KERNEL_COLUMNS);
+        let kcols = kernel_columns(fields);
         let mut qb = QueryBuilder::new(format!(
             "SELECT {cols}, {kcols} FROM sessions s \
              LEFT JOIN kernels k ON k.session_id = s.id WHERE s.id = "
@@ -188,7 +204,7 @@ impl ReadModel for PgStore {
         qb.push(" ORDER BY k.ordinal");
         let rows = qb.build().fetch_all(self.pool()).await?;
         self.count_statements(1);
-        let (mut sessions, containers) = sessions_and_containers(&rows, 0)?;
+        let (mut sessions, containers) = sessions_and_containers(&rows, 0, fields)?;
         Ok(sessions.pop().map(|s| (s, containers)))
     }
 
@@ -352,8 +368,21 @@ mod tests {
     }
 
     #[test]
-    fn the_session_column_count_matches_the_column_list() {
+    fn the_column_lists_agree() {
         assert_eq!(SESSION_COLUMNS.split(',').count(), SESSION_COLUMN_COUNT);
+        // The scalar columns lead the full list, in the same order.
+        let all: Vec<&str> = KERNEL_COLUMNS.split(',').map(str::trim).collect();
+        let scalars: Vec<&str> = KERNEL_SCALAR_COLUMNS.split(',').map(str::trim).collect();
+        assert_eq!(all[..scalars.len()], scalars[..]);
+        assert_eq!(
+            all[scalars.len()..],
+            [
+                "resource_opts",
+                "occupied_slots",
+                "service_ports",
+                "last_stat"
+            ]
+        );
     }
 
     #[test]

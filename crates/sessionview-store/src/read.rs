@@ -3,7 +3,7 @@
 use std::future::Future;
 
 use chrono::{DateTime, Utc};
-use sessionview_events::Status;
+use sessionview_events::{JsonObject, ResourceSlots, Status};
 use sessionview_projection::{KernelRow, SessionRow};
 use uuid::Uuid;
 
@@ -153,6 +153,30 @@ pub struct KeyPair {
     pub created_at: DateTime<Utc>,
 }
 
+/// Which columns of the containers a read with containers decodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelFields {
+    /// Every column.
+    All,
+    /// All but the JSON columns (`resource_opts`, `occupied_slots`, `service_ports`,
+    /// `last_stat`), which are left empty: for callers that show none of them (parsing them is
+    /// most of a container's decoding).
+    WithoutJson,
+}
+
+impl KernelFields {
+    /// `row` as a read with these fields returns it.
+    pub fn keep(self, mut row: KernelRow) -> KernelRow {
+        if self == KernelFields::WithoutJson {
+            row.resource_opts = JsonObject::new();
+            row.occupied_slots = ResourceSlots::default();
+            row.service_ports = None;
+            row.last_stat = None;
+        }
+        row
+    }
+}
+
 /// A page of sessions and the containers of its sessions.
 pub type PageWithContainers = (Page<SessionRow>, Vec<KernelRow>);
 
@@ -168,11 +192,12 @@ pub trait ReadModel: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Page<SessionRow>, StoreError>> + Send;
 
     /// [`ReadModel::list_sessions`] with every container of the page's sessions (by session,
-    /// master first): what a list whose containers are selected needs. The default reads the
-    /// page, then its containers; a backend may do it in one statement.
+    /// master first), decoded as `fields` says: what a list whose containers are selected needs.
+    /// The default reads the page, then its containers; a backend may do it in one statement.
     fn list_sessions_with_containers(
         &self,
         q: &SessionListQuery,
+        fields: KernelFields,
     ) -> impl Future<Output = Result<PageWithContainers, StoreError>> + Send {
         async move {
             let page = self.list_sessions(q).await?;
@@ -180,25 +205,27 @@ pub trait ReadModel: Clone + Send + Sync + 'static {
             let containers = if ids.is_empty() {
                 Vec::new()
             } else {
-                self.containers_of(&ids).await?
+                let rows = self.containers_of(&ids).await?;
+                rows.into_iter().map(|k| fields.keep(k)).collect()
             };
             Ok((page, containers))
         }
     }
 
     /// One session by id inside `scope`, with its containers (master first); `None` when it
-    /// does not exist or lies outside the scope. The default reads the session, then its
-    /// containers; a backend may do it in one statement.
+    /// does not exist or lies outside the scope. Containers decoded as `fields` says.
     fn session_with_containers(
         &self,
         id: Uuid,
         scope: &Scope,
+        fields: KernelFields,
     ) -> impl Future<Output = Result<Option<SessionWithContainers>, StoreError>> + Send {
         async move {
             let Some(session) = self.sessions_by_ids(&[id], scope).await?.pop() else {
                 return Ok(None);
             };
-            let containers = self.containers_of(&[id]).await?;
+            let rows = self.containers_of(&[id]).await?;
+            let containers = rows.into_iter().map(|k| fields.keep(k)).collect();
             Ok(Some((session, containers)))
         }
     }

@@ -17,8 +17,8 @@ use sessionview_events::Status;
 use sessionview_projection::{Fold, Position, SessionState, plan};
 use sessionview_simulator::{SimConfig, Simulator};
 use sessionview_store::{
-    Advance, Commit, CommitOutcome, ContainerListQuery, DeadLetterFilter, KeyPair, KeyPairAdmin,
-    Order, PgStore, ReadModel, Role, Scope, SessionListQuery, SqliteStore, Store,
+    Advance, Commit, CommitOutcome, ContainerListQuery, DeadLetterFilter, KernelFields, KeyPair,
+    KeyPairAdmin, Order, PgStore, ReadModel, Role, Scope, SessionListQuery, SqliteStore, Store,
 };
 use sqlx::Connection;
 use uuid::Uuid;
@@ -634,7 +634,7 @@ async fn session_lists_filter_scope_order_and_count<S: Backend>(store: &S) {
     assert!(store.list_sessions(&q(&bad_order)).await.is_err());
     assert!(
         store
-            .list_sessions_with_containers(&q(&bad_order))
+            .list_sessions_with_containers(&q(&bad_order), KernelFields::All)
             .await
             .is_err()
     );
@@ -648,28 +648,37 @@ async fn assert_page_with_containers<S: Backend>(
     all: &[SessionState],
 ) {
     let alone = store.list_sessions(query).await.unwrap();
-    let (page, containers) = store.list_sessions_with_containers(query).await.unwrap();
-    assert_eq!(page, alone, "{query:?}");
     let by_id: std::collections::HashMap<Uuid, &SessionState> =
         all.iter().map(|s| (s.session.id, s)).collect();
-    let mut got: std::collections::HashMap<Uuid, Vec<_>> = std::collections::HashMap::new();
-    for k in containers {
-        got.entry(k.session_id).or_default().push(k);
-    }
-    for s in &page.items {
-        let mut kernels = by_id[&s.id].kernels.clone();
-        kernels.sort_by_key(|k| k.ordinal);
-        assert_eq!(
-            got.remove(&s.id).unwrap_or_default(),
-            kernels,
-            "{query:?}: session {}",
-            s.id
+    for fields in [KernelFields::All, KernelFields::WithoutJson] {
+        let (page, containers) = store
+            .list_sessions_with_containers(query, fields)
+            .await
+            .unwrap();
+        assert_eq!(page, alone, "{query:?}");
+        let mut got: std::collections::HashMap<Uuid, Vec<_>> = std::collections::HashMap::new();
+        for k in containers {
+            got.entry(k.session_id).or_default().push(k);
+        }
+        for s in &page.items {
+            let mut kernels: Vec<_> = by_id[&s.id]
+                .kernels
+                .iter()
+                .map(|k| fields.keep(k.clone()))
+                .collect();
+            kernels.sort_by_key(|k| k.ordinal);
+            assert_eq!(
+                got.remove(&s.id).unwrap_or_default(),
+                kernels,
+                "{query:?} {fields:?}: session {}",
+                s.id
+            );
+        }
+        assert!(
+            got.is_empty(),
+            "containers of sessions off the page: {got:?}"
         );
     }
-    assert!(
-        got.is_empty(),
-        "containers of sessions off the page: {got:?}"
-    );
 }
 
 async fn children_and_single_items_respect_scope<S: Backend>(store: &S) {
@@ -771,30 +780,35 @@ async fn children_and_single_items_respect_scope<S: Backend>(store: &S) {
             domain_name: Some(state.session.domain_name.clone()),
             access_key: None,
         };
-        let (row, containers) = store
-            .session_with_containers(state.session.id, &scope)
-            .await
-            .unwrap()
-            .expect("in scope");
-        assert_eq!(
-            row,
-            store
-                .sessions_by_ids(&[state.session.id], &scope)
+        for fields in [KernelFields::All, KernelFields::WithoutJson] {
+            let (row, containers) = store
+                .session_with_containers(state.session.id, &scope, fields)
                 .await
-                .unwrap()[0]
-        );
-        assert_eq!(containers, kernels);
+                .unwrap()
+                .expect("in scope");
+            let alone = store.sessions_by_ids(&[state.session.id], &scope).await;
+            assert_eq!(row, alone.unwrap()[0]);
+            let want: Vec<_> = kernels.iter().map(|k| fields.keep(k.clone())).collect();
+            assert_eq!(containers, want, "{fields:?}");
+        }
     }
+    // The comparisons above are not vacuous: kernels hold stats and slots.
+    assert!(
+        all.iter()
+            .flat_map(|s| &s.kernels)
+            .any(|k| k.last_stat.is_some() && !k.occupied_slots.is_empty()),
+        "the stream should give kernels stats and slots"
+    );
     assert_eq!(
         store
-            .session_with_containers(s.session.id, &outside)
+            .session_with_containers(s.session.id, &outside, KernelFields::All)
             .await
             .unwrap(),
         None
     );
     assert_eq!(
         store
-            .session_with_containers(Uuid::new_v4(), &Scope::default())
+            .session_with_containers(Uuid::new_v4(), &Scope::default(), KernelFields::All)
             .await
             .unwrap(),
         None
