@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use async_graphql::parser::types::ExecutableDocument;
 use async_graphql::{Request, ServerError, Variables};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -68,6 +69,49 @@ struct AppState<R> {
     schema: QuerySchema,
     store: R,
     keys: KeyCache,
+    documents: DocumentCache,
+}
+
+/// Parsed documents of recently seen query texts: a dashboard sends the same few queries again
+/// and again, and parsing one is a good share of answering it. Only what parses is kept, and only
+/// texts up to [`DocumentCache::MAX_QUERY_BYTES`], the [`DocumentCache::CAPACITY`] most recently
+/// used. Validation (arguments, variables, depth, complexity) still runs for every request.
+struct DocumentCache(std::sync::Mutex<lru::LruCache<String, ExecutableDocument>>);
+
+impl std::fmt::Debug for DocumentCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DocumentCache").finish_non_exhaustive()
+    }
+}
+
+impl DocumentCache {
+    const CAPACITY: std::num::NonZeroUsize = std::num::NonZeroUsize::new(256).unwrap();
+    const MAX_QUERY_BYTES: usize = 16 * 1024;
+
+    fn new() -> Self {
+        Self(std::sync::Mutex::new(lru::LruCache::new(Self::CAPACITY)))
+    }
+
+    fn documents(&self) -> std::sync::MutexGuard<'_, lru::LruCache<String, ExecutableDocument>> {
+        // The cache holds no invariant a panic could break.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Gives `request` its parsed document: from the cache, or parsed now and kept. A text that
+    /// does not parse is left to the schema, which answers with the parser's error.
+    fn attach(&self, request: &mut Request) {
+        let query = request.query.as_str();
+        if query.len() > Self::MAX_QUERY_BYTES {
+            return;
+        }
+        if let Some(doc) = self.documents().get(query).cloned() {
+            request.set_parsed_query(doc);
+            return;
+        }
+        if let Ok(doc) = request.parsed_query().cloned() {
+            self.documents().put(request.query.clone(), doc);
+        }
+    }
 }
 
 /// Keypairs read recently, each reused for at most `ttl` after it was read: a dashboard polling
@@ -125,6 +169,7 @@ pub fn router<R: ReadModel>(store: R, cfg: ServerConfig) -> Router {
         schema: build_schema(cfg.limits),
         store,
         keys: KeyCache::new(cfg.keypair_cache),
+        documents: DocumentCache::new(),
     });
     Router::new()
         .route("/", get(version))
@@ -346,6 +391,7 @@ async fn handle<R: ReadModel>(
                 );
             }
         }
+        state.documents.attach(&mut request);
         let result = state
             .schema
             .execute(prepare(request, state.store.clone(), caller))
@@ -386,6 +432,40 @@ fn graphql_problem(errors: &[ServerError]) -> Response {
 mod tests {
     use super::*;
     use sessionview_store::Role;
+
+    #[test]
+    fn documents_that_parse_are_kept_and_reused() {
+        let cache = DocumentCache::new();
+        let query = "{ compute_session_list(limit: 1, offset: 0) { total_count } }";
+        let mut first = Request::new(query);
+        cache.attach(&mut first);
+        assert_eq!(cache.documents().len(), 1);
+        let mut second = Request::new(query);
+        cache.attach(&mut second);
+        assert_eq!(cache.documents().len(), 1);
+        // The same document either way: the request's own parse is never needed again.
+        assert_eq!(
+            format!("{:?}", second.parsed_query().ok()),
+            format!("{:?}", first.parsed_query().ok())
+        );
+
+        // Not kept: what does not parse (the schema reports the parser's error), what is long.
+        cache.attach(&mut Request::new("{ compute_session_list(limit: 1"));
+        let long = format!(
+            "{{ {} }}",
+            "keypair { access_key } ".repeat(DocumentCache::MAX_QUERY_BYTES / 20)
+        );
+        assert!(long.len() > DocumentCache::MAX_QUERY_BYTES);
+        cache.attach(&mut Request::new(long));
+        assert_eq!(cache.documents().len(), 1);
+
+        // Bounded: the least recently used text goes first.
+        for i in 0..DocumentCache::CAPACITY.get() {
+            cache.attach(&mut Request::new(format!("{{ a{i}: keypair {{ access_key }} }}")));
+        }
+        assert_eq!(cache.documents().len(), DocumentCache::CAPACITY.get());
+        assert!(!cache.documents().contains(query));
+    }
 
     fn keypair(access_key: &str) -> KeyPair {
         KeyPair {
