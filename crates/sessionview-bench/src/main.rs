@@ -50,7 +50,7 @@ struct FreshnessArgs {
     #[arg(
         long,
         env = "SESSIONVIEW_BENCH_PRODUCER_LINGER_MS",
-        default_value_t = 20
+        default_value_t = 1
     )]
     producer_linger_ms: u32,
 }

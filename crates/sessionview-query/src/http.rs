@@ -461,7 +461,9 @@ mod tests {
 
         // Bounded: the least recently used text goes first.
         for i in 0..DocumentCache::CAPACITY.get() {
-            cache.attach(&mut Request::new(format!("{{ a{i}: keypair {{ access_key }} }}")));
+            cache.attach(&mut Request::new(format!(
+                "{{ a{i}: keypair {{ access_key }} }}"
+            )));
         }
         assert_eq!(cache.documents().len(), DocumentCache::CAPACITY.get());
         assert!(!cache.documents().contains(query));

@@ -1,8 +1,10 @@
 //! The GraphQL schema of the seed (root type `Queries`), with role scoping and DataLoaders.
 //!
 //! Resolvers stay thin: they validate arguments, apply the caller's scope, and read through the
-//! store's [`ReadModel`]; every list → children edge (`containers`, `dependencies`) goes through a
-//! DataLoader, so a page costs a constant number of statements.
+//! store's [`ReadModel`]. The root resolvers read their sessions' containers in the same statement
+//! when `containers` is selected; the other list → children edges (`dependencies`, and the
+//! containers of nested sessions) go through DataLoaders, so a page costs a constant number of
+//! statements.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -300,8 +302,8 @@ impl Prefetched {
 const CONTAINER_JSON_FIELDS: [&str; 4] =
     ["resource_opts", "occupied_slots", "live_stat", "last_stat"];
 
-/// Which container columns a selection of `containers` needs (fragments included; a field
-/// under `@skip`/`@include` counts as selected).
+/// Which container columns a selection of `containers` needs (fragments included; a field left
+/// out by `@skip`/`@include` is removed before execution, so it is neither read nor resolved).
 fn container_fields(containers: &async_graphql::Lookahead<'_>) -> KernelFields {
     if CONTAINER_JSON_FIELDS
         .iter()

@@ -476,7 +476,11 @@ async fn container_fields_are_whole_on_every_path() {
             for c in s["containers"].as_array().unwrap() {
                 let alone = data(&fx, su, one, json!({"id": c["id"]})).await;
                 for f in fields {
-                    assert_eq!(c[f], alone["compute_container"][f], "{q}: {f} of {}", c["id"]);
+                    assert_eq!(
+                        c[f], alone["compute_container"][f],
+                        "{q}: {f} of {}",
+                        c["id"]
+                    );
                 }
                 compared += 1;
                 with_stats += usize::from(!c["last_stat"].is_null());
@@ -484,13 +488,19 @@ async fn container_fields_are_whole_on_every_path() {
         }
     }
     assert!(compared > 40, "{compared} containers compared");
-    assert!(with_stats > 0, "no container with stats: the comparison would be vacuous");
+    assert!(
+        with_stats > 0,
+        "no container with stats: the comparison would be vacuous"
+    );
     // A single session, through a fragment.
     let q = "query($id: UUID!) { compute_session(id: $id) { containers { id ...J } } } fragment J on ComputeContainer { occupied_slots last_stat }";
     let d = data(&fx, su, q, json!({"id": common::SEED_SESSION})).await;
     for c in d["compute_session"]["containers"].as_array().unwrap() {
         let alone = data(&fx, su, one, json!({"id": c["id"]})).await;
-        assert_eq!(c["occupied_slots"], alone["compute_container"]["occupied_slots"]);
+        assert_eq!(
+            c["occupied_slots"],
+            alone["compute_container"]["occupied_slots"]
+        );
         assert_ne!(c["occupied_slots"], Value::Null);
     }
     fx.drop().await;
