@@ -73,6 +73,8 @@ async fn sigterm_drains_and_metrics_and_probes_answer() {
         "sessionview_projector_lag_seconds{partition=",
         // From librdkafka's statistics, emitted once a second.
         "sessionview_projector_lag_messages{partition=",
+        // The statistics task (every 5 s) analyzes the tables once they have grown.
+        "sessionview_projector_statistics_refreshed_total{table=\"sessions\"}",
     ];
     let mut text = String::new();
     let all_there = tokio::time::timeout(Duration::from_secs(15), async {
