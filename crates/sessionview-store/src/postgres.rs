@@ -38,8 +38,9 @@ pub struct PgSettings {
     pub plan_cache: PlanCache,
 }
 
-/// PostgreSQL's `plan_cache_mode` for every connection of a [`PgStore`]. Statements the store
-/// runs unnamed (`persistent(false)`) are planned for their values whatever the mode.
+/// PostgreSQL's `plan_cache_mode` for every connection of a [`PgStore`]. It applies to the
+/// statements the store runs unnamed (`persistent(false)`) too: under `force_generic_plan` they
+/// are planned without their values.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum PlanCache {
     /// The server's setting (by default: five custom plans, then the generic one if it does not
@@ -48,10 +49,8 @@ pub enum PlanCache {
     Server,
     /// Every execution planned for its values (`force_custom_plan`).
     Custom,
-    /// One generic plan per statement, made once (`force_generic_plan`): for statements whose
-    /// best plan does not depend on their values. A `LIMIT $n` makes the cost of every custom
-    /// plan look far lower than the generic one's, so under the server's setting such a
-    /// statement is planned again on every execution.
+    /// One generic plan per statement (`force_generic_plan`), unnamed ones included: only for
+    /// connections whose every statement has a best plan that does not depend on its values.
     Generic,
 }
 

@@ -81,6 +81,14 @@ fn sessions_and_containers(
     Ok((sessions, containers))
 }
 
+/// `LIMIT` and `OFFSET` as numbers in the text, not parameters. With `LIMIT $n` PostgreSQL costs
+/// a generic plan for a tenth of the matching rows and every custom plan for the actual ten, so it
+/// never settles on the generic plan and plans a cached statement again on every execution. The
+/// values are integers (never text from a request), and a few page sizes make a few statements.
+fn push_page(qb: &mut QueryBuilder<'_, Postgres>, limit: i64, offset: i64) {
+    qb.push(format!(" LIMIT {limit} OFFSET {offset}"));
+}
+
 /// Whether one cached generic plan serves a session list equally well for every value of its
 /// filters. With an access key and at most one status the `(access_key[, status], last_touched)`
 /// indexes yield the page in order whatever the values, and one key's sessions are few. Domains,
@@ -122,8 +130,7 @@ impl ReadModel for PgStore {
         let mut qb = QueryBuilder::new(format!("SELECT {cols} FROM sessions s"));
         push_session_filters(&mut qb, q);
         push_order(&mut qb, "s", q.order, SESSION_ORDER_KEYS)?;
-        qb.push(" LIMIT ").push_bind(q.limit);
-        qb.push(" OFFSET ").push_bind(q.offset);
+        push_page(&mut qb, q.limit, q.offset);
         // The total from the running counts the projector keeps (a few rows per filter value),
         // not by counting the matching sessions; same filter columns, same names.
         let mut count =
@@ -163,8 +170,7 @@ impl ReadModel for PgStore {
         ));
         push_session_filters(&mut qb, q);
         push_order(&mut qb, "s", q.order, SESSION_ORDER_KEYS)?;
-        qb.push(" LIMIT ").push_bind(q.limit);
-        qb.push(" OFFSET ").push_bind(q.offset);
+        push_page(&mut qb, q.limit, q.offset);
         qb.push("), total AS (SELECT coalesce(sum(s.n), 0)::int8 AS n FROM session_counts s");
         push_session_filters(&mut qb, q);
         qb.push(format!(
@@ -267,8 +273,7 @@ impl ReadModel for PgStore {
         let mut qb = QueryBuilder::new(format!("SELECT {cols} FROM kernels k"));
         filters(&mut qb);
         push_order(&mut qb, "k", q.order, CONTAINER_ORDER_KEYS)?;
-        qb.push(" LIMIT ").push_bind(q.limit);
-        qb.push(" OFFSET ").push_bind(q.offset);
+        push_page(&mut qb, q.limit, q.offset);
         let rows = qb.build().fetch_all(self.pool()).await?;
         let items = rows
             .iter()

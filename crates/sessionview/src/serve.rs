@@ -49,10 +49,12 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Backend::Postgres => {
             let settings = PgSettings {
                 statement_timeout: Some(Duration::from_millis(args.statement_timeout_ms)),
-                // Cached statements keep one generic plan (key lookups, pages of one access
-                // key); list statements whose best plan depends on their values are run unnamed
-                // by the store and planned for those values every time.
-                plan_cache: PlanCache::Generic,
+                // PostgreSQL's own choice: a cached statement settles on its generic plan
+                // after five custom ones when that plan is no costlier (key lookups, pages of one
+                // access key), and the list statements the store runs unnamed, whose best plan
+                // depends on their values, are planned for those values every time.
+                // `force_generic_plan` would give those a generic plan too.
+                plan_cache: PlanCache::Server,
                 ..PgSettings::default()
             };
             serve_with(args.db.pg_with(&settings).await?, &args).await
