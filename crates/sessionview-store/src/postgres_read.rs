@@ -52,18 +52,18 @@ fn kernel_columns(fields: KernelFields) -> String {
     }
 }
 
-/// Sessions and their containers from rows holding [`SESSION_COLUMNS`] from column `first`,
-/// then [`KERNEL_COLUMNS`] (sessions joined to their kernels, each session's rows together). A
-/// session without containers comes with NULLs for them; a row of NULLs for the session too
-/// (an empty page beside its total) holds neither.
+/// Sessions from rows holding [`SESSION_COLUMNS`] from column `first`, and with `kernels` their
+/// containers from the columns after them (sessions joined to their kernels, each session's rows
+/// together). A session without containers comes with NULLs for them; a row of NULLs for the
+/// session too (an empty page beside its total) holds neither.
 fn sessions_and_containers(
     rows: &[sqlx::postgres::PgRow],
     first: usize,
-    fields: KernelFields,
+    kernels: Option<KernelFields>,
 ) -> Result<(Vec<SessionRow>, Vec<KernelRow>), StoreError> {
     let kernel = first + SESSION_COLUMN_COUNT;
     let mut sessions: Vec<SessionRow> = Vec::new();
-    let mut containers = Vec::with_capacity(rows.len());
+    let mut containers = Vec::new();
     for r in rows {
         let Some(id) = r.try_get::<Option<Uuid>, _>(first)? else {
             continue;
@@ -71,6 +71,7 @@ fn sessions_and_containers(
         if sessions.last().is_none_or(|s| s.id != id) {
             sessions.push(session_from_row(r, first)?);
         }
+        let Some(fields) = kernels else { continue };
         if r.try_get::<Option<Uuid>, _>(kernel)?.is_some() {
             containers.push(match fields {
                 KernelFields::All => kernel_from_row(r, kernel)?,
@@ -122,49 +123,19 @@ impl PgStore {
     fn count_statements(&self, n: u64) {
         self.statements.fetch_add(n, Ordering::Relaxed);
     }
-}
 
-impl ReadModel for PgStore {
-    async fn list_sessions(&self, q: &SessionListQuery) -> Result<Page<SessionRow>, StoreError> {
-        let cols = prefixed("s", SESSION_COLUMNS);
-        let mut qb = QueryBuilder::new(format!("SELECT {cols} FROM sessions s"));
-        push_session_filters(&mut qb, q);
-        push_order(&mut qb, "s", q.order, SESSION_ORDER_KEYS)?;
-        push_page(&mut qb, q.limit, q.offset);
-        // The total from the running counts the projector keeps (a few rows per filter value),
-        // not by counting the matching sessions; same filter columns, same names.
-        let mut count =
-            QueryBuilder::new("SELECT coalesce(sum(s.n), 0)::int8 FROM session_counts s");
-        push_session_filters(&mut count, q);
-        // The page and the count on two connections at once: one round trip of latency. The
-        // count reads a few rows of a small table: a cached generic plan is right for any value.
-        // The page is a cached statement only where one plan fits every value; other shapes are
-        // parsed and planned for their values every time (twice the database's work).
-        let (rows, total_count) = futures_util::future::try_join(
-            qb.build()
-                .persistent(generic_plan_fits(q))
-                .fetch_all(self.pool()),
-            count.build_query_scalar::<i64>().fetch_one(self.pool()),
-        )
-        .await?;
-        let items = rows
-            .iter()
-            .map(|r| session_from_row(r, 0))
-            .collect::<Result<Vec<_>, _>>()?;
-        self.count_statements(2);
-        Ok(Page { items, total_count })
-    }
-
-    async fn list_sessions_with_containers(
+    /// A session list in one statement on one connection: the total from the running counts the
+    /// projector keeps (a few rows per filter value, not a count of the matching sessions), the
+    /// page, and with `kernels` each page session's containers (its columns repeat on each of
+    /// its containers' rows). The total's one row is joined to the rest, so that an empty page
+    /// still carries it. A cached statement only where one plan fits every value; other shapes
+    /// are parsed and planned for their values every time.
+    async fn session_page(
         &self,
         q: &SessionListQuery,
-        fields: KernelFields,
+        kernels: Option<KernelFields>,
     ) -> Result<PageWithContainers, StoreError> {
-        // One statement on one connection: the total from the running counts, the page, and
-        // each session's containers (its columns repeat on each of its containers' rows). The
-        // total's one row is joined to the rest, so that an empty page still carries it.
         let cols = prefixed("s", SESSION_COLUMNS);
-        let kcols = kernel_columns(fields);
         let mut qb = QueryBuilder::new(format!(
             "WITH page AS (SELECT {cols}, s.last_touched FROM sessions s"
         ));
@@ -173,24 +144,47 @@ impl ReadModel for PgStore {
         push_page(&mut qb, q.limit, q.offset);
         qb.push("), total AS (SELECT coalesce(sum(s.n), 0)::int8 AS n FROM session_counts s");
         push_session_filters(&mut qb, q);
-        qb.push(format!(
-            ") SELECT t.n, {cols}, {kcols} FROM total t \
-             LEFT JOIN (page s LEFT JOIN kernels k ON k.session_id = s.id) ON true"
-        ));
+        match kernels {
+            Some(fields) => qb.push(format!(
+                ") SELECT t.n, {cols}, {} FROM total t \
+                 LEFT JOIN (page s LEFT JOIN kernels k ON k.session_id = s.id) ON true",
+                kernel_columns(fields)
+            )),
+            None => qb.push(format!(
+                ") SELECT t.n, {cols} FROM total t LEFT JOIN page s ON true"
+            )),
+        };
         push_order(&mut qb, "s", q.order, SESSION_ORDER_KEYS)?;
-        qb.push(", k.ordinal");
+        if kernels.is_some() {
+            qb.push(", k.ordinal");
+        }
         let rows = qb
             .build()
             .persistent(generic_plan_fits(q))
             .fetch_all(self.pool())
             .await?;
+        self.count_statements(1);
         let total_count = match rows.first() {
             Some(r) => r.try_get(0)?,
             None => 0,
         };
-        let (items, containers) = sessions_and_containers(&rows, 1, fields)?;
-        self.count_statements(1);
+        let (items, containers) = sessions_and_containers(&rows, 1, kernels)?;
         Ok((Page { items, total_count }, containers))
+    }
+}
+
+impl ReadModel for PgStore {
+    async fn list_sessions(&self, q: &SessionListQuery) -> Result<Page<SessionRow>, StoreError> {
+        let (page, _) = self.session_page(q, None).await?;
+        Ok(page)
+    }
+
+    async fn list_sessions_with_containers(
+        &self,
+        q: &SessionListQuery,
+        fields: KernelFields,
+    ) -> Result<PageWithContainers, StoreError> {
+        self.session_page(q, Some(fields)).await
     }
 
     async fn session_with_containers(
@@ -210,7 +204,7 @@ impl ReadModel for PgStore {
         qb.push(" ORDER BY k.ordinal");
         let rows = qb.build().fetch_all(self.pool()).await?;
         self.count_statements(1);
-        let (mut sessions, containers) = sessions_and_containers(&rows, 0, fields)?;
+        let (mut sessions, containers) = sessions_and_containers(&rows, 0, Some(fields))?;
         Ok(sessions.pop().map(|s| (s, containers)))
     }
 
