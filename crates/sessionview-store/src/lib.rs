@@ -16,6 +16,7 @@ mod error;
 mod postgres;
 mod postgres_admin;
 mod postgres_read;
+mod postgres_reads;
 mod read;
 mod sql;
 mod sqlite;

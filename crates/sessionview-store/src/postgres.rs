@@ -18,6 +18,7 @@ use sqlx::{PgPool, Postgres, Row, Transaction};
 use tracing::instrument;
 use uuid::Uuid;
 
+use crate::postgres_reads::ReadPool;
 use crate::{
     COUNTS_SQL, Commit, CommitOutcome, DeadLetterFilter, Store, StoreCounts, StoreError,
     StoredDeadLetter,
@@ -54,10 +55,13 @@ pub enum PlanCache {
     Generic,
 }
 
-/// A PostgreSQL-backed store (a connection pool; cheap to clone).
+/// A PostgreSQL-backed store (cheap to clone). Writes, migrations and administration go through
+/// one pool (sqlx's); the query service's reads through another ([`ReadPool`]), each of at most
+/// the given number of connections and opening them as they are needed.
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    pub(crate) reads: ReadPool,
     /// Statements executed by the read side (see [`crate::ReadModel::statements_executed`]).
     pub(crate) statements: Arc<AtomicU64>,
 }
@@ -123,17 +127,29 @@ impl PgStore {
         Ok(Self::from_pool(pool))
     }
 
-    /// Wraps an existing pool.
+    /// Wraps an existing pool; reads get a pool of as many connections with the same options.
     pub fn from_pool(pool: PgPool) -> Self {
+        let reads = ReadPool::new(
+            pool.connect_options(),
+            pool.options().get_max_connections() as usize,
+        );
         Self {
             pool,
+            reads,
             statements: Arc::new(AtomicU64::new(0)),
         }
     }
 
-    /// The underlying pool (for the query service's reads).
+    /// The pool of writes and administration.
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Closes both pools, waiting for the write pool's connections to be closed; read connections
+    /// in use are closed when they come back.
+    pub async fn close(&self) {
+        self.reads.close();
+        self.pool.close().await;
     }
 }
 

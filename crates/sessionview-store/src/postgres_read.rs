@@ -158,11 +158,13 @@ impl PgStore {
         if kernels.is_some() {
             qb.push(", k.ordinal");
         }
+        let mut reader = self.reads.get().await?;
         let rows = qb
             .build()
             .persistent(generic_plan_fits(q))
-            .fetch_all(self.pool())
+            .fetch_all(reader.conn())
             .await?;
+        reader.done();
         self.count_statements(1);
         let total_count = match rows.first() {
             Some(r) => r.try_get(0)?,
@@ -202,7 +204,9 @@ impl ReadModel for PgStore {
         qb.push_bind(id);
         push_scope(&mut qb, "s", scope);
         qb.push(" ORDER BY k.ordinal");
-        let rows = qb.build().fetch_all(self.pool()).await?;
+        let mut reader = self.reads.get().await?;
+        let rows = qb.build().fetch_all(reader.conn()).await?;
+        reader.done();
         self.count_statements(1);
         let (mut sessions, containers) = sessions_and_containers(&rows, 0, Some(fields))?;
         Ok(sessions.pop().map(|s| (s, containers)))
@@ -217,19 +221,23 @@ impl ReadModel for PgStore {
         let mut qb = QueryBuilder::new(format!("SELECT {cols} FROM sessions s WHERE s.id = ANY("));
         qb.push_bind(ids.to_vec()).push(")");
         push_scope(&mut qb, "s", scope);
-        let rows = qb.build().fetch_all(self.pool()).await?;
+        let mut reader = self.reads.get().await?;
+        let rows = qb.build().fetch_all(reader.conn()).await?;
+        reader.done();
         self.count_statements(1);
         rows.iter().map(|r| session_from_row(r, 0)).collect()
     }
 
     async fn containers_of(&self, session_ids: &[Uuid]) -> Result<Vec<KernelRow>, StoreError> {
+        let mut reader = self.reads.get().await?;
         let rows = sqlx::query(&format!(
             "SELECT {KERNEL_COLUMNS} FROM kernels WHERE session_id = ANY($1) \
              ORDER BY session_id, ordinal"
         ))
         .bind(session_ids)
-        .fetch_all(self.pool())
+        .fetch_all(reader.conn())
         .await?;
+        reader.done();
         self.count_statements(1);
         rows.iter().map(|r| kernel_from_row(r, 0)).collect()
     }
@@ -247,7 +255,9 @@ impl ReadModel for PgStore {
         qb.push_bind(session_ids.to_vec()).push(")");
         push_scope(&mut qb, "s", scope);
         qb.push(" ORDER BY d.session_id, d.ordinal");
-        let rows = qb.build().fetch_all(self.pool()).await?;
+        let mut reader = self.reads.get().await?;
+        let rows = qb.build().fetch_all(reader.conn()).await?;
+        reader.done();
         self.count_statements(1);
         rows.iter()
             .map(|r| Ok((r.try_get("parent_id")?, session_from_row(r, 1)?)))
@@ -268,14 +278,16 @@ impl ReadModel for PgStore {
         filters(&mut qb);
         push_order(&mut qb, "k", q.order, CONTAINER_ORDER_KEYS)?;
         push_page(&mut qb, q.limit, q.offset);
-        let rows = qb.build().fetch_all(self.pool()).await?;
+        let mut reader = self.reads.get().await?;
+        let rows = qb.build().fetch_all(reader.conn()).await?;
         let items = rows
             .iter()
             .map(|r| kernel_from_row(r, 0))
             .collect::<Result<Vec<_>, _>>()?;
         let mut count = QueryBuilder::new("SELECT count(*) FROM kernels k");
         filters(&mut count);
-        let total_count: i64 = count.build_query_scalar().fetch_one(self.pool()).await?;
+        let total_count: i64 = count.build_query_scalar().fetch_one(reader.conn()).await?;
+        reader.done();
         self.count_statements(2);
         Ok(Page { items, total_count })
     }
@@ -287,22 +299,29 @@ impl ReadModel for PgStore {
         ));
         qb.push_bind(id);
         push_scope(&mut qb, "s", scope);
-        let row = qb.build().fetch_optional(self.pool()).await?;
+        let mut reader = self.reads.get().await?;
+        let row = qb.build().fetch_optional(reader.conn()).await?;
+        reader.done();
         self.count_statements(1);
         row.as_ref().map(|r| kernel_from_row(r, 0)).transpose()
     }
 
     async fn keypair(&self, access_key: &str) -> Result<Option<KeyPair>, StoreError> {
+        let mut reader = self.reads.get().await?;
         let row = sqlx::query("SELECT * FROM keypairs WHERE access_key = $1")
             .bind(access_key)
-            .fetch_optional(self.pool())
+            .fetch_optional(reader.conn())
             .await?;
+        reader.done();
         self.count_statements(1);
         row.as_ref().map(keypair_from_row).transpose()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        crate::Store::ping(self).await
+        let mut reader = self.reads.get().await?;
+        sqlx::query("SELECT 1").execute(reader.conn()).await?;
+        reader.done();
+        Ok(())
     }
 
     fn statements_executed(&self) -> u64 {

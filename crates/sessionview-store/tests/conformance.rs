@@ -59,7 +59,7 @@ impl PgDb {
     }
 
     async fn drop(self) {
-        self.store.pool().close().await;
+        self.store.close().await;
         let mut conn = sqlx::PgConnection::connect(&self.admin).await.unwrap();
         sqlx::query(&format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",

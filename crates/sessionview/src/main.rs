@@ -89,7 +89,9 @@ pub(crate) struct DbArgs {
         default_value = "sqlite://sessionview.db"
     )]
     database_url: String,
-    /// Largest number of database connections.
+    /// Largest number of database connections per pool. PostgreSQL: writes and administration
+    /// use one pool, the query service's reads another; each opens connections only as needed
+    /// (`serve` holds read connections and one other, `project` write connections).
     #[arg(long, env = "SESSIONVIEW_DB_MAX_CONNECTIONS", default_value_t = 8)]
     db_max_connections: u32,
 }

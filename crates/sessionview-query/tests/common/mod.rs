@@ -225,7 +225,7 @@ impl Fixture {
     }
 
     pub async fn drop(self) {
-        self.store.pool().close().await;
+        self.store.close().await;
         let mut conn = sqlx::PgConnection::connect(&admin_url()).await.unwrap();
         sqlx::query(&format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
