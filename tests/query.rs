@@ -132,6 +132,22 @@ async fn keypair_serve_and_query_through_the_binary() {
         "{metrics}"
     );
     assert!(metrics.contains("sessionview_query_request_seconds_bucket"));
+    // The read connections, sampled when /metrics is read: the requests above are answered, so
+    // the connections they opened are idle, and none waits.
+    let gauge = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+    };
+    assert_eq!(
+        gauge("sessionview_query_db_connections{state=\"in_use\"}"),
+        0.0
+    );
+    assert!(gauge("sessionview_query_db_connections{state=\"idle\"}") >= 1.0);
+    assert_eq!(gauge("sessionview_query_db_connections_max"), 8.0);
+    assert_eq!(gauge("sessionview_query_db_waiting"), 0.0);
 
     let out = Command::new(BIN)
         .args(["keypair", "deactivate", "--database-url", &db.url, &ak])

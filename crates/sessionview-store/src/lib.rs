@@ -26,8 +26,8 @@ pub use postgres::{PgSettings, PgStore, PlanCache};
 pub use postgres_admin::{Freeze, LIVE_SCHEMA, READ_MODEL_TABLES, SESSION_COUNTS_TABLE};
 pub use read::{
     CONTAINER_ORDER_KEYS, ContainerListQuery, KernelFields, KeyPair, KeyPairAdmin, Order, Page,
-    PageWithContainers, ReadModel, Role, SESSION_ORDER_KEYS, Scope, SessionListQuery,
-    SessionWithContainers,
+    PageWithContainers, ReadConnections, ReadModel, Role, SESSION_ORDER_KEYS, Scope,
+    SessionListQuery, SessionWithContainers,
 };
 pub use sqlite::SqliteStore;
 

@@ -12,8 +12,8 @@ use crate::postgres::{
 };
 use crate::read::{
     CONTAINER_ORDER_KEYS, ContainerListQuery, KernelFields, KeyPair, KeyPairAdmin, Page,
-    PageWithContainers, ReadModel, Role, SESSION_ORDER_KEYS, Scope, SessionListQuery,
-    SessionWithContainers,
+    PageWithContainers, ReadConnections, ReadModel, Role, SESSION_ORDER_KEYS, Scope,
+    SessionListQuery, SessionWithContainers,
 };
 use crate::sql::{push_order, push_scope};
 use crate::{PgStore, StoreError, prefixed};
@@ -326,6 +326,10 @@ impl ReadModel for PgStore {
 
     fn statements_executed(&self) -> u64 {
         self.statements.load(Ordering::Relaxed)
+    }
+
+    fn read_connections(&self) -> Option<ReadConnections> {
+        Some(self.reads.status())
     }
 }
 

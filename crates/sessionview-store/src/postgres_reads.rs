@@ -102,6 +102,17 @@ impl ReadPool {
         self.0.close();
     }
 
+    /// The pool's connections now.
+    pub(crate) fn status(&self) -> crate::ReadConnections {
+        let s = self.0.status();
+        crate::ReadConnections {
+            max: s.max_size,
+            in_use: s.size.saturating_sub(s.available),
+            idle: s.available,
+            waiting: s.waiting,
+        }
+    }
+
     /// Connections open (idle or in use).
     #[cfg(test)]
     fn size(&self) -> usize {
@@ -149,7 +160,11 @@ mod tests {
         assert_eq!(pool.size(), 0, "no connection is opened before a read");
         let mut r = pool.get().await.unwrap();
         let first = backend_pid(&mut r).await;
+        let s = pool.status();
+        assert_eq!((s.max, s.in_use, s.idle, s.waiting), (1, 1, 0, 0));
         r.done();
+        let s = pool.status();
+        assert_eq!((s.in_use, s.idle), (0, 1));
 
         let mut r = pool.get().await.unwrap();
         assert_eq!(

@@ -275,6 +275,24 @@ pub trait ReadModel: Clone + Send + Sync + 'static {
 
     /// Statements executed so far by this store handle (for tests and metrics).
     fn statements_executed(&self) -> u64;
+
+    /// The connections reads use now, where the store pools them separately (PostgreSQL).
+    fn read_connections(&self) -> Option<ReadConnections> {
+        None
+    }
+}
+
+/// A snapshot of a store's read connections (metrics: is the pool the bottleneck?).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadConnections {
+    /// The most the pool opens.
+    pub max: usize,
+    /// Open and serving a read.
+    pub in_use: usize,
+    /// Open and free.
+    pub idle: usize,
+    /// Reads waiting for a connection.
+    pub waiting: usize,
 }
 
 /// Keypair administration (the `sessionview keypair` command).

@@ -333,6 +333,7 @@ async fn project_with<S: Store>(
                     let health = health.clone();
                     async move { telemetry::projector_ready(&probe, &health, stall_after).await }
                 },
+                || {},
                 ops_stop.clone(),
             );
             Some(tokio::spawn(telemetry::serve(

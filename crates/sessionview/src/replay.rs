@@ -292,6 +292,7 @@ pub(crate) async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
                 let probe = probe.clone();
                 async move { telemetry::db_ready(&probe).await }
             },
+            || {},
             ops_stop.clone(),
         );
         tokio::spawn(telemetry::serve(addr, app, "/metrics", ops_stop.clone()));

@@ -102,9 +102,18 @@ pub(crate) fn api_router<S: Store + ReadModel>(
     let probe = store.clone();
     let ops = telemetry::ops_router(
         handle,
+        // Ready when a read answers: through the connections the API's reads use.
         move || {
             let probe = probe.clone();
-            async move { telemetry::db_ready(&probe).await }
+            async move {
+                ReadModel::ping(&probe)
+                    .await
+                    .map_err(|e| format!("database unreachable: {e}"))
+            }
+        },
+        {
+            let store = store.clone();
+            move || sessionview_query::http::record_read_connections(&store)
         },
         shutdown,
     );

@@ -87,17 +87,19 @@ pub(crate) async fn projector_ready<S: Store>(
     }
 }
 
-/// The operational routes: `/metrics`, `/healthz` (the process answers) and `/readyz` (`ready`
-/// resolves `Ok`; otherwise 503 with the reason). Also keeps the recorder's histograms trimmed
-/// until `shutdown`.
-pub(crate) fn ops_router<F, Fut>(
+/// The operational routes: `/metrics` (`sample` runs first, to set gauges read at scrape time),
+/// `/healthz` (the process answers) and `/readyz` (`ready` resolves `Ok`; otherwise 503 with the
+/// reason). Also keeps the recorder's histograms trimmed until `shutdown`.
+pub(crate) fn ops_router<F, Fut, G>(
     handle: PrometheusHandle,
     ready: F,
+    sample: G,
     shutdown: CancellationToken,
 ) -> Router
 where
     F: Fn() -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<(), String>> + Send,
+    G: Fn() + Clone + Send + Sync + 'static,
 {
     let upkeep = handle.clone();
     tokio::spawn(async move {
@@ -110,7 +112,13 @@ where
         }
     });
     Router::new()
-        .route("/metrics", get(move || async move { handle.render() }))
+        .route(
+            "/metrics",
+            get(move || async move {
+                sample();
+                handle.render()
+            }),
+        )
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/readyz",
