@@ -1,6 +1,7 @@
 //! What every scenario needs: the machine's description, fresh databases, the event file, the
 //! broker, the `sessionview` binary, child processes measured from /proc, and the report table.
 
+use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -370,19 +371,36 @@ pub(crate) fn cpu_secs(pid: u32) -> Option<f64> {
     Some((utime + stime) / TICKS)
 }
 
-/// CPU seconds used so far by all `postgres` processes.
-pub(crate) fn postgres_cpu_secs() -> f64 {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0.0;
-    };
-    dir.filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|c| c.trim() == "postgres")
-        })
-        .filter_map(cpu_secs)
-        .sum()
+/// CPU seconds used so far by each `postgres` process, by pid.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PostgresCpu(HashMap<u32, f64>);
+
+impl PostgresCpu {
+    pub(crate) fn now() -> Self {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return Self::default();
+        };
+        Self(
+            dir.filter_map(Result::ok)
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .filter(|pid| {
+                    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                        .is_ok_and(|c| c.trim() == "postgres")
+                })
+                .filter_map(|pid| Some((pid, cpu_secs(pid)?)))
+                .collect(),
+        )
+    }
+
+    /// CPU seconds the processes alive now used since `before` (those started since count from
+    /// zero). A process that ended meanwhile (a finished autovacuum worker, a closed connection)
+    /// is missing from both ends: its share of the interval is lost rather than subtracted.
+    pub(crate) fn since(&self, before: &Self) -> f64 {
+        self.0
+            .iter()
+            .map(|(pid, now)| now - before.0.get(pid).copied().unwrap_or(0.0))
+            .sum()
+    }
 }
 
 /// A Markdown table.

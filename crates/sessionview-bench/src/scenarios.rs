@@ -412,7 +412,7 @@ pub(crate) async fn rebuild(bench: &mut Bench, size: Size) -> anyhow::Result<()>
 struct CpuSample {
     projector: Option<f64>,
     broker: Option<f64>,
-    postgres: Option<f64>,
+    postgres: harness::PostgresCpu,
 }
 
 /// A probe's key, when it was published, and how long until it was visible (None: not in 10 s).
@@ -525,7 +525,7 @@ pub(crate) async fn freshness(bench: &mut Bench, args: FreshnessArgs) -> anyhow:
     let cpu_now = |projector: &tokio::process::Child, broker: Option<u32>| CpuSample {
         projector: projector.id().and_then(harness::cpu_secs),
         broker: broker.and_then(harness::cpu_secs),
-        postgres: Some(harness::postgres_cpu_secs()),
+        postgres: harness::PostgresCpu::now(),
     };
     let broker_pid = bench.broker_pid();
     let mut cpu = vec![cpu_now(&projector, broker_pid)];
@@ -651,14 +651,14 @@ pub(crate) async fn freshness(bench: &mut Bench, args: FreshnessArgs) -> anyhow:
     for w in 0..args.seconds.div_ceil(window.as_secs()) {
         let (from, to) = (window * w as u32, window * (w as u32 + 1));
         // Share of one core over the window, from the samples at its two ends.
-        let share = |pick: fn(&CpuSample) -> Option<f64>| {
+        let share = |used: fn(&CpuSample, &CpuSample) -> Option<f64>| {
             let (Some(a), Some(b)) = (cpu.get(w as usize), cpu.get(w as usize + 1)) else {
                 return "-".to_owned();
             };
-            match (pick(a), pick(b)) {
-                (Some(a), Some(b)) => format!("{:.0} %", (b - a) / window.as_secs_f64() * 100.0),
-                _ => "-".to_owned(),
-            }
+            used(a, b).map_or_else(
+                || "-".to_owned(),
+                |secs| format!("{:.0} %", secs / window.as_secs_f64() * 100.0),
+            )
         };
         let in_window = |sent: &Instant| {
             let at = sent.saturating_duration_since(started);
@@ -683,9 +683,9 @@ pub(crate) async fn freshness(bench: &mut Bench, args: FreshnessArgs) -> anyhow:
             pct(&lat, 0.99),
             pct(&lat, 1.0),
             pct(&ack, 0.99),
-            share(|c| c.projector),
-            share(|c| c.broker),
-            share(|c| c.postgres),
+            share(|a, b| Some(b.projector? - a.projector?)),
+            share(|a, b| Some(b.broker? - a.broker?)),
+            share(|a, b| Some(b.postgres.since(&a.postgres))),
         ]);
     }
     println!();
