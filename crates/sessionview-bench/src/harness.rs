@@ -87,7 +87,8 @@ impl Bench {
         }
     }
 
-    /// A new, empty database `sv_bench_<name>`; returns its URL.
+    /// A new, empty database `sv_bench_<name>`; returns its URL once no autovacuum worker runs
+    /// (an earlier scenario's bulk load would otherwise share the machine with this one).
     pub(crate) async fn fresh_db(&self, name: &str) -> anyhow::Result<String> {
         let name = format!("sv_bench_{name}");
         let mut conn = sqlx::PgConnection::connect(&self.env.database_url)
@@ -99,7 +100,9 @@ impl Bench {
         sqlx::query(&format!("CREATE DATABASE {name}"))
             .execute(&mut conn)
             .await?;
-        Ok(self.db_url(&name))
+        let url = self.db_url(&name);
+        quiet_database(&url).await?;
+        Ok(url)
     }
 
     /// The URL of database `name` on the bench's server.
@@ -275,6 +278,8 @@ async fn machine(database_url: &str) -> String {
 /// What a measured child process did.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Measured {
+    /// When the process was started (wall clock, to compare with its log's timestamps).
+    pub started_at: chrono::DateTime<chrono::Utc>,
     pub wall: Duration,
     /// Peak resident set size in MiB (VmHWM, sampled until exit).
     pub peak_rss_mib: f64,
@@ -282,8 +287,13 @@ pub(crate) struct Measured {
     pub cpu_secs: f64,
 }
 
-/// Runs `cmd` to completion, sampling its peak RSS and CPU time; fails when it fails.
-pub(crate) async fn measure(mut cmd: Command, what: &str) -> anyhow::Result<(Measured, String)> {
+/// Runs `cmd` to completion, sampling its peak RSS and CPU time; fails when it fails. Returns
+/// the figures, stdout and stderr.
+pub(crate) async fn measure(
+    mut cmd: Command,
+    what: &str,
+) -> anyhow::Result<(Measured, String, String)> {
+    let started_at = chrono::Utc::now();
     let started = Instant::now();
     let mut child = cmd
         .stdout(Stdio::piped())
@@ -323,11 +333,13 @@ pub(crate) async fn measure(mut cmd: Command, what: &str) -> anyhow::Result<(Mea
     }
     Ok((
         Measured {
+            started_at,
             wall,
             peak_rss_mib: peak,
             cpu_secs: cpu,
         },
         stdout,
+        stderr,
     ))
 }
 
@@ -369,6 +381,37 @@ pub(crate) fn cpu_secs(pid: u32) -> Option<f64> {
     let utime: f64 = f.get(11)?.parse().ok()?;
     let stime: f64 = f.get(12)?.parse().ok()?;
     Some((utime + stime) / TICKS)
+}
+
+/// Waits until no autovacuum worker runs (at most five minutes): one left by an earlier
+/// scenario's bulk load would take a core from the servers under measurement.
+pub(crate) async fn quiet_database(url: &str) -> anyhow::Result<()> {
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    let started = std::time::Instant::now();
+    let mut told = false;
+    loop {
+        let workers: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'",
+        )
+        .fetch_one(&mut conn)
+        .await?;
+        if workers == 0 {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(300) {
+            eprintln!("autovacuum still busy after 5 min; measuring anyway");
+            break;
+        }
+        if !told {
+            eprintln!("waiting for {workers} autovacuum worker(s) to finish before measuring...");
+            told = true;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    if told {
+        eprintln!("waited {:.0} s", started.elapsed().as_secs_f64());
+    }
+    Ok(())
 }
 
 /// CPU seconds used so far by each `postgres` process, by pid.

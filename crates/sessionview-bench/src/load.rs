@@ -111,37 +111,6 @@ async fn oha() -> anyhow::Result<PathBuf> {
     Ok(cargo_bin)
 }
 
-/// Waits until no autovacuum worker runs (at most five minutes): one left by an earlier
-/// scenario's bulk load would take a core from the servers under measurement.
-async fn quiet_database(url: &str) -> anyhow::Result<()> {
-    let mut conn = sqlx::PgConnection::connect(url).await?;
-    let started = std::time::Instant::now();
-    let mut told = false;
-    loop {
-        let workers: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'",
-        )
-        .fetch_one(&mut conn)
-        .await?;
-        if workers == 0 {
-            break;
-        }
-        if started.elapsed() > Duration::from_secs(300) {
-            eprintln!("autovacuum still busy after 5 min; measuring anyway");
-            break;
-        }
-        if !told {
-            eprintln!("waiting for {workers} autovacuum worker(s) to finish before measuring...");
-            told = true;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    if told {
-        eprintln!("waited {:.0} s", started.elapsed().as_secs_f64());
-    }
-    Ok(())
-}
-
 /// Runs oha against `url` for `seconds` at `concurrency`, sampling the CPU of `server_pid`.
 async fn load(
     oha: &PathBuf,
@@ -162,7 +131,7 @@ async fn load(
     cmd.arg(url);
     let server_before = cpu_secs(server_pid).unwrap_or(0.0);
     let pg_before = PostgresCpu::now();
-    let (m, out) = measure(cmd, "oha").await?;
+    let (m, out, _) = measure(cmd, "oha").await?;
     let server_cpu = cpu_secs(server_pid).unwrap_or(0.0) - server_before;
     let pg_cpu = PostgresCpu::now().since(&pg_before);
     let v: Value = serde_json::from_str(&out).with_context(|| format!("oha output: {out}"))?;
@@ -360,7 +329,7 @@ pub(crate) async fn query(bench: &mut Bench, args: &QueryArgs, peer: bool) -> an
         ("compute_session", &q.single),
     ] {
         for c in &args.concurrency {
-            quiet_database(&url).await?;
+            harness::quiet_database(&url).await?;
             eprintln!("sessionview: {name} at concurrency {c}...");
             sv.push((
                 name,
@@ -453,7 +422,7 @@ pub(crate) async fn query(bench: &mut Bench, args: &QueryArgs, peer: bool) -> an
             ("compute_session", &q.single),
         ] {
             for c in &args.concurrency {
-                quiet_database(&url).await?;
+                harness::quiet_database(&url).await?;
                 eprintln!("PostGraphile: {name} at concurrency {c}...");
                 peer_runs.push(load(&oha, &pg_url, &headers, body, args.seconds, *c, pid).await?);
             }
