@@ -158,13 +158,10 @@ impl PgStore {
         if kernels.is_some() {
             qb.push(", k.ordinal");
         }
-        let mut reader = self.reads.get().await?;
-        let rows = qb
-            .build()
-            .persistent(generic_plan_fits(q))
-            .fetch_all(reader.conn())
+        let rows = self
+            .reads
+            .fetch_all(qb.build().persistent(generic_plan_fits(q)))
             .await?;
-        reader.done();
         self.count_statements(1);
         let total_count = match rows.first() {
             Some(r) => r.try_get(0)?,
@@ -204,9 +201,7 @@ impl ReadModel for PgStore {
         qb.push_bind(id);
         push_scope(&mut qb, "s", scope);
         qb.push(" ORDER BY k.ordinal");
-        let mut reader = self.reads.get().await?;
-        let rows = qb.build().fetch_all(reader.conn()).await?;
-        reader.done();
+        let rows = self.reads.fetch_all(qb.build()).await?;
         self.count_statements(1);
         let (mut sessions, containers) = sessions_and_containers(&rows, 0, Some(fields))?;
         Ok(sessions.pop().map(|s| (s, containers)))
@@ -221,23 +216,20 @@ impl ReadModel for PgStore {
         let mut qb = QueryBuilder::new(format!("SELECT {cols} FROM sessions s WHERE s.id = ANY("));
         qb.push_bind(ids.to_vec()).push(")");
         push_scope(&mut qb, "s", scope);
-        let mut reader = self.reads.get().await?;
-        let rows = qb.build().fetch_all(reader.conn()).await?;
-        reader.done();
+        let rows = self.reads.fetch_all(qb.build()).await?;
         self.count_statements(1);
         rows.iter().map(|r| session_from_row(r, 0)).collect()
     }
 
     async fn containers_of(&self, session_ids: &[Uuid]) -> Result<Vec<KernelRow>, StoreError> {
-        let mut reader = self.reads.get().await?;
-        let rows = sqlx::query(&format!(
+        let sql = format!(
             "SELECT {KERNEL_COLUMNS} FROM kernels WHERE session_id = ANY($1) \
              ORDER BY session_id, ordinal"
-        ))
-        .bind(session_ids)
-        .fetch_all(reader.conn())
-        .await?;
-        reader.done();
+        );
+        let rows = self
+            .reads
+            .fetch_all(sqlx::query(&sql).bind(session_ids))
+            .await?;
         self.count_statements(1);
         rows.iter().map(|r| kernel_from_row(r, 0)).collect()
     }
@@ -255,9 +247,7 @@ impl ReadModel for PgStore {
         qb.push_bind(session_ids.to_vec()).push(")");
         push_scope(&mut qb, "s", scope);
         qb.push(" ORDER BY d.session_id, d.ordinal");
-        let mut reader = self.reads.get().await?;
-        let rows = qb.build().fetch_all(reader.conn()).await?;
-        reader.done();
+        let rows = self.reads.fetch_all(qb.build()).await?;
         self.count_statements(1);
         rows.iter()
             .map(|r| Ok((r.try_get("parent_id")?, session_from_row(r, 1)?)))
@@ -299,28 +289,24 @@ impl ReadModel for PgStore {
         ));
         qb.push_bind(id);
         push_scope(&mut qb, "s", scope);
-        let mut reader = self.reads.get().await?;
-        let row = qb.build().fetch_optional(reader.conn()).await?;
-        reader.done();
+        let row = self.reads.fetch_optional(qb.build()).await?;
         self.count_statements(1);
         row.as_ref().map(|r| kernel_from_row(r, 0)).transpose()
     }
 
     async fn keypair(&self, access_key: &str) -> Result<Option<KeyPair>, StoreError> {
-        let mut reader = self.reads.get().await?;
-        let row = sqlx::query("SELECT * FROM keypairs WHERE access_key = $1")
-            .bind(access_key)
-            .fetch_optional(reader.conn())
+        let row = self
+            .reads
+            .fetch_optional(
+                sqlx::query("SELECT * FROM keypairs WHERE access_key = $1").bind(access_key),
+            )
             .await?;
-        reader.done();
         self.count_statements(1);
         row.as_ref().map(keypair_from_row).transpose()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let mut reader = self.reads.get().await?;
-        sqlx::query("SELECT 1").execute(reader.conn()).await?;
-        reader.done();
+        self.reads.fetch_all(sqlx::query("SELECT 1")).await?;
         Ok(())
     }
 

@@ -15,8 +15,11 @@ use std::time::Duration;
 use deadpool::Runtime;
 use deadpool::managed::{self, Metrics, PoolError, RecycleError, RecycleResult};
 use sqlx::Connection;
-use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection, PgRow};
 use tracing::warn;
+
+/// A statement with its arguments bound.
+pub(crate) type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, PgArguments>;
 
 /// Connections older than this are closed instead of reused (as sqlx's pool does by default):
 /// server-side caches do not grow for ever, and a replaced server behind a proxy gets its share.
@@ -95,6 +98,25 @@ impl ReadPool {
         })?;
         object.settled = false;
         Ok(Reader(object))
+    }
+
+    /// The rows of one statement, on a connection of the pool.
+    pub(crate) async fn fetch_all(&self, q: PgQuery<'_>) -> Result<Vec<PgRow>, sqlx::Error> {
+        let mut reader = self.get().await?;
+        let rows = q.fetch_all(reader.conn()).await?;
+        reader.done();
+        Ok(rows)
+    }
+
+    /// The row of one statement that returns at most one, on a connection of the pool.
+    pub(crate) async fn fetch_optional(
+        &self,
+        q: PgQuery<'_>,
+    ) -> Result<Option<PgRow>, sqlx::Error> {
+        let mut reader = self.get().await?;
+        let row = q.fetch_optional(reader.conn()).await?;
+        reader.done();
+        Ok(row)
     }
 
     /// Closes the pool: idle connections are closed now, those in use when they come back.

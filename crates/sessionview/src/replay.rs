@@ -290,7 +290,7 @@ pub(crate) async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             handle,
             move || {
                 let probe = probe.clone();
-                async move { telemetry::db_ready(&probe).await }
+                async move { telemetry::db_ready(probe.ping()).await }
             },
             || {},
             ops_stop.clone(),

@@ -105,11 +105,7 @@ pub(crate) fn api_router<S: Store + ReadModel>(
         // Ready when a read answers: through the connections the API's reads use.
         move || {
             let probe = probe.clone();
-            async move {
-                ReadModel::ping(&probe)
-                    .await
-                    .map_err(|e| format!("database unreachable: {e}"))
-            }
+            async move { telemetry::db_ready(ReadModel::ping(&probe)).await }
         },
         {
             let store = store.clone();

@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sessionview_projector::{Health, Progress};
-use sessionview_store::Store;
+use sessionview_store::{Store, StoreError};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -62,12 +62,12 @@ pub(crate) fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     Ok(handle)
 }
 
-/// Readiness of a process that needs only its database.
-pub(crate) async fn db_ready<S: Store>(store: &S) -> Result<(), String> {
-    store
-        .ping()
-        .await
-        .map_err(|e| format!("database unreachable: {e}"))
+/// Readiness of a process that needs only its database: `ping` (a store's `Store::ping`, or
+/// `ReadModel::ping` for the connections reads use) answered.
+pub(crate) async fn db_ready(
+    ping: impl Future<Output = Result<(), StoreError>>,
+) -> Result<(), String> {
+    ping.await.map_err(|e| format!("database unreachable: {e}"))
 }
 
 /// Readiness of a projector: the database answers and the projector is not stalled (events wait
@@ -77,7 +77,7 @@ pub(crate) async fn projector_ready<S: Store>(
     health: &Health,
     stall_after: Duration,
 ) -> Result<(), String> {
-    db_ready(store).await?;
+    db_ready(store.ping()).await?;
     match health.progress(stall_after) {
         Progress::Stalled { behind, idle } => Err(format!(
             "stalled: {behind} events wait and no batch was committed for {}s",
