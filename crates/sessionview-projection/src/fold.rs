@@ -110,8 +110,9 @@ pub fn plan(messages: &[&[u8]]) -> (Vec<Result<Event, DecodeError>>, LoadRequest
 
 /// Which rows of a changed session differ from what the batch started from.
 ///
-/// Half of a typical stream is `kernel_stat_sync`, which changes one kernel row and never the
-/// session row: writing only these rows is most of the store's saving.
+/// Half of a typical stream is `kernel_stat_sync`, which changes one kernel's `last_stat` and
+/// nothing else: writing only these rows, and of those kernels only that column, is most of the
+/// store's saving.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DirtyRows {
     /// The session row itself.
@@ -120,6 +121,11 @@ pub struct DirtyRows {
     pub all_kernels: bool,
     /// Kernel rows changed one at a time, by kernel id (no duplicates).
     pub kernels: Vec<Uuid>,
+    /// Kernels of which only `last_stat` changed (by `kernel_stat_sync` alone), by kernel id: no
+    /// duplicates, none in `kernels`, empty with `all_kernels`. Their rows were stored before
+    /// this batch (a kernel's first event is never a stat sync that applies), so a store may
+    /// update that one column.
+    pub stats: Vec<Uuid>,
 }
 
 impl DirtyRows {
@@ -129,12 +135,20 @@ impl DirtyRows {
             session: true,
             all_kernels: true,
             kernels: Vec::new(),
+            stats: Vec::new(),
         }
     }
 
     fn kernel(&mut self, id: Uuid) {
+        self.stats.retain(|k| *k != id);
         if !self.all_kernels && !self.kernels.contains(&id) {
             self.kernels.push(id);
+        }
+    }
+
+    fn kernel_stat(&mut self, id: Uuid) {
+        if !self.all_kernels && !self.kernels.contains(&id) && !self.stats.contains(&id) {
+            self.stats.push(id);
         }
     }
 
@@ -142,7 +156,7 @@ impl DirtyRows {
     /// every event but `kernel_stat_sync` may change the session row (the master mirror, slots).
     fn record(&mut self, event: &Event) {
         match (&event.body, event.kernel_id) {
-            (EventBody::KernelStatSync(_), Some(k)) => self.kernel(k),
+            (EventBody::KernelStatSync(_), Some(k)) => self.kernel_stat(k),
             (_, Some(k)) => {
                 self.session = true;
                 self.kernel(k);
@@ -154,9 +168,14 @@ impl DirtyRows {
         }
     }
 
-    /// Whether kernel row `k` must be written.
+    /// Whether kernel row `k` must be written whole.
     pub fn has_kernel(&self, k: &KernelRow) -> bool {
         self.all_kernels || self.kernels.contains(&k.id)
+    }
+
+    /// Whether only `last_stat` of kernel row `k` must be written.
+    pub fn has_stat_only(&self, k: &KernelRow) -> bool {
+        self.stats.contains(&k.id)
     }
 }
 
@@ -210,13 +229,29 @@ impl Changes {
             .map(|(_, s)| &s.session)
     }
 
-    /// The kernel rows to write.
+    /// The kernel rows to write: [`Self::whole_kernel_rows`] and [`Self::stat_kernel_rows`].
     pub fn kernel_rows(&self) -> impl Iterator<Item = &KernelRow> {
+        self.kernels_where(|d, k| d.is_none_or(|d| d.has_kernel(k) || d.has_stat_only(k)))
+    }
+
+    /// The kernel rows to write whole (new, or changed beyond `last_stat`).
+    pub fn whole_kernel_rows(&self) -> impl Iterator<Item = &KernelRow> {
+        self.kernels_where(|d, k| d.is_none_or(|d| d.has_kernel(k)))
+    }
+
+    /// The stored kernel rows of which only `last_stat` changed (none where the dirty rows
+    /// were not recorded: those are all written whole).
+    pub fn stat_kernel_rows(&self) -> impl Iterator<Item = &KernelRow> {
+        self.kernels_where(|d, k| d.is_some_and(|d| d.has_stat_only(k)))
+    }
+
+    fn kernels_where(
+        &self,
+        dirty: impl Fn(Option<&DirtyRows>, &KernelRow) -> bool + Copy,
+    ) -> impl Iterator<Item = &KernelRow> {
         self.sessions.iter().enumerate().flat_map(move |(i, s)| {
             let d = self.dirty_of(i);
-            s.kernels
-                .iter()
-                .filter(move |k| d.is_none_or(|d| d.has_kernel(k)))
+            s.kernels.iter().filter(move |k| dirty(d, k))
         })
     }
 }

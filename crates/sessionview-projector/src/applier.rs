@@ -378,7 +378,7 @@ impl<S: Store> Applier<S> {
                 Committed::Conflict(partitions) => {
                     warn!(
                         ?partitions,
-                        "stored position moved under this batch (another instance applied it); discarding the batch and re-seeking"
+                        "another instance committed under this batch (a stored position moved, or an event id it applies was recorded); discarding the batch and re-seeking"
                     );
                     metrics::commit_conflict();
                     self.summary.conflicts += 1;

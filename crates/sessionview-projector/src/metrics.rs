@@ -49,7 +49,7 @@ pub fn describe() {
     describe_counter!(DEAD_LETTERS, "Events stored as dead letters.");
     describe_counter!(
         CONFLICTS,
-        "Batches discarded because the stored position moved (another instance applied them)."
+        "Batches discarded because another instance committed under them (a stored position moved, or an event id they apply was recorded)."
     );
     describe_counter!(
         RETRIES,

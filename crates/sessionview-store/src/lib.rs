@@ -15,6 +15,7 @@ use uuid::Uuid;
 mod error;
 mod postgres;
 mod postgres_admin;
+mod postgres_commit;
 mod postgres_read;
 mod postgres_reads;
 mod read;
@@ -75,8 +76,11 @@ pub struct Commit<'a> {
 pub enum CommitOutcome {
     /// Rows and positions are written.
     Committed,
-    /// Nothing was written: the stored position of these partitions is no longer the one the batch
-    /// started from (another instance applied events there). Re-read the positions and re-seek.
+    /// Nothing was written: another instance committed under the batch. Either the stored
+    /// position of these partitions is no longer the one the batch started from (it applied
+    /// events there), or it recorded an event id the batch applies (the same event, published
+    /// twice, applied from another partition; then every partition of the batch is listed).
+    /// Re-read the positions and re-seek; the batch folded again sees what the other wrote.
     Conflict { partitions: Vec<i32> },
 }
 

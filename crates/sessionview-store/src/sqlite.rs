@@ -394,6 +394,14 @@ impl Store for SqliteStore {
                 partitions: conflicts,
             });
         }
+        if !record_seen(&mut tx, &commit.changes.seen).await? {
+            // Another writer recorded an id this batch applies (the same event from another
+            // partition) after the batch was loaded: write nothing, as PostgreSQL does.
+            tx.rollback().await?;
+            return Ok(CommitOutcome::Conflict {
+                partitions: commit.advances.iter().map(|a| a.partition).collect(),
+            });
+        }
         write_changes(&mut tx, commit).await?;
         tx.commit().await?;
         Ok(CommitOutcome::Committed)
@@ -486,6 +494,26 @@ impl Store for SqliteStore {
         // which is right for every key lookup here; there is no cached plan to go stale.
         Ok(Vec::new())
     }
+}
+
+/// Records the batch's event ids as seen; `false` when one is recorded already (nothing of the
+/// batch may then be written: the transaction must be rolled back).
+async fn record_seen(
+    tx: &mut Transaction<'_, Sqlite>,
+    seen: &[(Uuid, Uuid)],
+) -> Result<bool, StoreError> {
+    for chunk in seen.chunks(CHUNK) {
+        let mut qb = QueryBuilder::<Sqlite>::new("INSERT INTO seen_events (event_id, session_id) ");
+        qb.push_values(chunk, |mut b, (e, s)| {
+            b.push_bind(e.to_string()).push_bind(s.to_string());
+        });
+        match qb.build().execute(&mut **tx).await {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(true)
 }
 
 async fn write_changes(
@@ -590,14 +618,6 @@ async fn write_changes(
             b.push_bind(s.to_string())
                 .push_bind(*i)
                 .push_bind(d.to_string());
-        });
-        qb.push(" ON CONFLICT DO NOTHING");
-        qb.build().execute(&mut **tx).await?;
-    }
-    for chunk in changes.seen.chunks(CHUNK) {
-        let mut qb = QueryBuilder::<Sqlite>::new("INSERT INTO seen_events (event_id, session_id) ");
-        qb.push_values(chunk, |mut b, (e, s)| {
-            b.push_bind(e.to_string()).push_bind(s.to_string());
         });
         qb.push(" ON CONFLICT DO NOTHING");
         qb.build().execute(&mut **tx).await?;

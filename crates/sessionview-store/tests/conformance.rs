@@ -120,6 +120,7 @@ conformance!(
     rows_equal_the_pure_fold_in_small_batches,
     positions_advance_only_by_compare_and_set,
     racing_instances_apply_a_batch_once,
+    an_event_recorded_meanwhile_voids_the_batch,
     parked_events_survive_between_batches,
     dead_letters_keep_bytes_reason_and_position,
     session_lists_filter_scope_order_and_count,
@@ -410,6 +411,71 @@ async fn racing_instances_apply_a_batch_once<S: Backend>(store: &S) {
     }
     assert_eq!(committed, 1, "exactly one racer may apply the batch");
     assert_eq!(store.positions(SOURCE).await.unwrap()[&0], next);
+}
+
+/// Folds `messages` on top of what the store holds now, as read from `partition` at offset 0.
+async fn fold_at<S: Store>(
+    store: &S,
+    messages: &[Vec<u8>],
+    partition: i32,
+) -> sessionview_projection::Changes {
+    let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+    let (decoded, req) = plan(&refs);
+    let mut fold = Fold::from_loaded(store.load(&req).await.unwrap());
+    for (i, (b, d)) in refs.iter().zip(decoded).enumerate() {
+        let at = Position {
+            partition,
+            offset: i as i64,
+        };
+        fold.apply_decoded(SOURCE, at, b, d);
+    }
+    fold.finish()
+}
+
+/// The same events published twice, to two partitions that two instances project: both load
+/// before either commits, so both fold every event as new. The second commit must write
+/// nothing (not apply the events twice) and say so; folded again, it finds them all seen.
+async fn an_event_recorded_meanwhile_voids_the_batch<S: Backend>(store: &S) {
+    let msgs = stream(4, 31, false);
+    let n = msgs.len() as i64;
+    let first = fold_at(store, &msgs, 0).await;
+    let second = fold_at(store, &msgs, 1).await;
+    let at = |partition| {
+        [Advance {
+            partition,
+            expected: None,
+            next: n,
+        }]
+    };
+    let (on0, on1) = (at(0), at(1));
+    let commit = |changes, advances| Commit {
+        source: SOURCE,
+        advances,
+        changes,
+        retire: &[],
+    };
+    assert_eq!(
+        store.commit(commit(&first, &on0)).await.unwrap(),
+        CommitOutcome::Committed
+    );
+    let after_first = store.counts().await.unwrap();
+    assert_eq!(
+        store.commit(commit(&second, &on1)).await.unwrap(),
+        CommitOutcome::Conflict {
+            partitions: vec![1]
+        },
+        "the second instance applied events the first had recorded"
+    );
+    assert_eq!(store.counts().await.unwrap(), after_first, "nothing written");
+    assert_eq!(store.positions(SOURCE).await.unwrap().get(&1), None);
+
+    let again = fold_at(store, &msgs, 1).await;
+    assert!(again.sessions.is_empty() && again.seen.is_empty(), "all seen");
+    assert_eq!(
+        store.commit(commit(&again, &on1)).await.unwrap(),
+        CommitOutcome::Committed
+    );
+    assert_eq!(store.all_sessions().await.unwrap(), model(&msgs).0);
 }
 
 async fn parked_events_survive_between_batches<S: Backend>(store: &S) {

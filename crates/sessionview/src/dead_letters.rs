@@ -282,7 +282,11 @@ async fn retry_source<'a, S: Store>(
                 .map(|n| format!("{}: {}", n.label, n.reason));
             outcomes.push((*d, outcome, reason));
         }
-        let changes = fold.finish();
+        let mut changes = fold.finish();
+        // Their ids are recorded already (a store records each id once).
+        changes
+            .seen
+            .retain(|(id, _)| letters.iter().all(|d| d.event_id != Some(*id)));
         if dry_run {
             return Ok(outcomes);
         }

@@ -67,7 +67,18 @@ fn fold_in_batches(messages: &[Vec<u8>], size: usize) -> (Vec<SessionState>, usi
         // Only the rows the changes say are dirty reach the "store"; the others keep what an
         // earlier batch wrote, so a row changed but not marked dirty shows up as a difference.
         let rows: Vec<SessionRow> = changes.session_rows().cloned().collect();
-        let kernels: Vec<KernelRow> = changes.kernel_rows().cloned().collect();
+        let kernels: Vec<KernelRow> = changes.whole_kernel_rows().cloned().collect();
+        // Of these only `last_stat` is written, as the PostgreSQL store does.
+        let stats: Vec<KernelRow> = changes.stat_kernel_rows().cloned().collect();
+        assert!(
+            stats.iter().all(|s| kernels.iter().all(|k| k.id != s.id)),
+            "a kernel is written whole or by its statistics, never both"
+        );
+        assert_eq!(
+            changes.kernel_rows().count(),
+            kernels.len() + stats.len(),
+            "every kernel row to write is written whole or by its statistics"
+        );
         for s in &changes.sessions {
             sessions.entry(s.session.id).or_insert_with(|| s.clone());
         }
@@ -82,6 +93,16 @@ fn fold_in_batches(messages: &[Vec<u8>], size: usize) -> (Vec<SessionState>, usi
             {
                 *slot = k;
             }
+        }
+        for k in stats {
+            let slot = sessions
+                .get_mut(&k.session_id)
+                .and_then(|s| s.kernels.iter_mut().find(|x| x.id == k.id));
+            // The store updates a row it already has: the kernel must be stored.
+            let Some(slot) = slot else {
+                panic!("statistics of kernel {} that is not stored", k.id)
+            };
+            slot.last_stat = k.last_stat;
         }
         seen.extend(changes.seen.iter().map(|(e, _)| *e));
         parked.retain(|p| !changes.released.contains(&(p.source.clone(), p.position)));
@@ -277,4 +298,24 @@ proptest! {
         let (again, _, _) = fold_in_batches(&twice, batch);
         prop_assert_eq!(once, again);
     }
+}
+
+#[test]
+fn a_kernel_is_dirty_whole_or_by_its_statistics_never_both() {
+    let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+    let mut d = DirtyRows::default();
+    d.kernel_stat(a);
+    d.kernel_stat(a);
+    assert_eq!((d.kernels.clone(), d.stats.clone()), (vec![], vec![a]));
+    // Another change of the same kernel: written whole, no longer by its statistics.
+    d.kernel(a);
+    assert_eq!((d.kernels.clone(), d.stats.clone()), (vec![a], vec![]));
+    // A later stat sync of a kernel written whole adds nothing.
+    d.kernel_stat(a);
+    d.kernel_stat(b);
+    assert_eq!((d.kernels.clone(), d.stats.clone()), (vec![a], vec![b]));
+    // A created session writes every kernel whole.
+    let mut all = DirtyRows::all();
+    all.kernel_stat(b);
+    assert!(all.stats.is_empty());
 }
