@@ -204,6 +204,13 @@ impl PgStore {
     }
 }
 
+/// How long one attempt of the swap waits for the live tables' locks.
+const SWAP_LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+/// How long the swap keeps trying to lock the live tables before it fails.
+const SWAP_LOCK_BUDGET: std::time::Duration = std::time::Duration::from_secs(10);
+/// SQLSTATE of a lock not obtained within `lock_timeout`.
+const LOCK_NOT_AVAILABLE: &str = "55P03";
+
 /// The open swap transaction (see [`PgStore::freeze_live`]). Dropping it rolls back.
 #[derive(Debug)]
 pub struct Freeze {
@@ -229,6 +236,7 @@ impl Freeze {
     pub async fn swap_and_commit(mut self, shadow: &str, retired: &str) -> Result<(), StoreError> {
         let shadow = checked(shadow)?;
         let retired = checked(retired)?;
+        self.lock_live_tables().await?;
         sqlx::query(&format!("DROP SCHEMA IF EXISTS {retired} CASCADE"))
             .execute(&mut *self.tx)
             .await?;
@@ -249,6 +257,56 @@ impl Freeze {
         }
         self.tx.commit().await?;
         Ok(())
+    }
+
+    /// Takes every live table's ACCESS EXCLUSIVE lock, all in one statement that waits at most
+    /// [`SWAP_LOCK_WAIT`], released and tried again until [`SWAP_LOCK_BUDGET`] has passed.
+    ///
+    /// Readers lock the tables of a statement one by one, a cached plan in its own order, so a
+    /// swap that waited for each table while holding the others could close a cycle with a
+    /// reader; PostgreSQL would then cancel one of the two after `deadlock_timeout` (1 s), and
+    /// it was the reader (a query failing during a rebuild). Giving up after 50 ms, long before
+    /// any deadlock check, leaves the readers alone: a swap waits, a read never fails.
+    async fn lock_live_tables(&mut self) -> Result<(), StoreError> {
+        let tables = READ_MODEL_TABLES
+            .iter()
+            .map(|t| format!("{LIVE_SCHEMA}.{t}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let give_up = std::time::Instant::now() + SWAP_LOCK_BUDGET;
+        loop {
+            sqlx::query("SAVEPOINT swap_locks")
+                .execute(&mut *self.tx)
+                .await?;
+            sqlx::query(&format!(
+                "SET LOCAL lock_timeout = {}",
+                SWAP_LOCK_WAIT.as_millis()
+            ))
+            .execute(&mut *self.tx)
+            .await?;
+            let locked = sqlx::query(&format!("LOCK TABLE {tables} IN ACCESS EXCLUSIVE MODE"))
+                .execute(&mut *self.tx)
+                .await;
+            match locked {
+                Ok(_) => {
+                    sqlx::query("RELEASE SAVEPOINT swap_locks")
+                        .execute(&mut *self.tx)
+                        .await?;
+                    return Ok(());
+                }
+                Err(sqlx::Error::Database(e))
+                    if e.code().as_deref() == Some(LOCK_NOT_AVAILABLE)
+                        && std::time::Instant::now() < give_up =>
+                {
+                    // Releases what this attempt locked (the freeze's own lock stays).
+                    sqlx::query("ROLLBACK TO SAVEPOINT swap_locks")
+                        .execute(&mut *self.tx)
+                        .await?;
+                    tokio::time::sleep(SWAP_LOCK_WAIT / 2).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Ends the freeze without changing anything.

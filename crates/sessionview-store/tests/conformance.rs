@@ -466,11 +466,18 @@ async fn an_event_recorded_meanwhile_voids_the_batch<S: Backend>(store: &S) {
         },
         "the second instance applied events the first had recorded"
     );
-    assert_eq!(store.counts().await.unwrap(), after_first, "nothing written");
+    assert_eq!(
+        store.counts().await.unwrap(),
+        after_first,
+        "nothing written"
+    );
     assert_eq!(store.positions(SOURCE).await.unwrap().get(&1), None);
 
     let again = fold_at(store, &msgs, 1).await;
-    assert!(again.sessions.is_empty() && again.seen.is_empty(), "all seen");
+    assert!(
+        again.sessions.is_empty() && again.seen.is_empty(),
+        "all seen"
+    );
     assert_eq!(
         store.commit(commit(&again, &on1)).await.unwrap(),
         CommitOutcome::Committed
