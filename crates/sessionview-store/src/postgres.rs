@@ -13,14 +13,14 @@ use sessionview_projection::{
     KernelRow, LoadRequest, Loaded, ParkedEvent, Position, SessionRow, SessionState,
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
-use sqlx::{PgPool, Postgres, Row};
+use sqlx::{PgConnection, PgPool, Postgres, Row};
 use tracing::instrument;
 use uuid::Uuid;
 
 use crate::postgres_reads::ReadPool;
 use crate::{
     COUNTS_SQL, Commit, CommitOutcome, DeadLetterFilter, Store, StoreCounts, StoreError,
-    StoredDeadLetter,
+    StoredDeadLetter, prefixed,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
@@ -186,6 +186,9 @@ pub(crate) const KERNEL_COLUMNS: &str = "id, session_id, ordinal, role, hostname
     status_changed, status_info, created_at, terminated_at, agent, container_id, resource_opts, \
     occupied_slots, service_ports, last_stat";
 
+/// Columns in [`KERNEL_COLUMNS`].
+pub(crate) const KERNEL_COLUMN_COUNT: usize = 18;
+
 /// The leading columns of [`KERNEL_COLUMNS`], without its JSON ones.
 pub(crate) const KERNEL_SCALAR_COLUMNS: &str = "id, session_id, ordinal, role, hostname, image, \
     registry, status, status_changed, status_info, created_at, terminated_at, agent, container_id";
@@ -304,55 +307,60 @@ fn kernel_scalars(c: &mut Columns<'_>) -> Result<KernelRow, StoreError> {
 /// Columns in [`SESSION_COLUMNS`].
 pub(crate) const SESSION_COLUMN_COUNT: usize = 28;
 
-/// Reads sessions (all, or those in `ids`) with their kernels and dependencies.
+/// Reads sessions (all, or those in `ids`) with their kernels and dependencies in one statement:
+/// each session's row joined to its kernels (its rows together, kernels in order), its
+/// dependencies as an array beside it.
 async fn read_sessions(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     ids: Option<&[Uuid]>,
 ) -> Result<HashMap<Uuid, SessionState>, StoreError> {
-    // Without ids, the same queries over every row (the bind of an unused parameter would fail).
-    let (filter, kfilter) = match ids {
-        Some(_) => ("WHERE id = ANY($1)", "WHERE session_id = ANY($1)"),
-        None => ("", ""),
+    // Without ids, the same statement over every row (the bind of an unused parameter would fail).
+    let filter = if ids.is_some() {
+        "WHERE id = ANY($1)"
+    } else {
+        ""
     };
-    let fetch = |sql: String| async move {
-        let q = sqlx::query(&sql);
-        let q = match ids {
-            Some(ids) => q.bind(ids),
-            None => q,
-        };
-        q.fetch_all(pool).await
+    let sql = format!(
+        "WITH s AS (SELECT {SESSION_COLUMNS}, \
+            (SELECT coalesce(array_agg(d.depends_on ORDER BY d.ordinal), '{{}}') \
+             FROM session_dependencies d WHERE d.session_id = sessions.id) AS dependencies \
+            FROM sessions {filter}) \
+         SELECT {}, {}, s.dependencies FROM s LEFT JOIN kernels k ON k.session_id = s.id \
+         ORDER BY s.id, k.ordinal",
+        prefixed("s", SESSION_COLUMNS),
+        prefixed("k", KERNEL_COLUMNS),
+    );
+    let q = sqlx::query(&sql);
+    let q = match ids {
+        Some(ids) => q.bind(ids),
+        None => q,
     };
-    let rows = fetch(format!("SELECT {SESSION_COLUMNS} FROM sessions {filter}")).await?;
-    let mut out = HashMap::with_capacity(rows.len());
+    let rows = q.fetch_all(conn).await?;
+    let kernel = SESSION_COLUMN_COUNT;
+    let dependencies = kernel + KERNEL_COLUMN_COUNT;
+    let mut out: HashMap<Uuid, SessionState> = HashMap::with_capacity(rows.len());
+    let mut current: Option<SessionState> = None;
     for r in &rows {
-        let session = session_from_row(r, 0)?;
-        out.insert(
-            session.id,
-            SessionState {
+        let id: Uuid = r.try_get(0)?;
+        if current.as_ref().is_none_or(|s| s.session.id != id) {
+            if let Some(done) = current.take() {
+                out.insert(done.session.id, done);
+            }
+            let mut session = session_from_row(r, 0)?;
+            session.dependencies = r.try_get(dependencies)?;
+            current = Some(SessionState {
                 session,
                 kernels: Vec::new(),
-            },
-        );
-    }
-    let kernels = fetch(format!(
-        "SELECT {KERNEL_COLUMNS} FROM kernels {kfilter} ORDER BY session_id, ordinal"
-    ))
-    .await?;
-    for r in &kernels {
-        let k = kernel_from_row(r, 0)?;
-        if let Some(s) = out.get_mut(&k.session_id) {
-            s.kernels.push(k);
+            });
+        }
+        if r.try_get::<Option<Uuid>, _>(kernel)?.is_some()
+            && let Some(s) = current.as_mut()
+        {
+            s.kernels.push(kernel_from_row(r, kernel)?);
         }
     }
-    let deps = fetch(format!(
-        "SELECT session_id, depends_on FROM session_dependencies {kfilter} ORDER BY session_id, ordinal"
-    ))
-    .await?;
-    for r in &deps {
-        let sid: Uuid = r.try_get("session_id")?;
-        if let Some(s) = out.get_mut(&sid) {
-            s.session.dependencies.push(r.try_get("depends_on")?);
-        }
+    if let Some(done) = current {
+        out.insert(done.session.id, done);
     }
     Ok(out)
 }
@@ -376,17 +384,20 @@ impl Store for PgStore {
 
     #[instrument(skip_all, fields(sessions = req.session_ids.len(), events = req.event_ids.len()))]
     async fn load(&self, req: &LoadRequest) -> Result<Loaded, StoreError> {
+        // One connection for the two or three statements: one acquire (and one release, which
+        // sqlx follows with a ping) per load instead of one per statement.
+        let mut conn = self.pool.acquire().await?;
         let sessions = if req.session_ids.is_empty() {
             HashMap::new()
         } else {
-            read_sessions(&self.pool, Some(&req.session_ids)).await?
+            read_sessions(&mut conn, Some(&req.session_ids)).await?
         };
         let seen: HashSet<Uuid> = if req.event_ids.is_empty() {
             HashSet::new()
         } else {
             sqlx::query_scalar("SELECT event_id FROM seen_events WHERE event_id = ANY($1)")
                 .bind(&req.event_ids)
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *conn)
                 .await?
                 .into_iter()
                 .collect()
@@ -398,7 +409,7 @@ impl Store for PgStore {
                  FROM parked_events WHERE session_id = ANY($1) ORDER BY partition, \"offset\"",
             )
             .bind(&req.parked_for)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *conn)
             .await?;
             for r in &rows {
                 parked.push(ParkedEvent {
@@ -464,7 +475,8 @@ impl Store for PgStore {
     }
 
     async fn all_sessions(&self) -> Result<Vec<SessionState>, StoreError> {
-        let mut all: Vec<_> = read_sessions(&self.pool, None)
+        let mut conn = self.pool.acquire().await?;
+        let mut all: Vec<_> = read_sessions(&mut conn, None)
             .await?
             .into_values()
             .collect();

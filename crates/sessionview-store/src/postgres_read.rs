@@ -378,6 +378,10 @@ mod tests {
     #[test]
     fn the_column_lists_agree() {
         assert_eq!(SESSION_COLUMNS.split(',').count(), SESSION_COLUMN_COUNT);
+        assert_eq!(
+            KERNEL_COLUMNS.split(',').count(),
+            crate::postgres::KERNEL_COLUMN_COUNT
+        );
         // The scalar columns lead the full list, in the same order.
         let all: Vec<&str> = KERNEL_COLUMNS.split(',').map(str::trim).collect();
         let scalars: Vec<&str> = KERNEL_SCALAR_COLUMNS.split(',').map(str::trim).collect();
