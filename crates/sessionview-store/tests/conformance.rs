@@ -187,26 +187,33 @@ async fn postgres_statistics_follow_a_growing_table() {
     db.drop().await;
 }
 
+/// Folds `messages` on top of what the store holds now, as read from `partition` from offset
+/// `first` on (loaded the way the projector loads a batch).
+async fn fold_at<S: Store>(
+    store: &S,
+    messages: &[Vec<u8>],
+    partition: i32,
+    first: i64,
+) -> sessionview_projection::Changes {
+    let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+    let (decoded, req) = plan(&refs);
+    let mut fold = Fold::from_loaded(store.load(&req).await.unwrap());
+    for (i, (b, d)) in refs.iter().zip(decoded).enumerate() {
+        let at = Position {
+            partition,
+            offset: first + i as i64,
+        };
+        fold.apply_decoded(SOURCE, at, b, d);
+    }
+    fold.finish()
+}
+
 /// Folds and commits `messages` (partition 0, from `first_offset`) in batches of `size`.
 async fn project<S: Store>(store: &S, messages: &[Vec<u8>], first_offset: i64, size: usize) {
     let mut expected = store.positions(SOURCE).await.unwrap().get(&0).copied();
     for (b, chunk) in messages.chunks(size).enumerate() {
-        let refs: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
-        let (decoded, req) = plan(&refs);
-        let mut fold = Fold::from_loaded(store.load(&req).await.unwrap());
         let base = first_offset + (b * size) as i64;
-        for (i, (bytes, d)) in refs.iter().zip(decoded).enumerate() {
-            fold.apply_decoded(
-                SOURCE,
-                Position {
-                    partition: 0,
-                    offset: base + i as i64,
-                },
-                bytes,
-                d,
-            );
-        }
-        let changes = fold.finish();
+        let changes = fold_at(store, chunk, 0, base).await;
         let next = base + chunk.len() as i64;
         let advances = [Advance {
             partition: 0,
@@ -293,21 +300,7 @@ async fn rows_equal_the_pure_fold_in_small_batches<S: Backend>(store: &S) {
 
 async fn positions_advance_only_by_compare_and_set<S: Backend>(store: &S) {
     let msgs = stream(5, 22, false);
-    let refs: Vec<&[u8]> = msgs.iter().map(Vec::as_slice).collect();
-    let (decoded, req) = plan(&refs);
-    let mut fold = Fold::from_loaded(store.load(&req).await.unwrap());
-    for (i, (b, d)) in refs.iter().zip(decoded).enumerate() {
-        fold.apply_decoded(
-            SOURCE,
-            Position {
-                partition: 0,
-                offset: i as i64,
-            },
-            b,
-            d,
-        );
-    }
-    let changes = fold.finish();
+    let changes = fold_at(store, &msgs, 0, 0).await;
     let n = msgs.len() as i64;
     let first = [Advance {
         partition: 0,
@@ -367,21 +360,7 @@ async fn racing_instances_apply_a_batch_once<S: Backend>(store: &S) {
     project(store, &stream(3, 23, false), 0, 100).await;
     let before = store.positions(SOURCE).await.unwrap()[&0];
     let more = stream(20, 24, false);
-    let refs: Vec<&[u8]> = more.iter().map(Vec::as_slice).collect();
-    let (decoded, req) = plan(&refs);
-    let mut fold = Fold::from_loaded(store.load(&req).await.unwrap());
-    for (i, (b, d)) in refs.iter().zip(decoded).enumerate() {
-        fold.apply_decoded(
-            SOURCE,
-            Position {
-                partition: 0,
-                offset: before + i as i64,
-            },
-            b,
-            d,
-        );
-    }
-    let changes = std::sync::Arc::new(fold.finish());
+    let changes = std::sync::Arc::new(fold_at(store, &more, 0, before).await);
     let next = before + more.len() as i64;
     let mut tasks = Vec::new();
     for _ in 0..8 {
@@ -413,33 +392,14 @@ async fn racing_instances_apply_a_batch_once<S: Backend>(store: &S) {
     assert_eq!(store.positions(SOURCE).await.unwrap()[&0], next);
 }
 
-/// Folds `messages` on top of what the store holds now, as read from `partition` at offset 0.
-async fn fold_at<S: Store>(
-    store: &S,
-    messages: &[Vec<u8>],
-    partition: i32,
-) -> sessionview_projection::Changes {
-    let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
-    let (decoded, req) = plan(&refs);
-    let mut fold = Fold::from_loaded(store.load(&req).await.unwrap());
-    for (i, (b, d)) in refs.iter().zip(decoded).enumerate() {
-        let at = Position {
-            partition,
-            offset: i as i64,
-        };
-        fold.apply_decoded(SOURCE, at, b, d);
-    }
-    fold.finish()
-}
-
 /// The same events published twice, to two partitions that two instances project: both load
 /// before either commits, so both fold every event as new. The second commit must write
 /// nothing (not apply the events twice) and say so; folded again, it finds them all seen.
 async fn an_event_recorded_meanwhile_voids_the_batch<S: Backend>(store: &S) {
     let msgs = stream(4, 31, false);
     let n = msgs.len() as i64;
-    let first = fold_at(store, &msgs, 0).await;
-    let second = fold_at(store, &msgs, 1).await;
+    let first = fold_at(store, &msgs, 0, 0).await;
+    let second = fold_at(store, &msgs, 1, 0).await;
     let at = |partition| {
         [Advance {
             partition,
@@ -473,7 +433,7 @@ async fn an_event_recorded_meanwhile_voids_the_batch<S: Backend>(store: &S) {
     );
     assert_eq!(store.positions(SOURCE).await.unwrap().get(&1), None);
 
-    let again = fold_at(store, &msgs, 1).await;
+    let again = fold_at(store, &msgs, 1, 0).await;
     assert!(
         again.sessions.is_empty() && again.seen.is_empty(),
         "all seen"

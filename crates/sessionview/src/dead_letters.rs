@@ -1,6 +1,6 @@
 //! `sessionview dead-letters`: list dead-lettered events, and re-apply them after a fix.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -9,6 +9,7 @@ use sessionview_projection::{Fold, Outcome, Position, plan};
 use sessionview_store::{
     Advance, Commit, CommitOutcome, DeadLetterFilter, Store, StoredDeadLetter,
 };
+use uuid::Uuid;
 
 use crate::{DbArgs, OutputFormat, with_store};
 
@@ -245,6 +246,7 @@ async fn retry_source<'a, S: Store>(
 ) -> anyhow::Result<Vec<(&'a StoredDeadLetter, Outcome, Option<String>)>> {
     let partitions: BTreeSet<i32> = letters.iter().map(|d| d.partition).collect();
     let retire: Vec<i64> = letters.iter().map(|d| d.id).collect();
+    let retried: HashSet<Uuid> = letters.iter().filter_map(|d| d.event_id).collect();
     for attempt in 1..=CONFLICT_ATTEMPTS {
         let positions = store.positions(source).await?;
         let guards: Vec<Advance> = partitions
@@ -261,10 +263,8 @@ async fn retry_source<'a, S: Store>(
         let (decoded, req) = plan(&payloads);
         let mut loaded = store.load(&req).await?;
         // A dead-lettered event's id was recorded as seen; this is its second chance.
-        for d in letters {
-            if let Some(id) = d.event_id {
-                loaded.seen.remove(&id);
-            }
+        for id in &retried {
+            loaded.seen.remove(id);
         }
         let mut fold = Fold::from_loaded(loaded);
         let mut outcomes = Vec::with_capacity(letters.len());
@@ -284,9 +284,7 @@ async fn retry_source<'a, S: Store>(
         }
         let mut changes = fold.finish();
         // Their ids are recorded already (a store records each id once).
-        changes
-            .seen
-            .retain(|(id, _)| letters.iter().all(|d| d.event_id != Some(*id)));
+        changes.seen.retain(|(id, _)| !retried.contains(id));
         if dry_run {
             return Ok(outcomes);
         }
