@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sessionview_events::JsonObject;
+use sessionview_projection::Position;
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -324,13 +325,30 @@ WITH sessions_written AS ( \
 ) \
 INSERT INTO seen_events (event_id, session_id) SELECT * FROM UNNEST($58::uuid[], $59::uuid[])";
 
+/// The source, partition and offset columns of events' positions, for `UNNEST`.
+fn position_columns<'a>(
+    positions: impl ExactSizeIterator<Item = (&'a str, Position)>,
+) -> (Vec<&'a str>, Vec<i32>, Vec<i64>) {
+    let n = positions.len();
+    let mut columns = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for (source, p) in positions {
+        columns.0.push(source);
+        columns.1.push(p.partition);
+        columns.2.push(p.offset);
+    }
+    columns
+}
+
 /// What few batches have: released and newly parked events, retired and new dead letters.
 async fn write_rare(conn: &mut PgConnection, commit: &Commit<'_>) -> Result<(), StoreError> {
     let changes = commit.changes;
     if !changes.released.is_empty() {
-        let sources: Vec<&str> = changes.released.iter().map(|(s, _)| s.as_str()).collect();
-        let partitions: Vec<i32> = changes.released.iter().map(|(_, p)| p.partition).collect();
-        let offsets: Vec<i64> = changes.released.iter().map(|(_, p)| p.offset).collect();
+        let (sources, partitions, offsets) =
+            position_columns(changes.released.iter().map(|(s, p)| (s.as_str(), *p)));
         sqlx::query(
             "DELETE FROM parked_events p USING UNNEST($1::text[], $2::int4[], $3::int8[]) \
                 AS r(source, partition, off) \
@@ -345,9 +363,8 @@ async fn write_rare(conn: &mut PgConnection, commit: &Commit<'_>) -> Result<(), 
 
     if !changes.parked.is_empty() {
         let p = &changes.parked;
-        let sources: Vec<&str> = p.iter().map(|e| e.source.as_str()).collect();
-        let partitions: Vec<i32> = p.iter().map(|e| e.position.partition).collect();
-        let offsets: Vec<i64> = p.iter().map(|e| e.position.offset).collect();
+        let (sources, partitions, offsets) =
+            position_columns(p.iter().map(|e| (e.source.as_str(), e.position)));
         let sessions: Vec<Uuid> = p.iter().map(|e| e.session_id).collect();
         let events: Vec<Uuid> = p.iter().map(|e| e.event_id).collect();
         let payloads: Vec<&[u8]> = p.iter().map(|e| e.bytes.as_slice()).collect();
@@ -375,9 +392,8 @@ async fn write_rare(conn: &mut PgConnection, commit: &Commit<'_>) -> Result<(), 
 
     if !changes.dead_letters.is_empty() {
         let d = &changes.dead_letters;
-        let sources: Vec<&str> = d.iter().map(|e| e.source.as_str()).collect();
-        let partitions: Vec<i32> = d.iter().map(|e| e.position.partition).collect();
-        let offsets: Vec<i64> = d.iter().map(|e| e.position.offset).collect();
+        let (sources, partitions, offsets) =
+            position_columns(d.iter().map(|e| (e.source.as_str(), e.position)));
         let event_ids: Vec<Option<Uuid>> = d.iter().map(|e| e.event_id).collect();
         let types: Vec<Option<&str>> = d.iter().map(|e| e.event_type.as_deref()).collect();
         let sessions: Vec<Option<Uuid>> = d.iter().map(|e| e.session_id).collect();
