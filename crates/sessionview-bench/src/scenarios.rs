@@ -11,7 +11,7 @@ use sessionview_store::{Commit, PgStore, Store};
 use sqlx::Connection;
 use tokio::sync::Mutex;
 
-use crate::harness::{self, Bench, BrokerStorage, Measured, measure, table, thousands};
+use crate::harness::{self, Bench, Measured, measure, table, thousands};
 use crate::kafka;
 use crate::load::Signer;
 use crate::{FreshnessArgs, Size};
@@ -225,7 +225,8 @@ async fn project(
 
 /// How long after its start a projector logging JSON (`--log-format json`) got its first
 /// partitions: the consumer group's join, which the broker holds back for its initial rebalance
-/// delay (tansu here; Apache Kafka's `group.initial.rebalance.delay.ms`, 3 s by default).
+/// delay (Apache Kafka's `group.initial.rebalance.delay.ms`: 3 s by default, 0 on the bench's
+/// own broker).
 fn joined_after(m: &Measured, stderr: &str) -> anyhow::Result<Duration> {
     let at = stderr
         .lines()
@@ -279,8 +280,7 @@ pub(crate) async fn project_file(bench: &mut Bench, size: Size) -> anyhow::Resul
 
 /// Publishes the stream to a new 4-partition topic; returns the topic and the publish figures.
 async fn publish(bench: &mut Bench, size: Size) -> anyhow::Result<(String, String, u64, Duration)> {
-    // Bulk throughput: the memory engine reads far faster than the SQLite one.
-    let brokers = bench.broker(BrokerStorage::Memory).await?;
+    let brokers = bench.broker().await?;
     let topic = format!("bench-{}", uuid::Uuid::new_v4().simple());
     kafka::create_topic(&brokers, &topic, 4).await?;
     eprintln!("publishing {} events to {topic}...", size.events);
@@ -447,9 +447,7 @@ const PROBES_PER_POLL: usize = 64;
 type ProbeResult = (String, Instant, Option<Duration>);
 
 pub(crate) async fn freshness(bench: &mut Bench, args: FreshnessArgs) -> anyhow::Result<()> {
-    // A steady rate for as long as asked: the SQLite engine's cost per fetch does not grow with
-    // the topic (the memory engine's does, until it stalls; docs/benchmarks.md).
-    let brokers = bench.broker(BrokerStorage::Sqlite).await?;
+    let brokers = bench.broker().await?;
     let topic = format!("bench-fresh-{}", uuid::Uuid::new_v4().simple());
     kafka::create_topic(&brokers, &topic, 4).await?;
     let url = bench.fresh_db("freshness").await?;
