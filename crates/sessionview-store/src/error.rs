@@ -1,5 +1,7 @@
 //! The store's error type, and which errors are worth retrying.
 
+use crate::schema::MigrationId;
+
 /// What went wrong talking to the database.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -15,6 +17,35 @@ pub enum StoreError {
     /// A stored row cannot be read back into the model (a value the projector never writes).
     #[error("corrupt row in {table}: {detail}")]
     Corrupt { table: &'static str, detail: String },
+    /// A newer sessionview changed the schema in a way this build cannot work with: its
+    /// compatibility level is above [`crate::SCHEMA_COMPATIBILITY`].
+    #[error(
+        "the database schema was changed incompatibly by sessionview {written_by} (compatibility \
+         level {database_level}; this build supports up to {supported}): run sessionview \
+         {written_by} or newer"
+    )]
+    IncompatibleSchema {
+        database_level: i32,
+        supported: i32,
+        /// The version of the sessionview that last applied migrations.
+        written_by: String,
+    },
+    /// Migrations this build needs are not applied (`check_schema`; `migrate` applies them).
+    #[error(
+        "the database lacks migrations {}: run `sessionview migrate` with this version first",
+        crate::schema::list(.missing)
+    )]
+    MissingMigrations { missing: Vec<MigrationId> },
+    /// The recorded migrations disagree with this build's: some are recorded as failed, or were
+    /// applied with other content than this build's (`migrate` refuses such a history too).
+    #[error(
+        "the database's migration history does not match this build: {}",
+        crate::schema::diverged(.failed, .modified)
+    )]
+    DivergedMigrations {
+        failed: Vec<MigrationId>,
+        modified: Vec<MigrationId>,
+    },
 }
 
 impl StoreError {
@@ -28,9 +59,12 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Database(e) => is_transient_sqlx(e),
-            StoreError::UnsupportedUrl(_) | StoreError::Migrate(_) | StoreError::Corrupt { .. } => {
-                false
-            }
+            StoreError::UnsupportedUrl(_)
+            | StoreError::Migrate(_)
+            | StoreError::Corrupt { .. }
+            | StoreError::IncompatibleSchema { .. }
+            | StoreError::MissingMigrations { .. }
+            | StoreError::DivergedMigrations { .. } => false,
         }
     }
 }

@@ -19,6 +19,7 @@ mod postgres_commit;
 mod postgres_read;
 mod postgres_reads;
 mod read;
+mod schema;
 mod sql;
 mod sqlite;
 
@@ -29,6 +30,10 @@ pub use read::{
     CONTAINER_ORDER_KEYS, ContainerListQuery, KernelFields, KeyPair, KeyPairAdmin, Order, Page,
     PageWithContainers, ReadConnections, ReadModel, Role, SESSION_ORDER_KEYS, Scope,
     SessionListQuery, SessionWithContainers,
+};
+pub use schema::{
+    BUILD_VERSION, Compatibility, MigrationId, MigrationState, MigrationStatus,
+    SCHEMA_COMPATIBILITY, SchemaStatus,
 };
 pub use sqlite::SqliteStore;
 
@@ -127,8 +132,30 @@ pub struct StoreCounts {
 /// Every method is one round of work against the database; implementations must make
 /// [`Store::commit`] a single transaction.
 pub trait Store: Clone + Send + Sync + 'static {
-    /// Creates or upgrades the schema. Idempotent.
-    fn migrate(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Creates or upgrades the schema, like [`Store::apply_migrations`]. Idempotent.
+    fn migrate(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async { self.apply_migrations().await.map(drop) }
+    }
+
+    /// Creates or upgrades the schema and names the migrations it applied (none when the schema
+    /// was up to date). Idempotent. Refuses ([`StoreError::IncompatibleSchema`]) a database a
+    /// newer sessionview changed incompatibly, before changing anything; tolerates the
+    /// migrations of a newer sessionview that are compatible. A migration it knows whose recorded
+    /// content differs from its own stays an error.
+    fn apply_migrations(&self)
+    -> impl Future<Output = Result<Vec<MigrationId>, StoreError>> + Send;
+
+    /// Every migration this build knows or the database recorded, and the compatibility levels
+    /// of both. Only reads (a SELECT-only role, a hot-standby replica).
+    fn schema_status(&self) -> impl Future<Output = Result<SchemaStatus, StoreError>> + Send;
+
+    /// Ok when this build can use the database without migrating (for `--no-migrate`): every
+    /// migration it knows is applied and the compatibility level is one it supports; otherwise
+    /// [`StoreError::MissingMigrations`], [`StoreError::IncompatibleSchema`] or
+    /// [`StoreError::DivergedMigrations`]. Only reads, like [`Store::schema_status`].
+    fn check_schema(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async { self.schema_status().await?.check() }
+    }
 
     /// Stored next offsets of a source, by partition.
     fn positions(

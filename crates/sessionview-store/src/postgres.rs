@@ -18,12 +18,52 @@ use tracing::instrument;
 use uuid::Uuid;
 
 use crate::postgres_reads::ReadPool;
+use crate::schema::{self, MigrationId, SchemaStatus};
 use crate::{
     COUNTS_SQL, Commit, CommitOutcome, DeadLetterFilter, Store, StoreCounts, StoreError,
     StoredDeadLetter, prefixed,
 };
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
+/// This build's migrations (`migrations/postgres`), set up to tolerate a newer binary's.
+fn migrator() -> sqlx::migrate::Migrator {
+    schema::configured(sqlx::migrate!("../../migrations/postgres"))
+}
+
+/// Which of the schema's bookkeeping tables exist.
+const SCHEMA_TABLES_SQL: &str = "SELECT to_regclass('_sqlx_migrations') IS NOT NULL, \
+    to_regclass('schema_compatibility') IS NOT NULL";
+
+impl schema::SchemaConnection for PgConnection {
+    async fn read_schema(&mut self) -> Result<schema::SchemaRows, StoreError> {
+        let (history, compatibility): (bool, bool) = sqlx::query_as(SCHEMA_TABLES_SQL)
+            .fetch_one(&mut *self)
+            .await?;
+        let applied = if history {
+            sqlx::query_as(schema::MIGRATIONS_SQL)
+                .fetch_all(&mut *self)
+                .await?
+        } else {
+            Vec::new()
+        };
+        let compatibility = if compatibility {
+            sqlx::query_as(schema::COMPATIBILITY_SQL)
+                .fetch_optional(&mut *self)
+                .await?
+        } else {
+            None
+        };
+        Ok(schema::SchemaRows::new(applied, compatibility))
+    }
+
+    async fn record_migrated(&mut self) -> Result<(), StoreError> {
+        sqlx::query("UPDATE schema_compatibility SET written_by = $1, level = GREATEST(level, $2)")
+            .bind(schema::BUILD_VERSION)
+            .bind(schema::SCHEMA_COMPATIBILITY)
+            .execute(self)
+            .await?;
+        Ok(())
+    }
+}
 
 /// Server-side settings for every connection of a [`PgStore`].
 #[derive(Debug, Clone, Copy, Default)]
@@ -366,9 +406,19 @@ async fn read_sessions(
 }
 
 impl Store for PgStore {
-    async fn migrate(&self) -> Result<(), StoreError> {
-        MIGRATOR.run(&self.pool).await?;
-        Ok(())
+    async fn apply_migrations(&self) -> Result<Vec<MigrationId>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let applied = schema::migrate(&mut *conn, &migrator()).await;
+        if applied.is_err() {
+            // It may still hold the migration lock, or be inside a failed migration.
+            conn.close_on_drop();
+        }
+        applied
+    }
+
+    async fn schema_status(&self) -> Result<SchemaStatus, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        schema::status(&mut *conn, &migrator()).await
     }
 
     async fn positions(&self, source: &str) -> Result<BTreeMap<i32, i64>, StoreError> {

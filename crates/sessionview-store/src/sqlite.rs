@@ -16,20 +16,61 @@ use sessionview_projection::{
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
 use uuid::Uuid;
 
 use crate::read::{
     CONTAINER_ORDER_KEYS, ContainerListQuery, KeyPair, KeyPairAdmin, Page, ReadModel, Role,
     SESSION_ORDER_KEYS, Scope, SessionListQuery,
 };
+use crate::schema::{self, MigrationId, SchemaStatus};
 use crate::sql::{push_order, push_scope};
 use crate::{
     COUNTS_SQL, Commit, CommitOutcome, DeadLetterFilter, Store, StoreCounts, StoreError,
     StoredDeadLetter, prefixed,
 };
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
+/// This build's migrations (`migrations/sqlite`), set up to tolerate a newer binary's.
+fn migrator() -> sqlx::migrate::Migrator {
+    schema::configured(sqlx::migrate!("../../migrations/sqlite"))
+}
+
+/// Which of the schema's bookkeeping tables exist.
+const SCHEMA_TABLES_SQL: &str = "SELECT \
+    EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'), \
+    EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_compatibility')";
+
+impl schema::SchemaConnection for SqliteConnection {
+    async fn read_schema(&mut self) -> Result<schema::SchemaRows, StoreError> {
+        let (history, compatibility): (bool, bool) = sqlx::query_as(SCHEMA_TABLES_SQL)
+            .fetch_one(&mut *self)
+            .await?;
+        let applied = if history {
+            sqlx::query_as(schema::MIGRATIONS_SQL)
+                .fetch_all(&mut *self)
+                .await?
+        } else {
+            Vec::new()
+        };
+        let compatibility = if compatibility {
+            sqlx::query_as(schema::COMPATIBILITY_SQL)
+                .fetch_optional(&mut *self)
+                .await?
+        } else {
+            None
+        };
+        Ok(schema::SchemaRows::new(applied, compatibility))
+    }
+
+    async fn record_migrated(&mut self) -> Result<(), StoreError> {
+        sqlx::query("UPDATE schema_compatibility SET written_by = ?1, level = max(level, ?2)")
+            .bind(schema::BUILD_VERSION)
+            .bind(schema::SCHEMA_COMPATIBILITY)
+            .execute(self)
+            .await?;
+        Ok(())
+    }
+}
 
 /// Rows per multi-row statement (SQLite allows 32,766 bound values per statement).
 const CHUNK: usize = 500;
@@ -296,9 +337,19 @@ impl SqliteStore {
 }
 
 impl Store for SqliteStore {
-    async fn migrate(&self) -> Result<(), StoreError> {
-        MIGRATOR.run(&self.pool).await?;
-        Ok(())
+    async fn apply_migrations(&self) -> Result<Vec<MigrationId>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let applied = schema::migrate(&mut *conn, &migrator()).await;
+        if applied.is_err() {
+            // It may still hold the migration lock, or be inside a failed migration.
+            conn.close_on_drop();
+        }
+        applied
+    }
+
+    async fn schema_status(&self) -> Result<SchemaStatus, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        schema::status(&mut *conn, &migrator()).await
     }
 
     async fn positions(&self, source: &str) -> Result<BTreeMap<i32, i64>, StoreError> {

@@ -1,0 +1,510 @@
+//! Schema status and upgrade compatibility against real databases: `schema_status`,
+//! `check_schema` and `apply_migrations` on a fresh database, next to a newer binary's additive
+//! migrations, after an incompatible change, and (PostgreSQL) as a role that may only SELECT.
+//!
+//! Each case runs on a fresh, unmigrated database: PostgreSQL from the administrative URL
+//! `SESSIONVIEW_TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`; each
+//! test creates and drops its own database), SQLite in a fresh file.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a panic is a failed test"
+)]
+
+use std::panic::AssertUnwindSafe;
+use std::str::FromStr;
+
+use futures_util::FutureExt;
+
+use sessionview_store::{
+    BUILD_VERSION, Compatibility, MigrationId, MigrationState, PgStore, SCHEMA_COMPATIBILITY,
+    SqliteStore, Store, StoreError,
+};
+use sqlx::Connection;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use uuid::Uuid;
+
+/// A migration of a newer sessionview, as it would record it.
+const NEWER_VERSION: i64 = 29_991_231_000_001;
+const NEWER_DESCRIPTION: &str = "newer binary table";
+
+/// A backend under test with a way to run plain SQL next to the store.
+trait Db: Sized {
+    type S: Store;
+    /// A one-byte blob, as an SQL literal.
+    const BLOB_LITERAL: &'static str;
+    async fn fresh() -> Self;
+    fn store(&self) -> &Self::S;
+    fn migrations() -> Migrator;
+    async fn execute(&self, sql: &str);
+    /// What a newer binary's additive migration leaves behind: a table and its history row.
+    async fn apply_newer_migration(&self);
+    async fn drop(self);
+}
+
+fn admin_url() -> String {
+    std::env::var("SESSIONVIEW_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+struct PgDb {
+    admin: String,
+    name: String,
+    store: PgStore,
+}
+
+impl PgDb {
+    fn url(&self) -> String {
+        let base = self.admin.rsplit_once('/').map_or(&*self.admin, |(b, _)| b);
+        format!("{base}/{}", self.name)
+    }
+}
+
+impl Db for PgDb {
+    type S = PgStore;
+    const BLOB_LITERAL: &'static str = "'\\x00'::bytea";
+
+    async fn fresh() -> Self {
+        let admin = admin_url();
+        let name = format!("sv_test_{}", Uuid::new_v4().simple());
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .expect("connect admin");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let base = admin.rsplit_once('/').map_or(&*admin, |(b, _)| b);
+        let store = PgStore::connect(&format!("{base}/{name}"), 4)
+            .await
+            .unwrap();
+        Self { admin, name, store }
+    }
+
+    fn store(&self) -> &PgStore {
+        &self.store
+    }
+
+    fn migrations() -> Migrator {
+        sqlx::migrate!("../../migrations/postgres")
+    }
+
+    async fn execute(&self, sql: &str) {
+        sqlx::raw_sql(sql).execute(self.store.pool()).await.unwrap();
+    }
+
+    async fn apply_newer_migration(&self) {
+        self.execute("CREATE TABLE newer_things (id bigint PRIMARY KEY, note text)")
+            .await;
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, \
+             execution_time) VALUES ($1, $2, TRUE, $3, 1)",
+        )
+        .bind(NEWER_VERSION)
+        .bind(NEWER_DESCRIPTION)
+        .bind(vec![7u8; 48])
+        .execute(self.store.pool())
+        .await
+        .unwrap();
+    }
+
+    async fn drop(self) {
+        self.store.close().await;
+        let mut conn = sqlx::PgConnection::connect(&self.admin).await.unwrap();
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+}
+
+struct SqliteDb {
+    dir: std::path::PathBuf,
+    store: SqliteStore,
+}
+
+impl Db for SqliteDb {
+    type S = SqliteStore;
+    const BLOB_LITERAL: &'static str = "X'00'";
+
+    async fn fresh() -> Self {
+        let dir = std::env::temp_dir().join(format!("sv-test-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite://{}", dir.join("sessionview.db").display());
+        let store = SqliteStore::connect(&url, 4).await.unwrap();
+        Self { dir, store }
+    }
+
+    fn store(&self) -> &SqliteStore {
+        &self.store
+    }
+
+    fn migrations() -> Migrator {
+        sqlx::migrate!("../../migrations/sqlite")
+    }
+
+    async fn execute(&self, sql: &str) {
+        sqlx::raw_sql(sql).execute(self.store.pool()).await.unwrap();
+    }
+
+    async fn apply_newer_migration(&self) {
+        self.execute("CREATE TABLE newer_things (id INTEGER PRIMARY KEY, note TEXT)")
+            .await;
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, \
+             execution_time) VALUES (?, ?, TRUE, ?, 1)",
+        )
+        .bind(NEWER_VERSION)
+        .bind(NEWER_DESCRIPTION)
+        .bind(vec![7u8; 48])
+        .execute(self.store.pool())
+        .await
+        .unwrap();
+    }
+
+    async fn drop(self) {
+        self.store.pool().close().await;
+        std::fs::remove_dir_all(&self.dir).unwrap();
+    }
+}
+
+/// Generates one `#[tokio::test]` per case and backend: `postgres::case` and `sqlite::case`.
+macro_rules! on_every_backend {
+    ($($case:ident),* $(,)?) => {
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread")]
+            async fn $case() {
+                let db = <super::PgDb as super::Db>::fresh().await;
+                super::$case(&db).await;
+                super::Db::drop(db).await;
+            })*
+        }
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread")]
+            async fn $case() {
+                let db = <super::SqliteDb as super::Db>::fresh().await;
+                super::$case(&db).await;
+                super::Db::drop(db).await;
+            })*
+        }
+    };
+}
+
+on_every_backend!(
+    a_fresh_database_is_pending_until_migrated,
+    a_newer_binarys_additive_migration_is_tolerated,
+    an_incompatible_level_refuses_before_changing_anything,
+    a_known_migration_with_other_content_stays_an_error,
+);
+
+/// This build's migrations, by version and description.
+fn known<D: Db>() -> Vec<MigrationId> {
+    D::migrations()
+        .iter()
+        .map(|m| MigrationId {
+            version: m.version,
+            description: m.description.to_string(),
+        })
+        .collect()
+}
+
+async fn migrated<D: Db>(db: &D) {
+    assert_eq!(db.store().apply_migrations().await.unwrap(), known::<D>());
+}
+
+async fn a_fresh_database_is_pending_until_migrated<D: Db>(db: &D) {
+    let store = db.store();
+    let status = store.schema_status().await.unwrap();
+    assert_eq!(status.pending(), known::<D>());
+    assert!(
+        status
+            .migrations
+            .iter()
+            .all(|m| m.state == MigrationState::Pending && m.known && m.applied_at.is_none())
+    );
+    assert_eq!(status.database, None);
+    assert_eq!(status.supported, SCHEMA_COMPATIBILITY);
+
+    let err = store.check_schema().await.unwrap_err();
+    let StoreError::MissingMigrations { missing } = &err else {
+        panic!("expected MissingMigrations, got {err:?}");
+    };
+    assert_eq!(missing, &known::<D>());
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("the database lacks migrations 20261126000001 (read model), "),
+        "{msg}"
+    );
+    assert!(
+        msg.ends_with(
+            "20261201000001 (schema compatibility): run `sessionview migrate` with this version \
+             first"
+        ),
+        "{msg}"
+    );
+    // Checking changed nothing.
+    assert_eq!(store.schema_status().await.unwrap(), status);
+
+    migrated(db).await;
+    store.check_schema().await.unwrap();
+    let status = store.schema_status().await.unwrap();
+    assert!(status.pending().is_empty() && status.newer().is_empty());
+    assert_eq!(status.migrations.len(), known::<D>().len());
+    for m in &status.migrations {
+        assert_eq!(m.state, MigrationState::Applied, "{m:?}");
+        assert!(m.applied_at.is_some(), "{m:?}");
+    }
+    assert_eq!(
+        status.database,
+        Some(Compatibility {
+            level: SCHEMA_COMPATIBILITY,
+            written_by: BUILD_VERSION.into()
+        })
+    );
+    assert_eq!(
+        store.apply_migrations().await.unwrap(),
+        Vec::<MigrationId>::new(),
+        "up to date: nothing to apply"
+    );
+    store.migrate().await.unwrap();
+}
+
+async fn a_newer_binarys_additive_migration_is_tolerated<D: Db>(db: &D) {
+    let store = db.store();
+    migrated(db).await;
+    // A newer sessionview (same level: its migration is additive) migrated after this one.
+    db.apply_newer_migration().await;
+    db.execute("UPDATE schema_compatibility SET written_by = '0.2.0'")
+        .await;
+    db.execute("INSERT INTO newer_things (id, note) VALUES (1, 'kept')")
+        .await;
+
+    assert_eq!(
+        store.apply_migrations().await.unwrap(),
+        Vec::<MigrationId>::new()
+    );
+    store.check_schema().await.unwrap();
+    let status = store.schema_status().await.unwrap();
+    let newer = MigrationId {
+        version: NEWER_VERSION,
+        description: NEWER_DESCRIPTION.into(),
+    };
+    assert_eq!(status.newer(), vec![newer]);
+    let last = status.migrations.last().unwrap();
+    assert_eq!(
+        (last.version, last.state, last.known),
+        (NEWER_VERSION, MigrationState::Newer, false)
+    );
+    assert!(status.pending().is_empty());
+    assert_eq!(
+        status.database.as_ref().map(|c| c.written_by.as_str()),
+        Some("0.2.0"),
+        "a migrate that applied nothing leaves written_by alone"
+    );
+    // This build still reads and writes its own tables.
+    assert_eq!(store.counts().await.unwrap().sessions, 0);
+
+    // This build's next migrations land below the newer one; a migrate that applies one records
+    // this build as the writer.
+    db.execute(&format!(
+        "DELETE FROM _sqlx_migrations WHERE version = {}",
+        known::<D>().last().unwrap().version
+    ))
+    .await;
+    db.execute("DROP TABLE schema_compatibility").await;
+    let applied = store.apply_migrations().await.unwrap();
+    assert_eq!(applied, vec![known::<D>().last().unwrap().clone()]);
+    let status = store.schema_status().await.unwrap();
+    assert_eq!(
+        status.database.as_ref().map(|c| c.written_by.as_str()),
+        Some(BUILD_VERSION)
+    );
+    assert_eq!(status.newer().len(), 1);
+}
+
+async fn an_incompatible_level_refuses_before_changing_anything<D: Db>(db: &D) {
+    let store = db.store();
+    migrated(db).await;
+    db.apply_newer_migration().await;
+    db.execute(&format!(
+        "UPDATE schema_compatibility SET level = {}, written_by = '9.9.9'",
+        SCHEMA_COMPATIBILITY + 1
+    ))
+    .await;
+    // One of this build's migrations missing, so that a migrate that did not refuse first would
+    // apply it (it would fail too: the index exists).
+    let list_indexes = known::<D>()
+        .into_iter()
+        .find(|m| m.description == "list indexes")
+        .unwrap();
+    db.execute(&format!(
+        "DELETE FROM _sqlx_migrations WHERE version = {}",
+        list_indexes.version
+    ))
+    .await;
+    let before = store.schema_status().await.unwrap();
+
+    let expected = format!(
+        "the database schema was changed incompatibly by sessionview 9.9.9 (compatibility level \
+         {}; this build supports up to {SCHEMA_COMPATIBILITY}): run sessionview 9.9.9 or newer",
+        SCHEMA_COMPATIBILITY + 1
+    );
+    for err in [
+        store.apply_migrations().await.unwrap_err(),
+        store.migrate().await.unwrap_err(),
+        store.check_schema().await.unwrap_err(),
+    ] {
+        assert!(
+            matches!(&err, StoreError::IncompatibleSchema { database_level, supported, written_by }
+                if *database_level == SCHEMA_COMPATIBILITY + 1
+                    && *supported == SCHEMA_COMPATIBILITY
+                    && written_by == "9.9.9"),
+            "{err:?}"
+        );
+        assert_eq!(err.to_string(), expected);
+    }
+    let after = store.schema_status().await.unwrap();
+    assert_eq!(after, before, "a refusing migrate changes nothing");
+    assert_eq!(after.pending(), vec![list_indexes]);
+    // Still usable for the status.
+    assert_eq!(after.database.unwrap().level, SCHEMA_COMPATIBILITY + 1);
+}
+
+async fn a_known_migration_with_other_content_stays_an_error<D: Db>(db: &D) {
+    let store = db.store();
+    migrated(db).await;
+    let first = known::<D>()[0].version;
+    db.execute(&format!(
+        "UPDATE _sqlx_migrations SET checksum = {} WHERE version = {first}",
+        D::BLOB_LITERAL
+    ))
+    .await;
+    let err = store.apply_migrations().await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            StoreError::Migrate(sqlx::migrate::MigrateError::VersionMismatch(v)) if *v == first
+        ),
+        "{err:?}"
+    );
+    let err = store.check_schema().await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::DivergedMigrations { failed, modified }
+            if failed.is_empty() && modified.len() == 1 && modified[0].version == first),
+        "{err:?}"
+    );
+    let status = store.schema_status().await.unwrap();
+    assert_eq!(status.migrations[0].state, MigrationState::Modified);
+}
+
+/// A process that may only read (a SELECT-only role, here also read-only by default like a
+/// hot-standby replica) can check and describe the schema; it sees a fresh database as lacking
+/// every migration rather than failing on a missing table or privilege.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_a_select_only_role_checks_the_schema() {
+    let db = PgDb::fresh().await;
+    let role = format!("sv_reader_{}", Uuid::new_v4().simple());
+    let grant = format!(
+        "GRANT USAGE ON SCHEMA public TO {role}; \
+         GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role};"
+    );
+    {
+        let mut admin = sqlx::PgConnection::connect(&db.admin).await.unwrap();
+        sqlx::raw_sql(&format!(
+            "CREATE ROLE {role} LOGIN; \
+             ALTER ROLE {role} SET default_transaction_read_only = on"
+        ))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    }
+    db.execute(&grant).await;
+    let options = PgConnectOptions::from_str(&db.url())
+        .unwrap()
+        .username(&role);
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(options)
+        .await
+        .unwrap();
+    let reader = PgStore::from_pool(pool);
+
+    let checks = async {
+        let err = reader.check_schema().await.unwrap_err();
+        assert!(
+            matches!(&err, StoreError::MissingMigrations { missing } if *missing == known::<PgDb>()),
+            "{err:?}"
+        );
+        assert_eq!(
+            reader.schema_status().await.unwrap().pending(),
+            known::<PgDb>()
+        );
+
+        migrated(&db).await;
+        db.execute(&grant).await; // the tables the migrations created
+        reader.check_schema().await.unwrap();
+        let status = reader.schema_status().await.unwrap();
+        assert!(status.pending().is_empty());
+        assert_eq!(status.database.unwrap().written_by, BUILD_VERSION);
+        // It cannot write, so the checks above wrote nothing.
+        let write = sqlx::query("UPDATE schema_compatibility SET written_by = 'x'")
+            .execute(reader.pool())
+            .await;
+        assert!(write.is_err(), "the reader must not be able to write");
+    };
+    let outcome = AssertUnwindSafe(checks).catch_unwind().await;
+
+    reader.close().await;
+    db.drop().await;
+    let mut admin = sqlx::PgConnection::connect(&admin_url()).await.unwrap();
+    sqlx::query(&format!("DROP ROLE {role}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// Two binaries migrating the same fresh database at once: the migration lock makes one apply
+/// everything and the other nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_concurrent_migrations_apply_each_once() {
+    let db = PgDb::fresh().await;
+    let other = PgStore::connect(&db.url(), 2).await.unwrap();
+    let (a, b) = tokio::join!(db.store.apply_migrations(), other.apply_migrations());
+    let (mut a, mut b) = (a.unwrap(), b.unwrap());
+    if a.is_empty() {
+        std::mem::swap(&mut a, &mut b);
+    }
+    assert_eq!(a, known::<PgDb>());
+    assert_eq!(b, Vec::<MigrationId>::new());
+    other.check_schema().await.unwrap();
+    other.close().await;
+    db.drop().await;
+}
+
+/// A replay's shadow schema gets its own migration history and compatibility row, and the status
+/// read there is the shadow's.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_a_shadow_schema_has_its_own_status() {
+    let db = PgDb::fresh().await;
+    migrated(&db).await;
+    db.store.reset_schema("sv_shadow_test").await.unwrap();
+    let shadow = PgStore::connect_in_schema(&db.url(), 2, "sv_shadow_test")
+        .await
+        .unwrap();
+    assert_eq!(
+        shadow.schema_status().await.unwrap().pending(),
+        known::<PgDb>()
+    );
+    assert_eq!(shadow.apply_migrations().await.unwrap(), known::<PgDb>());
+    shadow.check_schema().await.unwrap();
+    shadow.close().await;
+    db.drop().await;
+}
