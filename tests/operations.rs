@@ -73,8 +73,10 @@ async fn sigterm_drains_and_metrics_and_probes_answer() {
         "sessionview_projector_lag_seconds{partition=",
         // From librdkafka's statistics, emitted once a second.
         "sessionview_projector_lag_messages{partition=",
-        // The statistics task (every 5 s) analyzes the tables once they have grown.
-        "sessionview_projector_statistics_refreshed_total{table=\"sessions\"}",
+        // Not sessionview_projector_statistics_refreshed_total: on Apache Kafka this stream is
+        // projected within the statistics task's first 5 s, and autovacuum may analyze the
+        // tables before it does (then it has nothing to refresh). The refresh rule is tested in
+        // the store's conformance suite (`postgres_statistics_follow_a_growing_table`).
     ];
     let mut text = String::new();
     let all_there = tokio::time::timeout(Duration::from_secs(15), async {
@@ -217,9 +219,19 @@ async fn events_counted(metrics: &str) -> (u64, u64) {
 /// timeout (its partitions move to the other while it still believes it owns them, possibly with a
 /// batch in flight), then resumed (the stale owner: its commits are fenced by the stored positions'
 /// compare-and-set) and killed. Every message is committed by exactly one instance, the tables are
-/// exactly the fold.
+/// exactly the fold. Run with both group protocols.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_paused_then_killed_instance_is_fenced_and_nothing_is_applied_twice() {
+async fn a_paused_then_killed_instance_is_fenced_and_nothing_is_applied_twice_classic() {
+    paused_then_killed_instance_is_fenced("classic").await;
+}
+
+/// The same under KIP-848's `consumer` group protocol (the broker's session timeout applies).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_then_killed_instance_is_fenced_and_nothing_is_applied_twice_consumer() {
+    paused_then_killed_instance_is_fenced("consumer").await;
+}
+
+async fn paused_then_killed_instance_is_fenced(protocol: &str) {
     let cfg = sim_config(3000, 303);
     let topic = unique_topic("group");
     publish(&topic, &cfg).await;
@@ -236,6 +248,8 @@ async fn a_paused_then_killed_instance_is_fenced_and_nothing_is_applied_twice() 
             &topic,
             &group,
             &[
+                "--group-protocol",
+                protocol,
                 "--batch-size",
                 "50",
                 "--db-idle-transaction-timeout-secs",

@@ -243,13 +243,25 @@ pub async fn progress(store: &PgStore, source: &str) -> i64 {
         .unwrap_or(0)
 }
 
-/// A free local TCP port (bound and released).
+/// A free local TCP port for a child process to listen on (checked by binding it, then released).
+///
+/// Taken below Linux's ephemeral range (32768–60999), so that no outgoing connection — the
+/// projectors' own, to Kafka and PostgreSQL — can be given it between this check and the child's
+/// bind, and never the same port twice in this process. (A port picked by binding port 0 and
+/// releasing it was sometimes handed out again: the child then failed at start, since listeners
+/// are bound before anything else.)
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use rand::Rng;
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    let mut rng = rand::rng();
+    loop {
+        let port = rng.random_range(20_000..32_000);
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A GraphQL request to `POST /admin/graphql`, signed as Backend.AI clients sign it.

@@ -216,6 +216,10 @@ pub(crate) struct Applier<S> {
     until: Until,
     progress: Option<Arc<AtomicU64>>,
     summary: Summary,
+    /// Per partition, the epoch and the last offset admitted into a batch: within one epoch
+    /// offsets only grow, so a message at or below it is a redelivery, dropped (a rewind comes
+    /// only with a re-seek, which starts a new epoch).
+    admitted: HashMap<i32, (u64, i64)>,
 }
 
 impl<S: Store> Applier<S> {
@@ -235,6 +239,7 @@ impl<S: Store> Applier<S> {
             until,
             progress,
             summary: Summary::default(),
+            admitted: HashMap::new(),
         }
     }
 
@@ -414,9 +419,10 @@ impl<S: Store> Applier<S> {
     }
 
     /// Only partitions still owned, under the epoch the messages were read in, and only offsets
-    /// not yet applied (nor beyond `--until` targets).
+    /// not yet applied, not yet admitted in this epoch (a batch in flight has them), nor beyond
+    /// `--until` targets.
     fn admit(
-        &self,
+        &mut self,
         mut batch: Vec<SourceMessage>,
         owned: &HashMap<i32, PartitionState>,
     ) -> Vec<SourceMessage> {
@@ -425,11 +431,33 @@ impl<S: Store> Applier<S> {
             Until::Positions(t) => Some(t),
             _ => None,
         };
+        let admitted = &mut self.admitted;
+        let mut redelivered = 0u64;
         batch.retain(|m| {
-            owned.get(&m.partition).is_some_and(|st| {
+            let keep = owned.get(&m.partition).is_some_and(|st| {
                 st.epoch == m.epoch && st.next.is_none_or(|next| m.offset >= next)
-            }) && targets.is_none_or(|t| t.get(&m.partition).is_some_and(|end| m.offset < *end))
+            }) && targets
+                .is_none_or(|t| t.get(&m.partition).is_some_and(|end| m.offset < *end));
+            if !keep {
+                return false;
+            }
+            match admitted.get(&m.partition) {
+                Some(&(epoch, last)) if epoch == m.epoch && m.offset <= last => {
+                    redelivered += 1;
+                    false
+                }
+                _ => {
+                    admitted.insert(m.partition, (m.epoch, m.offset));
+                    true
+                }
+            }
         });
+        if redelivered > 0 {
+            warn!(
+                redelivered,
+                "dropped messages delivered again at or below an offset already in a batch"
+            );
+        }
         if batch.len() < before {
             debug!(
                 dropped = before - batch.len(),

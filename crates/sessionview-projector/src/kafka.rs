@@ -24,7 +24,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::applier::{Item, PartitionState, Shared, SourceMessage};
-use crate::{KafkaSourceConfig, ProjectorError, metrics};
+use crate::client::{ClientErrors, metadata_or_cause};
+use crate::{GroupProtocol, KafkaSourceConfig, ProjectorError, metrics};
 
 /// Reads stored positions from the store, blocking the consumer thread (with retries).
 struct Positions<S> {
@@ -62,6 +63,9 @@ struct Context<S> {
     epochs: std::sync::Mutex<HashMap<i32, u64>>,
     /// Partitions assigned since the last EOF bookkeeping reset.
     fresh: std::sync::Mutex<Vec<i32>>,
+    /// What librdkafka reported, for errors that say why the broker cannot be used.
+    errors: ClientErrors,
+    brokers: String,
 }
 
 impl<S: Store> ClientContext for Context<S> {
@@ -89,6 +93,7 @@ impl<S: Store> ClientContext for Context<S> {
         {
             debug!(reason, "end of partition");
         } else {
+            self.errors.record(&error, reason);
             error!(error = %error, reason, "kafka client error");
         }
     }
@@ -201,27 +206,26 @@ pub(crate) async fn spawn<S: Store>(
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "true")
-        .set(
-            "session.timeout.ms",
-            cfg.session_timeout.as_millis().to_string(),
-        )
+        .set("group.protocol", cfg.group_protocol.as_str())
         .set("client.id", "sessionview-projector")
         // Prefetch at most 16 MiB (librdkafka's default is 64 MiB): the applier's channel and
         // its two batches in flight are buffer enough, and the default made a catching-up
         // projector's memory several times its working set.
         .set("queued.max.messages.kbytes", "16384")
-        // A fetch that finds nothing new returns after 5 ms (librdkafka's default is 500 ms).
-        // Brokers that do not answer a waiting fetch as soon as data arrives (tansu) otherwise
-        // add up to that wait to every event's latency: with it, publish → visible in GraphQL
-        // is p99 40 ms at 5,000 events/s instead of 420 ms (docs/benchmarks.md). The price is
-        // up to 200 empty fetches a second per broker while idle; `--kafka-option
-        // fetch.wait.max.ms=500` restores the default.
-        .set("fetch.wait.max.ms", "5")
+        // librdkafka's fetch.wait.max.ms stays at its 500 ms: Apache Kafka answers a waiting
+        // fetch as soon as data arrives (fetch.min.bytes=1), so the wait adds no latency; the
+        // 5 ms that the earlier test broker needed cost 200 empty fetches a second while idle.
         // High watermarks for lag and readiness come with librdkafka's statistics.
         .set("statistics.interval.ms", "1000");
-    for (k, v) in &cfg.options {
-        client.set(k, v);
+    if cfg.group_protocol == GroupProtocol::Classic {
+        // Under the `consumer` protocol the broker owns the session timeout (librdkafka refuses
+        // the setting there).
+        client.set(
+            "session.timeout.ms",
+            cfg.session_timeout.as_millis().to_string(),
+        );
     }
+    cfg.options.apply(&mut client);
     let context = Context {
         topic: cfg.topic.clone(),
         positions: Positions {
@@ -233,6 +237,8 @@ pub(crate) async fn spawn<S: Store>(
         shared: Arc::clone(&shared),
         epochs: std::sync::Mutex::new(HashMap::new()),
         fresh: std::sync::Mutex::new(Vec::new()),
+        errors: ClientErrors::default(),
+        brokers: cfg.brokers.clone(),
     };
     let consumer: BaseConsumer<Context<S>> = client.create_with_context(context)?;
     let topic = cfg.topic.clone();
@@ -341,13 +347,16 @@ fn topic_partitions<S: Store>(
     consumer: &BaseConsumer<Context<S>>,
     topic: &str,
 ) -> Result<Vec<i32>, ProjectorError> {
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(15))
-        .map_err(|e| {
-            ProjectorError::SourceFailed(format!(
-                "cannot read the metadata of topic {topic} (is the broker reachable?): {e}"
-            ))
-        })?;
+    let metadata = metadata_or_cause(
+        &consumer.context().brokers,
+        &consumer.context().errors,
+        Duration::from_secs(15),
+        |timeout| consumer.fetch_metadata(Some(topic), timeout),
+        // Nothing is assigned yet: polling only serves the client's events (errors among them).
+        || {
+            let _ = consumer.poll(Duration::ZERO);
+        },
+    )?;
     let partitions: Vec<i32> = metadata
         .topics()
         .iter()

@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 mod applier;
+pub mod client;
 mod file;
 mod health;
 mod kafka;
@@ -27,6 +28,7 @@ pub mod metrics;
 mod statistics;
 
 pub use applier::SourceMessage;
+pub use client::{BadKafkaOption, KafkaOptions};
 pub use file::source_name as file_source_name;
 pub use health::{Health, Progress};
 
@@ -59,9 +61,47 @@ pub struct KafkaSourceConfig {
     pub topic: String,
     /// Consumer group: instances in one group share the partitions.
     pub group: String,
+    /// The classic protocol's session timeout (the `consumer` protocol's is the broker's
+    /// `group.consumer.session.timeout.ms`).
     pub session_timeout: Duration,
-    /// Extra librdkafka settings (`key=value`), applied last.
-    pub options: Vec<(String, String)>,
+    pub group_protocol: GroupProtocol,
+    /// The operator's librdkafka settings, applied last.
+    pub options: KafkaOptions,
+}
+
+/// The consumer group protocol (librdkafka's `group.protocol`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum GroupProtocol {
+    /// The classic protocol (every Kafka since 0.9): the client sets the session timeout, and a
+    /// rebalance pauses the whole group briefly.
+    #[default]
+    Classic,
+    /// KIP-848's protocol (Apache Kafka 4.0 and later): the broker assigns partitions
+    /// incrementally and owns the session timeout.
+    Consumer,
+}
+
+impl GroupProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupProtocol::Classic => "classic",
+            GroupProtocol::Consumer => "consumer",
+        }
+    }
+}
+
+impl std::str::FromStr for GroupProtocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "classic" => Ok(GroupProtocol::Classic),
+            "consumer" => Ok(GroupProtocol::Consumer),
+            _ => Err(format!(
+                "unknown group protocol {s:?}: expected classic or consumer"
+            )),
+        }
+    }
 }
 
 /// A source of events.
@@ -106,7 +146,8 @@ impl SourceConfig {
                 topic: topic.to_owned(),
                 group: group.to_owned(),
                 session_timeout,
-                options: Vec::new(),
+                group_protocol: GroupProtocol::default(),
+                options: KafkaOptions::default(),
             }))
         } else if let Some(path) = url.strip_prefix("file://") {
             if path.is_empty() {
@@ -177,6 +218,8 @@ pub enum ProjectorError {
     Store(#[from] StoreError),
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    Unreachable(#[from] client::Unreachable),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

@@ -23,6 +23,9 @@ pub(crate) struct QueryArgs {
     /// Variables as a JSON object.
     #[arg(long, env = "SESSIONVIEW_VARIABLES", default_value = "{}")]
     variables: String,
+    /// For an https:// endpoint: trust this CA certificate (PEM) besides the system's.
+    #[arg(long, env = "SESSIONVIEW_CA_CERT")]
+    ca_cert: Option<std::path::PathBuf>,
     /// The GraphQL query.
     query: String,
 }
@@ -54,7 +57,16 @@ pub(crate) async fn query(args: QueryArgs) -> anyhow::Result<()> {
         },
     )?;
     let body = serde_json::json!({"query": args.query, "variables": variables});
-    let resp = reqwest::Client::new()
+    let mut client = reqwest::Client::builder();
+    if let Some(ca) = &args.ca_cert {
+        let pem =
+            std::fs::read(ca).with_context(|| format!("reading --ca-cert {}", ca.display()))?;
+        let cert = reqwest::Certificate::from_pem(&pem)
+            .with_context(|| format!("--ca-cert {} is not a PEM certificate", ca.display()))?;
+        client = client.add_root_certificate(cert);
+    }
+    let client = client.build().context("building the HTTP client")?;
+    let resp = client
         .post(base.join(path)?)
         .header("Content-Type", "application/json")
         .header("Date", &date)

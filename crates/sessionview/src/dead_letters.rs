@@ -80,7 +80,7 @@ struct RetryArgs {
     #[arg(long, env = "SESSIONVIEW_DRY_RUN")]
     dry_run: bool,
     /// Dead letters re-applied per transaction.
-    #[arg(long, env = "SESSIONVIEW_BATCH_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    #[arg(long, env = "SESSIONVIEW_RETRY_BATCH_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     batch_size: u32,
 }
 

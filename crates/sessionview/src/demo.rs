@@ -28,28 +28,26 @@ pub(crate) struct RunArgs {
     /// Where events come from: kafka://HOST:PORT/TOPIC, or file://PATH (followed as it grows).
     #[arg(long, env = "SESSIONVIEW_SOURCE")]
     source: String,
-    /// Kafka consumer group.
-    #[arg(
-        long,
-        env = "SESSIONVIEW_GROUP",
-        default_value = "sessionview-projector"
-    )]
-    group: String,
-    /// Kafka session timeout in milliseconds.
-    #[arg(long, env = "SESSIONVIEW_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
-    session_timeout_ms: u64,
+    #[command(flatten)]
+    kafka: crate::kafka::GroupArgs,
     /// Address of the API, GraphiQL, /metrics, /healthz and /readyz.
     #[arg(long, env = "SESSIONVIEW_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    #[command(flatten)]
+    tls: telemetry::TlsArgs,
+    #[command(flatten)]
+    schema: crate::SchemaArgs,
 }
 
 /// Options of `sessionview demo`.
 #[derive(Debug, Args)]
 pub(crate) struct DemoArgs {
     /// Where the demo keeps its data (it survives a restart).
+    /// Its own variable: the demo never writes into the database an operator exported as
+    /// `SESSIONVIEW_DATABASE_URL`.
     #[arg(
         long,
-        env = "SESSIONVIEW_DATABASE_URL",
+        env = "SESSIONVIEW_DEMO_DATABASE_URL",
         default_value = "sqlite://sessionview-demo.db"
     )]
     database_url: String,
@@ -68,7 +66,7 @@ pub(crate) struct DemoArgs {
 async fn project_and_serve<S: Store + ReadModel>(
     store: S,
     source: SourceConfig,
-    listen: SocketAddr,
+    listener: telemetry::Bound,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let app = api_router(store.clone(), ServerConfig::default(), shutdown.clone())?;
@@ -85,7 +83,7 @@ async fn project_and_serve<S: Store + ReadModel>(
             result
         })
     };
-    let served = telemetry::serve(listen, app, "the GraphQL API", shutdown.clone()).await;
+    let served = telemetry::serve(listener, app, shutdown.clone()).await;
     shutdown.cancel();
     let projected = projector.await.context("the projector task failed")?;
     served?;
@@ -94,25 +92,28 @@ async fn project_and_serve<S: Store + ReadModel>(
 }
 
 pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let mut source = SourceConfig::parse(
-        &args.source,
-        &args.group,
-        Duration::from_millis(args.session_timeout_ms),
-    )?;
+    let mut source = args.kafka.source(&args.source)?;
     if let SourceConfig::File { follow, .. } = &mut source {
         *follow = true;
     }
+    let listener = telemetry::bind(args.listen, "the GraphQL API", Some(&args.tls)).await?;
     let shutdown = CancellationToken::new();
     telemetry::cancel_on_signals(shutdown.clone());
     with_store!(args.db, |store| {
-        store.migrate().await.context("migrating the schema")?;
+        args.schema.prepare(&store).await?;
+        let origin = listener.origin();
+        info!(
+            source = %crate::kafka::describe_source(&source),
+            database = %crate::redact(&args.db.database_url),
+            listen = %origin,
+            "projecting and serving"
+        );
         eprintln!(
-            "sessionview {} projecting {} and serving http://{}/admin/graphql",
+            "sessionview {} projecting {} and serving {origin}/admin/graphql",
             env!("CARGO_PKG_VERSION"),
             args.source,
-            args.listen
         );
-        project_and_serve(store, source, args.listen, shutdown).await
+        project_and_serve(store, source, listener, shutdown).await
     })
 }
 
@@ -183,6 +184,7 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         db_max_connections: 8,
     };
     let events = events_path(&args.database_url);
+    let listener = telemetry::bind(args.listen, "the GraphQL API", None).await?;
     let shutdown = CancellationToken::new();
     telemetry::cancel_on_signals(shutdown.clone());
     with_store!(db, |store| {
@@ -200,7 +202,7 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         let exe = std::env::current_exe()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|_| "sessionview".into());
-        let base = format!("http://{}", args.listen);
+        let base = listener.origin();
         println!(
             "sessionview demo: a simulated cluster, projected into {} and served at {base}",
             args.database_url
@@ -238,7 +240,7 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             follow: true,
         };
         info!(events = %events.display(), "demo running");
-        let result = project_and_serve(store, source, args.listen, shutdown.clone()).await;
+        let result = project_and_serve(store, source, listener, shutdown.clone()).await;
         shutdown.cancel();
         sim.await.context("the simulator task failed")??;
         result

@@ -13,6 +13,8 @@ use tracing::info;
 mod client;
 mod dead_letters;
 mod demo;
+mod kafka;
+mod migrate;
 mod reference;
 mod replay;
 mod serve;
@@ -47,8 +49,8 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Create or upgrade the database schema.
-    Migrate(DbArgs),
+    /// Create or upgrade the database schema (--status: only list what is applied and pending).
+    Migrate(migrate::MigrateArgs),
     /// Project events from Kafka (or an NDJSON archive) into the database.
     Project(ProjectArgs),
     /// Write a simulated, contract-valid event stream to Kafka or a file.
@@ -94,6 +96,35 @@ pub(crate) struct DbArgs {
     /// (`serve` holds read connections and one other, `project` write connections).
     #[arg(long, env = "SESSIONVIEW_DB_MAX_CONNECTIONS", default_value_t = 8)]
     db_max_connections: u32,
+}
+
+/// Whether a long-running command migrates the schema at start.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct SchemaArgs {
+    /// Do not migrate at start: check that the schema has every migration this version needs and
+    /// refuse otherwise (for a role that may only read, or a hot-standby replica; run
+    /// `sessionview migrate` first). `SESSIONVIEW_MIGRATE=false` is the same.
+    #[arg(
+        long = "no-migrate",
+        env = "SESSIONVIEW_MIGRATE",
+        action = clap::ArgAction::SetFalse,
+        value_parser = clap::builder::FalseyValueParser::new(),
+    )]
+    migrate: bool,
+}
+
+impl SchemaArgs {
+    /// Migrates, or only checks the schema.
+    pub(crate) async fn prepare<S: Store>(&self, store: &S) -> anyhow::Result<()> {
+        if self.migrate {
+            store.migrate().await.context("migrating the schema")
+        } else {
+            store
+                .check_schema()
+                .await
+                .context("checking the schema (--no-migrate)")
+        }
+    }
 }
 
 /// The database a URL names.
@@ -171,15 +202,12 @@ struct ProjectArgs {
     /// Where events come from: kafka://HOST:PORT/TOPIC or file://PATH (an NDJSON archive).
     #[arg(long, env = "SESSIONVIEW_SOURCE")]
     source: String,
-    /// Kafka consumer group; instances in one group share the topic's partitions.
-    #[arg(
-        long,
-        env = "SESSIONVIEW_GROUP",
-        default_value = "sessionview-projector"
-    )]
-    group: String,
+    #[command(flatten)]
+    kafka: kafka::GroupArgs,
+    #[command(flatten)]
+    schema: SchemaArgs,
     /// Most events in one batch (one database transaction).
-    #[arg(long, env = "SESSIONVIEW_BATCH_SIZE", default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    #[arg(long, env = "SESSIONVIEW_PROJECT_BATCH_SIZE", default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     batch_size: u32,
     /// Longest wait, in milliseconds, for more events once a batch has its first.
     #[arg(long, env = "SESSIONVIEW_BATCH_LINGER_MS", default_value_t = 5)]
@@ -190,16 +218,6 @@ struct ProjectArgs {
     /// For file:// sources: keep reading as the file grows.
     #[arg(long, env = "SESSIONVIEW_FOLLOW")]
     follow: bool,
-    /// Kafka session timeout in milliseconds (a dead instance's partitions move after this).
-    #[arg(long, env = "SESSIONVIEW_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
-    session_timeout_ms: u64,
-    /// Extra librdkafka consumer setting KEY=VALUE (repeatable; comma-separated in the env var).
-    #[arg(
-        long = "kafka-option",
-        env = "SESSIONVIEW_KAFKA_OPTIONS",
-        value_delimiter = ','
-    )]
-    kafka_options: Vec<String>,
     /// Serve /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9464).
     #[arg(long, env = "SESSIONVIEW_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
@@ -218,13 +236,44 @@ pub(crate) enum OutputFormat {
     Json,
 }
 
+/// Variables earlier versions read that now have other names: set, they are an error (ignoring
+/// one silently would change what a deployment does).
+const RENAMED_VARIABLES: &[(&str, &str)] = &[
+    (
+        "SESSIONVIEW_BATCH_SIZE",
+        "SESSIONVIEW_PROJECT_BATCH_SIZE (project), SESSIONVIEW_REPLAY_BATCH_SIZE (replay) or \
+         SESSIONVIEW_RETRY_BATCH_SIZE (dead-letters retry)",
+    ),
+    (
+        "SESSIONVIEW_KAFKA_OPTIONS",
+        "one SESSIONVIEW_KAFKA_<KEY> variable per librdkafka setting \
+         (SESSIONVIEW_KAFKA_SECURITY_PROTOCOL=SSL is security.protocol=SSL)",
+    ),
+];
+
+/// The first renamed variable set in `vars`, with the message naming its replacement.
+fn renamed_variable(vars: impl IntoIterator<Item = std::ffi::OsString>) -> Option<String> {
+    let set: Vec<std::ffi::OsString> = vars.into_iter().collect();
+    RENAMED_VARIABLES.iter().find_map(|(old, new)| {
+        set.iter()
+            .any(|v| v == old)
+            .then(|| format!("{old} is no longer read: use {new}"))
+    })
+}
+
 fn main() -> anyhow::Result<()> {
+    if let Some(why) = renamed_variable(std::env::vars_os().map(|(k, _)| k)) {
+        eprintln!("error: {why}");
+        std::process::exit(2);
+    }
     let cli = Cli::parse();
     if cli.check_args {
         println!("arguments accepted");
         return Ok(());
     }
     telemetry::init_logging(cli.log_format);
+    // Every TLS user here (sqlx, reqwest, the HTTPS listener) runs on rustls with ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -242,11 +291,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Migrate(db) => with_store!(db, |store| {
-            store.migrate().await.context("migrating the schema")?;
-            println!("schema is up to date");
-            Ok(())
-        }),
+        Command::Migrate(args) => migrate::run(args).await,
         Command::Project(args) => project(args).await,
         Command::Simulate(args) => simulate::run(args).await,
         Command::DeadLetters(args) => dead_letters::run(args).await,
@@ -272,21 +317,11 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
 }
 
 async fn project(args: ProjectArgs) -> anyhow::Result<()> {
-    let mut source = SourceConfig::parse(
-        &args.source,
-        &args.group,
-        Duration::from_millis(args.session_timeout_ms),
-    )?;
+    let mut source = args.kafka.source(&args.source)?;
     match &mut source {
-        SourceConfig::Kafka(k) => {
+        SourceConfig::Kafka(_) => {
             if args.follow {
                 bail!("--follow applies to file:// sources only");
-            }
-            for opt in &args.kafka_options {
-                let (key, value) = opt
-                    .split_once('=')
-                    .with_context(|| format!("--kafka-option {opt:?} is not KEY=VALUE"))?;
-                k.options.push((key.trim().into(), value.trim().into()));
             }
         }
         SourceConfig::File { path, follow } => {
@@ -315,14 +350,18 @@ async fn project_with<S: Store>(
     source: SourceConfig,
     args: &ProjectArgs,
 ) -> anyhow::Result<()> {
-    store.migrate().await.context("migrating the schema")?;
+    let ops_listener = match args.metrics_listen {
+        Some(addr) => Some(telemetry::bind(addr, "/metrics, /healthz, /readyz", None).await?),
+        None => None,
+    };
+    args.schema.prepare(&store).await?;
     let shutdown = CancellationToken::new();
     telemetry::cancel_on_signals(shutdown.clone());
     let ops_stop = CancellationToken::new();
     let health = Health::new();
     let stall_after = Duration::from_secs(args.stall_after_secs);
-    let ops = match args.metrics_listen {
-        Some(addr) => {
+    let ops = match ops_listener {
+        Some(listener) => {
             let handle = telemetry::install_metrics()?;
             let probe = store.clone();
             let health = health.clone();
@@ -337,9 +376,8 @@ async fn project_with<S: Store>(
                 ops_stop.clone(),
             );
             Some(tokio::spawn(telemetry::serve(
-                addr,
+                listener,
                 app,
-                "/metrics, /healthz, /readyz",
                 ops_stop.clone(),
             )))
         }
@@ -350,7 +388,13 @@ async fn project_with<S: Store>(
         linger: Duration::from_millis(args.batch_linger_ms),
         ..BatchConfig::default()
     };
-    info!(source = %args.source, batch_size = batch.max_events, "projecting");
+    info!(
+        source = %kafka::describe_source(&source),
+        database = %redact(&args.db.database_url),
+        metrics = ?args.metrics_listen,
+        batch_size = batch.max_events,
+        "projecting"
+    );
     let opts = RunOptions {
         batch,
         until: if args.exit_at_end {
@@ -381,4 +425,36 @@ async fn project_with<S: Store>(
         outcomes.join(" ")
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Schema {
+        #[command(flatten)]
+        schema: SchemaArgs,
+    }
+
+    /// The flag (the variable, `SESSIONVIEW_MIGRATE=false`, is exercised through the binary in
+    /// tests/security.rs).
+    #[test]
+    fn no_migrate_flag() {
+        let parse = |argv: &[&str]| Schema::try_parse_from(argv).unwrap().schema.migrate;
+        assert!(parse(&["t"]));
+        assert!(!parse(&["t", "--no-migrate"]));
+    }
+
+    #[test]
+    fn renamed_variables_are_named_with_their_replacement() {
+        let why = renamed_variable(["PATH".into(), "SESSIONVIEW_BATCH_SIZE".into()]).unwrap();
+        assert!(why.contains("SESSIONVIEW_PROJECT_BATCH_SIZE"), "{why}");
+        assert_eq!(
+            renamed_variable(["SESSIONVIEW_PROJECT_BATCH_SIZE".into()]),
+            None
+        );
+    }
 }

@@ -47,6 +47,22 @@ fn command(out: &mut String, parent: &str, cmd: &Command) {
     }
 }
 
+/// Flags whose environment is a family of variables rather than one (no `env` on the flag).
+const ENV_FAMILIES: &[(&str, &str)] = &[("kafka-option", "SESSIONVIEW_KAFKA_<KEY>")];
+
+/// The variable (or family of variables) a flag reads.
+fn env_of(a: &Arg) -> Option<String> {
+    a.get_env()
+        .map(|e| e.to_string_lossy().into_owned())
+        .or_else(|| {
+            let long = a.get_long()?;
+            ENV_FAMILIES
+                .iter()
+                .find(|(flag, _)| *flag == long)
+                .map(|(_, family)| (*family).to_owned())
+        })
+}
+
 fn table(out: &mut String, args: &[&Arg]) {
     let _ = writeln!(out, "| flag | environment variable | default | meaning |");
     let _ = writeln!(out, "|---|---|---|---|");
@@ -55,10 +71,7 @@ fn table(out: &mut String, args: &[&Arg]) {
             Some(l) => format!("`--{l}`"),
             None => format!("`<{}>`", a.get_id().as_str().to_uppercase()),
         };
-        let env = a
-            .get_env()
-            .map(|e| format!("`{}`", e.to_string_lossy()))
-            .unwrap_or_default();
+        let env = env_of(a).map(|e| format!("`{e}`")).unwrap_or_default();
         let default: Vec<String> = a
             .get_default_values()
             .iter()
@@ -118,8 +131,8 @@ mod tests {
         for cmd in &cmds {
             for a in cmd.get_arguments().filter(|a| visible(a)) {
                 let Some(long) = a.get_long() else { continue };
-                match a.get_env() {
-                    Some(e) if e.to_string_lossy().starts_with("SESSIONVIEW_") => {}
+                match env_of(a) {
+                    Some(e) if e.starts_with("SESSIONVIEW_") => {}
                     _ => missing.push(format!("{} --{long}", cmd.get_name())),
                 }
             }

@@ -51,7 +51,7 @@ pub(crate) struct ReplayArgs {
     #[arg(long, env = "SESSIONVIEW_REPLAY_DRY_RUN")]
     dry_run: bool,
     /// Most events in one batch.
-    #[arg(long, env = "SESSIONVIEW_BATCH_SIZE", default_value_t = 20_000)]
+    #[arg(long, env = "SESSIONVIEW_REPLAY_BATCH_SIZE", default_value_t = 20_000)]
     batch_size: usize,
     /// Show one progress line per partition (Kafka) in the final report.
     #[arg(long, env = "SESSIONVIEW_REPLAY_PER_PARTITION")]
@@ -59,9 +59,8 @@ pub(crate) struct ReplayArgs {
     /// Give up aligning with a live projector that does not advance for this long (seconds).
     #[arg(long, env = "SESSIONVIEW_REPLAY_ALIGN_TIMEOUT_S", default_value_t = 60)]
     align_timeout_s: u64,
-    /// Kafka session timeout in milliseconds.
-    #[arg(long, env = "SESSIONVIEW_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
-    session_timeout_ms: u64,
+    #[command(flatten)]
+    kafka: crate::kafka::KafkaArgs,
     /// Serve /metrics (rebuild progress), /healthz and /readyz on this address.
     #[arg(long, env = "SESSIONVIEW_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
@@ -225,17 +224,23 @@ fn count_lines(path: &std::path::Path) -> anyhow::Result<u64> {
 pub(crate) async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     // Replay assigns partitions directly (no group membership); the group id is only a label.
     let group = format!("sessionview-replay-{}", Uuid::new_v4().simple());
-    let source = SourceConfig::parse(
-        &args.from,
-        &group,
-        Duration::from_millis(args.session_timeout_ms),
-    )?;
+    // The session timeout does not matter: replay is no group member.
+    let mut source = SourceConfig::parse(&args.from, &group, Duration::from_secs(10))?;
+    if let SourceConfig::Kafka(k) = &mut source {
+        k.options = args.kafka.options()?;
+    }
     if let SourceConfig::File { path, .. } = &source
         && !path.exists()
     {
         bail!("{}: no such file", path.display());
     }
     let source_name = source.source_name();
+    tracing::info!(
+        source = %crate::kafka::describe_source(&source),
+        database = %redact(&args.db.database_url),
+        metrics = ?args.metrics_listen,
+        "replaying"
+    );
     if args.db.backend()? == Backend::Sqlite {
         if !args.in_place {
             bail!(
@@ -280,10 +285,14 @@ pub(crate) async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         .try_replay_lock()
         .await?
         .context("another replay is running against this database")?;
+    let ops_listener = match args.metrics_listen {
+        Some(addr) => Some(telemetry::bind(addr, "/metrics", None).await?),
+        None => None,
+    };
     let shutdown = CancellationToken::new();
     telemetry::cancel_on_signals(shutdown.clone());
     let ops_stop = CancellationToken::new();
-    if let Some(addr) = args.metrics_listen {
+    if let Some(listener) = ops_listener {
         let handle = telemetry::install_metrics()?;
         let probe = live.clone();
         let app = telemetry::ops_router(
@@ -295,7 +304,7 @@ pub(crate) async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             || {},
             ops_stop.clone(),
         );
-        tokio::spawn(telemetry::serve(addr, app, "/metrics", ops_stop.clone()));
+        tokio::spawn(telemetry::serve(listener, app, ops_stop.clone()));
     }
     let total = match &source {
         SourceConfig::File { path, .. } => {

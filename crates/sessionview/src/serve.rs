@@ -22,6 +22,10 @@ pub(crate) struct ServeArgs {
     /// Address to serve the API, GraphiQL, /metrics, /healthz and /readyz on.
     #[arg(long, env = "SESSIONVIEW_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    #[command(flatten)]
+    tls: telemetry::TlsArgs,
+    #[command(flatten)]
+    schema: crate::SchemaArgs,
     /// Largest `limit` a list query accepts.
     #[arg(long, env = "SESSIONVIEW_MAX_LIMIT", default_value_t = 1000, value_parser = clap::value_parser!(i32).range(1..))]
     max_limit: i32,
@@ -79,17 +83,22 @@ impl ServeArgs {
 }
 
 async fn serve_with<S: Store + ReadModel>(store: S, args: &ServeArgs) -> anyhow::Result<()> {
-    store.migrate().await.context("migrating the schema")?;
+    let listener = telemetry::bind(args.listen, "the GraphQL API", Some(&args.tls)).await?;
+    args.schema.prepare(&store).await?;
     let shutdown = CancellationToken::new();
     telemetry::cancel_on_signals(shutdown.clone());
     let app = api_router(store, args.config(), shutdown.clone())?;
-    eprintln!(
-        "sessionview {} serving http://{}/admin/graphql (GraphiQL: http://{}/graphiql)",
-        env!("CARGO_PKG_VERSION"),
-        args.listen,
-        args.listen
+    let origin = listener.origin();
+    tracing::info!(
+        database = %crate::redact(&args.db.database_url),
+        listen = %origin,
+        "serving the GraphQL API"
     );
-    telemetry::serve(args.listen, app, "the GraphQL API", shutdown).await
+    eprintln!(
+        "sessionview {} serving {origin}/admin/graphql (GraphiQL: {origin}/graphiql)",
+        env!("CARGO_PKG_VERSION"),
+    );
+    telemetry::serve(listener, app, shutdown).await
 }
 
 /// The API routes plus /metrics, /healthz and /readyz (installs the metrics recorder).

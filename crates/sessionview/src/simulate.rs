@@ -13,6 +13,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::{ClientContext, client::DefaultClientContext};
+use sessionview_projector::KafkaOptions;
 use sessionview_simulator::{SimConfig, Simulator};
 use tracing::info;
 
@@ -46,6 +47,8 @@ pub(crate) struct SimulateArgs {
     /// Append to the file instead of replacing it.
     #[arg(long, env = "SESSIONVIEW_APPEND")]
     pub(crate) append: bool,
+    #[command(flatten)]
+    pub(crate) kafka: crate::kafka::KafkaArgs,
 }
 
 enum Target {
@@ -91,8 +94,12 @@ pub(crate) async fn run(args: SimulateArgs) -> anyhow::Result<()> {
         poison_ratio: args.poison_ratio,
         ..SimConfig::default()
     };
+    let options = args.kafka.options()?;
     if let Target::Kafka { brokers, topic } = &target {
-        ensure_topic(brokers, topic, args.partitions).await?;
+        info!(target = %crate::kafka::describe(brokers, topic, &options), "simulating");
+        let (b, o) = (brokers.clone(), options.clone());
+        tokio::task::spawn_blocking(move || crate::kafka::check_broker(&b, &o)).await??;
+        ensure_topic(brokers, topic, args.partitions, &options).await?;
     }
     let rate = args.rate;
     let append = args.append;
@@ -101,7 +108,7 @@ pub(crate) async fn run(args: SimulateArgs) -> anyhow::Result<()> {
         let sim = Simulator::new(cfg);
         match target {
             Target::File(path) => write_file(&path, sim, rate, append),
-            Target::Kafka { brokers, topic } => produce(&brokers, &topic, sim, rate),
+            Target::Kafka { brokers, topic } => produce(&brokers, &topic, &options, sim, rate),
         }
     })
     .await??;
@@ -151,9 +158,13 @@ fn write_file(path: &PathBuf, sim: Simulator, rate: u64, append: bool) -> anyhow
     Ok(n)
 }
 
-async fn ensure_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+async fn ensure_topic(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    options: &KafkaOptions,
+) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = crate::kafka::client_config(brokers, options)
         .create()
         .context("creating the Kafka admin client")?;
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
@@ -190,15 +201,24 @@ impl ProducerContext for Delivery {
     }
 }
 
-fn produce(brokers: &str, topic: &str, sim: Simulator, rate: u64) -> anyhow::Result<u64> {
+fn produce(
+    brokers: &str,
+    topic: &str,
+    options: &KafkaOptions,
+    sim: Simulator,
+    rate: u64,
+) -> anyhow::Result<u64> {
     let failed = Arc::new(AtomicU64::new(0));
-    let producer: BaseProducer<Delivery> = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", brokers)
         .set("linger.ms", if rate > 0 { "0" } else { "20" })
         .set("batch.num.messages", "10000")
         .set("queue.buffering.max.messages", "500000")
         .set("acks", "all")
-        .set("enable.idempotence", "false")
+        .set("enable.idempotence", "false");
+    options.apply(&mut config);
+    let producer: BaseProducer<Delivery> = config
         .create_with_context(Delivery {
             failed: Arc::clone(&failed),
         })

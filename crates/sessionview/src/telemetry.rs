@@ -1,14 +1,17 @@
-//! Logging (tracing), the Prometheus recorder, and the small HTTP server for `/metrics`, `/healthz`
-//! and `/readyz`.
+//! Logging (tracing), the Prometheus recorder, the HTTP(S) listeners (bound at start, served until
+//! shutdown) and the operational routes `/metrics`, `/healthz` and `/readyz`.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
+use axum_server::accept::NoDelayAcceptor;
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sessionview_projector::{Health, Progress};
 use sessionview_store::{Store, StoreError};
@@ -134,28 +137,111 @@ where
         )
 }
 
-/// Serves `app` on `addr` until `shutdown`.
-pub(crate) async fn serve(
+/// HTTPS for a listener that faces clients (`serve`, `run`), for installations without an
+/// ingress that terminates TLS.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct TlsArgs {
+    /// Serve HTTPS with this certificate chain (PEM, the server's certificate first); needs
+    /// --tls-key. Without it the listener speaks plain HTTP.
+    #[arg(long, env = "SESSIONVIEW_TLS_CERT", requires = "tls_key")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "SESSIONVIEW_TLS_KEY", requires = "tls_cert")]
+    pub(crate) tls_key: Option<PathBuf>,
+}
+
+/// A bound listener, not yet serving: binding happens at start, so that an address in use is an
+/// error before anything else runs.
+#[derive(Debug)]
+pub(crate) struct Bound {
+    listener: std::net::TcpListener,
     addr: SocketAddr,
-    app: Router,
+    tls: Option<RustlsConfig>,
+    what: String,
+}
+
+impl Bound {
+    /// `http://ADDR` or `https://ADDR`.
+    pub(crate) fn origin(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+}
+
+/// Binds `addr` for `what` (named in errors and logs), with TLS when `tls` names a certificate.
+pub(crate) async fn bind(
+    addr: SocketAddr,
     what: &str,
+    tls: Option<&TlsArgs>,
+) -> anyhow::Result<Bound> {
+    let tls = match tls {
+        Some(TlsArgs {
+            tls_cert: Some(cert),
+            tls_key: Some(key),
+        }) => Some(
+            RustlsConfig::from_pem_file(cert, key)
+                .await
+                .with_context(|| {
+                    format!(
+                        "loading the TLS certificate {} and key {}",
+                        cert.display(),
+                        key.display()
+                    )
+                })?,
+        ),
+        _ => None,
+    };
+    let listener =
+        std::net::TcpListener::bind(addr).with_context(|| format!("binding {what} on {addr}"))?;
+    listener
+        .set_nonblocking(true)
+        .with_context(|| format!("binding {what} on {addr}"))?;
+    let addr = listener.local_addr()?;
+    Ok(Bound {
+        listener,
+        addr,
+        tls,
+        what: what.to_owned(),
+    })
+}
+
+/// Serves `app` on `bound` until `shutdown`, then lets requests in flight finish (up to 10 s).
+pub(crate) async fn serve(
+    bound: Bound,
+    app: Router,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {what} on {addr}"))?;
-    let bound = listener.local_addr()?;
-    tracing::info!(addr = %bound, "serving {what}");
-    // Small responses go out at once instead of waiting for the peer's delayed ACK.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+    let Bound {
+        listener,
+        addr,
+        tls,
+        what,
+    } = bound;
+    let handle = axum_server::Handle::new();
+    tokio::spawn({
+        let handle = handle.clone();
+        async move {
+            shutdown.cancelled().await;
+            handle.graceful_shutdown(Some(Duration::from_secs(10)));
         }
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await?;
-    Ok(())
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(addr = %addr, scheme, "serving {what}");
+    let server = axum_server::from_tcp(listener)
+        .with_context(|| format!("serving {what} on {addr}"))?
+        .handle(handle);
+    let service = app.into_make_service();
+    // Small responses go out at once instead of waiting for the peer's delayed ACK.
+    let served = match tls {
+        Some(config) => {
+            server
+                .acceptor(RustlsAcceptor::new(config).acceptor(NoDelayAcceptor))
+                .serve(service)
+                .await
+        }
+        None => server.acceptor(NoDelayAcceptor).serve(service).await,
+    };
+    served.with_context(|| format!("serving {what} on {addr}"))
 }
 
 /// Cancels `token` on SIGINT or SIGTERM.

@@ -1,0 +1,548 @@
+//! End-to-end tests of the secured paths: Kafka over SSL and SASL_SSL/SCRAM, PostgreSQL over TLS
+//! (`sslmode=require` and `verify-full`), HTTPS from `serve`, a server on a SELECT-only role with
+//! `--no-migrate`, and the refusals (wrong password, untrusted certificate, wrong host name) that
+//! must name their cause quickly.
+//!
+//! `scripts/test` starts the broker with a PLAINTEXT, an SSL and a SASL_SSL listener, makes the
+//! certificates (`SESSIONVIEW_TEST_TLS_DIR`: `ca.pem`, `other-ca.pem`, `broker.crt`/`broker.key`
+//! for 127.0.0.1 and localhost, `postgres.crt` for localhost only) and gives the local PostgreSQL
+//! the `postgres.crt` certificate.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a panic is a failed test"
+)]
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sqlx::Connection;
+use support::*;
+use tokio::process::Command;
+
+fn var(name: &str) -> String {
+    std::env::var(name)
+        .unwrap_or_else(|_| panic!("{name} is not set: run the tests with scripts/test"))
+}
+
+fn tls_file(name: &str) -> String {
+    let path = PathBuf::from(var("SESSIONVIEW_TEST_TLS_DIR")).join(name);
+    assert!(path.exists(), "{} is missing", path.display());
+    path.display().to_string()
+}
+
+/// The settings of a client of the SSL listener, as `--kafka-option` flags.
+fn ssl_flags(ca: &str) -> Vec<String> {
+    vec![
+        "--kafka-option".into(),
+        "security.protocol=SSL".into(),
+        "--kafka-option".into(),
+        format!("ssl.ca.location={ca}"),
+    ]
+}
+
+/// The settings of a SCRAM client of the SASL_SSL listener, as `SESSIONVIEW_KAFKA_*` variables.
+fn sasl_env(password: &str) -> Vec<(String, String)> {
+    vec![
+        (
+            "SESSIONVIEW_KAFKA_SECURITY_PROTOCOL".into(),
+            "SASL_SSL".into(),
+        ),
+        (
+            "SESSIONVIEW_KAFKA_SASL_MECHANISM".into(),
+            "SCRAM-SHA-512".into(),
+        ),
+        (
+            "SESSIONVIEW_KAFKA_SASL_USERNAME".into(),
+            var("SESSIONVIEW_TEST_KAFKA_SCRAM_USER"),
+        ),
+        ("SESSIONVIEW_KAFKA_SASL_PASSWORD".into(), password.into()),
+        (
+            "SESSIONVIEW_KAFKA_SSL_CA_LOCATION".into(),
+            tls_file("ca.pem"),
+        ),
+    ]
+}
+
+async fn run(args: &[String], env: &[(String, String)], timeout: Duration) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env("SESSIONVIEW_LOG", "warn,sessionview=info")
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    tokio::time::timeout(timeout, cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("{args:?} did not finish within {timeout:?}"))
+        .unwrap()
+}
+
+fn assert_ok(what: &str, out: &Output) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Publishes with `simulate` and projects with `project --exit-at-end` through one listener, then
+/// compares the rows with the pure fold.
+async fn simulate_and_project(addr: &str, flags: &[String], env: &[(String, String)], seed: u64) {
+    let cfg = sim_config(300, seed);
+    let topic = unique_topic("tls");
+    let source = format!("kafka://{addr}/{topic}");
+    let mut simulate: Vec<String> = ["simulate", "--sessions", "300", "--seed"]
+        .map(String::from)
+        .into();
+    simulate.extend([
+        seed.to_string(),
+        "--partitions".into(),
+        "2".into(),
+        "--to".into(),
+        source.clone(),
+    ]);
+    simulate.extend(flags.iter().cloned());
+    assert_ok(
+        "simulate",
+        &run(&simulate, env, Duration::from_secs(120)).await,
+    );
+    let db = TestDb::new().await;
+    let mut project: Vec<String> = [
+        "project",
+        "--database-url",
+        &db.url,
+        "--exit-at-end",
+        "--session-timeout-ms",
+        "6000",
+        "--group",
+    ]
+    .map(String::from)
+    .into();
+    project.extend([
+        format!("g-{}", uuid::Uuid::new_v4().simple()),
+        "--source".into(),
+        source,
+    ]);
+    project.extend(flags.iter().cloned());
+    assert_ok(
+        "project",
+        &run(&project, env, Duration::from_secs(180)).await,
+    );
+    let (expected, _) = model(&cfg);
+    assert_tables_equal(&db.store().await, &expected).await;
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_over_ssl_projects_like_plaintext() {
+    let flags = ssl_flags(&tls_file("ca.pem"));
+    simulate_and_project(&var("SESSIONVIEW_TEST_KAFKA_SSL"), &flags, &[], 701).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kafka_over_sasl_ssl_with_scram_projects_like_plaintext() {
+    let env = sasl_env(&var("SESSIONVIEW_TEST_KAFKA_SCRAM_PASSWORD"));
+    simulate_and_project(&var("SESSIONVIEW_TEST_KAFKA_SASL_SSL"), &[], &env, 702).await;
+}
+
+/// A refusal is an error within seconds that names its cause, from the projector and from the
+/// simulator alike.
+async fn assert_refused(addr: &str, flags: &[String], env: &[(String, String)], cause: &[&str]) {
+    let db = TestDb::new().await;
+    let source = format!("kafka://{addr}/{}", unique_topic("refused"));
+    let mut project: Vec<String> = ["project", "--database-url", &db.url, "--exit-at-end"]
+        .map(String::from)
+        .into();
+    project.extend(["--source".into(), source.clone()]);
+    project.extend(flags.iter().cloned());
+    let mut simulate: Vec<String> = ["simulate", "--sessions", "1", "--to"]
+        .map(String::from)
+        .into();
+    simulate.push(source);
+    simulate.extend(flags.iter().cloned());
+    for args in [project, simulate] {
+        let started = Instant::now();
+        let out = run(&args, env, Duration::from_secs(60)).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded:\n{stderr}");
+        assert!(
+            cause.iter().any(|c| stderr.contains(c)),
+            "{} does not name the cause ({cause:?}):\n{stderr}",
+            args[0]
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{} took {:?} to refuse",
+            args[0],
+            started.elapsed()
+        );
+    }
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_scram_password_is_a_clear_error() {
+    let env = sasl_env("not-the-password");
+    assert_refused(
+        &var("SESSIONVIEW_TEST_KAFKA_SASL_SSL"),
+        &[],
+        &env,
+        &["Authentication failed", "SASL authentication error"],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_untrusted_broker_certificate_is_a_clear_error() {
+    let flags = ssl_flags(&tls_file("other-ca.pem"));
+    assert_refused(
+        &var("SESSIONVIEW_TEST_KAFKA_SSL"),
+        &flags,
+        &[],
+        &["certificate verify failed"],
+    )
+    .await;
+}
+
+/// The admin URL with `sslmode` and friends, on `host`.
+fn pg_url(db_url: &str, host: &str, query: &str) -> String {
+    let mut url = url::Url::parse(db_url).unwrap();
+    url.set_host(Some(host)).unwrap();
+    url.set_query(Some(query));
+    url.to_string()
+}
+
+/// Whether the connection `url` gives is encrypted, as the server sees it.
+async fn server_sees_tls(url: &str) -> bool {
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+}
+
+/// `--database-url` with `sslmode=require` and with `verify-full` against the test CA: migrate,
+/// project and serve (both pools, the read pool included) over TLS.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_over_tls_require_and_verify_full() {
+    let db = TestDb::new().await;
+    let require = pg_url(&db.url, "127.0.0.1", "sslmode=require");
+    let verify = pg_url(
+        &db.url,
+        "localhost",
+        &format!("sslmode=verify-full&sslrootcert={}", tls_file("ca.pem")),
+    );
+    assert!(server_sees_tls(&require).await);
+    assert!(server_sees_tls(&verify).await);
+    let dir = std::env::temp_dir().join(format!("sv-pgtls-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = format!("file://{}", dir.join("events.ndjson").display());
+    let cfg = sim_config(100, 703);
+    let steps: Vec<Vec<String>> = vec![
+        [
+            "simulate",
+            "--sessions",
+            "100",
+            "--seed",
+            "703",
+            "--to",
+            &file,
+        ]
+        .map(String::from)
+        .into(),
+        ["migrate", "--database-url", &require]
+            .map(String::from)
+            .into(),
+        ["project", "--database-url", &verify, "--source", &file]
+            .map(String::from)
+            .into(),
+    ];
+    for args in &steps {
+        assert_ok(&args[0], &run(args, &[], Duration::from_secs(120)).await);
+    }
+    let (expected, _) = model(&cfg);
+    assert_tables_equal(&db.store().await, &expected).await;
+
+    let (ak, sk) = create_superadmin(&verify).await;
+    let host = format!("127.0.0.1:{}", free_port());
+    let mut server = Command::new(BIN)
+        .args(["serve", "--database-url", &verify, "--listen", &host])
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_ready(&reqwest::Client::new(), &format!("http://{host}")).await;
+    let v = seed_example_query(&host, &ak, &sk).await;
+    assert_eq!(v["compute_session_list"]["total_count"], 100, "{v}");
+    server.kill().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    db.drop().await;
+}
+
+/// `verify-full` refuses a server whose certificate does not name the host, and a CA that did not
+/// sign it, with the reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_verify_full_refuses_a_wrong_host_and_an_unknown_ca() {
+    let db = TestDb::new().await;
+    let cases = [
+        (
+            pg_url(
+                &db.url,
+                "127.0.0.1",
+                &format!("sslmode=verify-full&sslrootcert={}", tls_file("ca.pem")),
+            ),
+            "not valid for name",
+        ),
+        (
+            pg_url(
+                &db.url,
+                "localhost",
+                &format!(
+                    "sslmode=verify-full&sslrootcert={}",
+                    tls_file("other-ca.pem")
+                ),
+            ),
+            "UnknownIssuer",
+        ),
+    ];
+    for (url, cause) in cases {
+        let out = run(
+            &["migrate".into(), "--database-url".into(), url.clone()],
+            &[],
+            Duration::from_secs(60),
+        )
+        .await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{url}: {stderr}");
+        assert!(stderr.contains(cause), "{url}: expected {cause}:\n{stderr}");
+    }
+    db.drop().await;
+}
+
+async fn wait_ready(client: &reqwest::Client, origin: &str) {
+    for _ in 0..150 {
+        if let Ok(r) = client.get(format!("{origin}/readyz")).send().await
+            && r.status().is_success()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{origin} did not become ready");
+}
+
+/// The seed document's query example, signed, over plain HTTP.
+async fn seed_example_query(host: &str, ak: &str, sk: &str) -> Value {
+    let body = json!({
+        "query": SEED_EXAMPLE,
+        "variables": {"limit": 10, "offset": 0, "ak": null, "status": null},
+    });
+    let resp = signed_graphql(host, ak, sk, &body).await;
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    assert_eq!(status, 200, "{text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+const SEED_EXAMPLE: &str = "query($limit: Int!, $offset: Int!, $ak: String, $status: String) { \
+    compute_session_list(limit: $limit, offset: $offset, access_key: $ak, status: $status) { \
+    total_count items { id name type user_email status status_info status_updated \
+    containers { id role agent } } } }";
+
+/// `serve --tls-cert/--tls-key`: `sessionview query --endpoint https://... --ca-cert` is answered;
+/// without the CA the client refuses the certificate, and plain HTTP to the port gets no answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_terminates_tls() {
+    let db = TestDb::new().await;
+    assert_ok(
+        "migrate",
+        &run(
+            &["migrate".into(), "--database-url".into(), db.url.clone()],
+            &[],
+            Duration::from_secs(60),
+        )
+        .await,
+    );
+    let (ak, sk) = create_superadmin(&db.url).await;
+    let port = free_port();
+    let mut server = Command::new(BIN)
+        .args(["serve", "--database-url", &db.url, "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["--tls-cert", &tls_file("broker.crt")])
+        .args(["--tls-key", &tls_file("broker.key")])
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(tls_file("ca.pem")).unwrap()).unwrap();
+    let https = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .build()
+        .unwrap();
+    let origin = format!("https://127.0.0.1:{port}");
+    wait_ready(&https, &origin).await;
+    let query = |extra: &[&str]| {
+        let mut args: Vec<String> = [
+            "query",
+            "--endpoint",
+            &origin,
+            "--access-key",
+            &ak,
+            "--secret-key",
+            &sk,
+        ]
+        .map(String::from)
+        .into();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.push("{ compute_session_list(limit: 1, offset: 0) { total_count } }".into());
+        args
+    };
+    let ca_path = tls_file("ca.pem");
+    let out = run(
+        &query(&["--ca-cert", &ca_path]),
+        &[],
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_ok("query over https", &out);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["compute_session_list"]["total_count"], 0, "{v}");
+    let out = run(&query(&[]), &[], Duration::from_secs(30)).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("UnknownIssuer") || stderr.contains("certificate"),
+        "{stderr}"
+    );
+    let plain = reqwest::get(format!("http://127.0.0.1:{port}/healthz")).await;
+    assert!(
+        plain.map(|r| !r.status().is_success()).unwrap_or(true),
+        "plain HTTP must not be served on the HTTPS port"
+    );
+    server.kill().await.unwrap();
+    db.drop().await;
+}
+
+/// `serve --no-migrate` with a role that may only SELECT answers the seed's example query; without
+/// the schema it refuses, naming the missing migrations.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_no_migrate_answers_from_a_select_only_role() {
+    let db = TestDb::new().await;
+    let role = format!(
+        "sv_reader_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let reader_url = {
+        let mut url = url::Url::parse(&db.url).unwrap();
+        url.set_username(&role).unwrap();
+        url.to_string()
+    };
+    // Before the schema exists, --no-migrate refuses.
+    admin_exec(&format!("CREATE ROLE {role} LOGIN")).await;
+    let port = free_port();
+    let serve = |url: &str| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--no-migrate", "--database-url", url, "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .kill_on_drop(true);
+        cmd
+    };
+    let out = tokio::time::timeout(Duration::from_secs(60), serve(&db.url).output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("sessionview migrate"), "{stderr}");
+    // The variable does the same as the flag.
+    let out = Command::new(BIN)
+        .args(["serve", "--database-url", &db.url, "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .env("SESSIONVIEW_MIGRATE", "false")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("sessionview migrate"), "{stderr}");
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'",
+    )
+    .fetch_one(&mut sqlx::PgConnection::connect(&db.url).await.unwrap())
+    .await
+    .unwrap();
+    assert_eq!(tables, 0, "--no-migrate must not create anything");
+
+    let cfg = sim_config(40, 704);
+    let dir = std::env::temp_dir().join(format!("sv-ro-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = format!("file://{}", dir.join("events.ndjson").display());
+    let steps: [Vec<String>; 2] = [
+        [
+            "simulate",
+            "--sessions",
+            "40",
+            "--seed",
+            "704",
+            "--to",
+            &file,
+        ]
+        .map(String::from)
+        .into(),
+        [
+            "project",
+            "--database-url",
+            &db.url,
+            "--source",
+            &file,
+            "--exit-at-end",
+        ]
+        .map(String::from)
+        .into(),
+    ];
+    for args in steps {
+        assert_ok(&args[0], &run(&args, &[], Duration::from_secs(120)).await);
+    }
+    let (ak, sk) = create_superadmin(&db.url).await;
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    for sql in [
+        format!("GRANT USAGE ON SCHEMA public TO {role}"),
+        format!("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}"),
+    ] {
+        sqlx::query(&sql).execute(&mut conn).await.unwrap();
+    }
+    // The role really cannot write.
+    let mut as_reader = sqlx::PgConnection::connect(&reader_url).await.unwrap();
+    let write = sqlx::query("DELETE FROM sessions")
+        .execute(&mut as_reader)
+        .await;
+    assert!(write.is_err(), "the reader role must not be able to write");
+    drop(as_reader);
+
+    let mut server = serve(&reader_url).spawn().unwrap();
+    let host = format!("127.0.0.1:{port}");
+    wait_ready(&reqwest::Client::new(), &format!("http://{host}")).await;
+    let v = seed_example_query(&host, &ak, &sk).await;
+    let (expected, _) = model(&cfg);
+    assert_eq!(
+        v["compute_session_list"]["total_count"],
+        expected.len(),
+        "{v}"
+    );
+    let items = v["compute_session_list"]["items"].as_array().unwrap();
+    assert_eq!(items.len(), 10.min(expected.len()));
+    assert!(items.iter().all(|i| i["containers"].as_array().is_some()));
+    server.kill().await.unwrap();
+    server.wait().await.unwrap();
+    drop(conn);
+    std::fs::remove_dir_all(&dir).unwrap();
+    db.drop().await;
+    admin_exec(&format!("DROP ROLE IF EXISTS {role}")).await;
+}
