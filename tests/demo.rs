@@ -48,15 +48,14 @@ async fn demo_shows_sessions_appearing_and_changing_status() {
     let host = format!("127.0.0.1:{}", free_port());
     let db = format!("sqlite://{}", dir.join("demo.db").display());
     let mut demo = Command::new(BIN)
-        .args([
-            "demo",
-            "--listen",
-            &host,
-            "--database-url",
-            &db,
-            "--speed",
-            "200",
-        ])
+        .args(["demo", "--listen", &host, "--speed", "200"])
+        // The demo's own variable; an operator's exported SESSIONVIEW_DATABASE_URL (here one that
+        // would fail) is never the demo's database.
+        .env("SESSIONVIEW_DEMO_DATABASE_URL", &db)
+        .env(
+            "SESSIONVIEW_DATABASE_URL",
+            "postgres://nobody@127.0.0.1:1/must_not_be_touched",
+        )
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)

@@ -546,3 +546,58 @@ async fn serve_no_migrate_answers_from_a_select_only_role() {
     db.drop().await;
     admin_exec(&format!("DROP ROLE IF EXISTS {role}")).await;
 }
+
+/// A listener that cannot be bound is an error at start, naming the address, before the command
+/// touches the database or the broker; and a variable renamed since an earlier version is an error
+/// that names its replacement.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_port_in_use_and_a_renamed_variable_fail_at_start() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = std::env::temp_dir().join(format!("sv-bind-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = format!("sqlite://{}", dir.join("x.db").display());
+    let file = format!("file://{}", dir.join("none.ndjson").display());
+    std::fs::write(dir.join("none.ndjson"), b"").unwrap();
+    for args in [
+        vec!["serve", "--database-url", &db, "--listen", &addr],
+        vec![
+            "project",
+            "--database-url",
+            &db,
+            "--source",
+            &file,
+            "--metrics-listen",
+            &addr,
+        ],
+    ] {
+        let args: Vec<String> = args.into_iter().map(String::from).collect();
+        let out = run(&args, &[], Duration::from_secs(30)).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("on {addr}")) && stderr.contains("Address already in use"),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            !dir.join("x.db").exists(),
+            "{}: the database was opened before the port was bound",
+            args[0]
+        );
+    }
+    let out = run(
+        &["project".into(), "--source".into(), file.clone()],
+        &[("SESSIONVIEW_BATCH_SIZE".into(), "500".into())],
+        Duration::from_secs(30),
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("SESSIONVIEW_BATCH_SIZE is no longer read")
+            && stderr.contains("SESSIONVIEW_PROJECT_BATCH_SIZE"),
+        "{stderr}"
+    );
+    drop(taken);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -44,9 +44,8 @@ struct FreshnessArgs {
     /// Simulator seed.
     #[arg(long, env = "SESSIONVIEW_BENCH_SEED", default_value_t = 42)]
     seed: u64,
-    /// The publishing producer's `linger.ms` (librdkafka's default is 5). Each produced batch
-    /// is one stored batch in the broker; with `--broker-storage memory`, every fetch lists them
-    /// all, so bigger batches slow that growth (see docs/benchmarks.md).
+    /// The publishing producer's `linger.ms` (librdkafka's default is 5): how long a probe may
+    /// wait in the producer for others to share its request.
     #[arg(
         long,
         env = "SESSIONVIEW_BENCH_PRODUCER_LINGER_MS",

@@ -727,4 +727,75 @@ mod tests {
             }
         }
     }
+
+    fn message(partition: i32, offset: i64, epoch: u64) -> SourceMessage {
+        SourceMessage {
+            partition,
+            offset,
+            epoch,
+            payload: Some(Vec::new()),
+            timestamp_ms: None,
+        }
+    }
+
+    /// Within one epoch a partition's offsets only grow: a message delivered again (in the same
+    /// batch or in a later one, while the first is still in flight) is dropped, so it can neither
+    /// be counted twice nor fold twice; a new epoch (a re-seek) starts over.
+    #[tokio::test]
+    async fn redelivered_offsets_are_admitted_once_per_epoch() {
+        let store = store("admit").await;
+        let shared = Arc::new(Shared::new(Health::new()));
+        let mut applier = Applier::new(
+            store,
+            SOURCE.into(),
+            shared,
+            BatchConfig::default(),
+            Until::Forever,
+            None,
+        );
+        let owned = HashMap::from([
+            (
+                0,
+                PartitionState {
+                    epoch: 1,
+                    next: Some(10),
+                },
+            ),
+            (
+                1,
+                PartitionState {
+                    epoch: 1,
+                    next: None,
+                },
+            ),
+        ]);
+        let offsets = |batch: Vec<SourceMessage>| -> Vec<(i32, i64)> {
+            batch.iter().map(|m| (m.partition, m.offset)).collect()
+        };
+        let first = applier.admit(
+            vec![
+                message(0, 9, 1), // already applied (stored next is 10)
+                message(0, 10, 1),
+                message(1, 0, 1),
+                message(0, 11, 1),
+                message(0, 10, 1), // delivered again in the same batch
+                message(0, 12, 2), // of an epoch that is not the partition's
+            ],
+            &owned,
+        );
+        assert_eq!(offsets(first), [(0, 10), (1, 0), (0, 11)]);
+        // The next batch, while the first is in flight: 11 again is dropped, 12 follows.
+        let second = applier.admit(vec![message(0, 11, 1), message(0, 12, 1)], &owned);
+        assert_eq!(offsets(second), [(0, 12)]);
+        // A re-seek to 10 under epoch 2 admits 10 again.
+        let reseeked = HashMap::from([(
+            0,
+            PartitionState {
+                epoch: 2,
+                next: Some(10),
+            },
+        )]);
+        let third = applier.admit(vec![message(0, 10, 2), message(0, 11, 2)], &reseeked);
+        assert_eq!(offsets(third), [(0, 10), (0, 11)]);
+    }
 }

@@ -331,6 +331,11 @@ async fn project(args: ProjectArgs) -> anyhow::Result<()> {
             *follow = args.follow;
         }
     }
+    // Bound first: an address in use fails before the database is even connected.
+    let ops_listener = match args.metrics_listen {
+        Some(addr) => Some(telemetry::bind(addr, "/metrics, /healthz, /readyz", None).await?),
+        None => None,
+    };
     match args.db.backend()? {
         Backend::Postgres => {
             let settings = PgSettings {
@@ -339,9 +344,13 @@ async fn project(args: ProjectArgs) -> anyhow::Result<()> {
                 )),
                 ..PgSettings::default()
             };
-            project_with(args.db.pg_with(&settings).await?, source, &args).await
+            let store = args.db.pg_with(&settings).await?;
+            project_with(store, source, &args, ops_listener).await
         }
-        Backend::Sqlite => project_with(args.db.sqlite().await?, source, &args).await,
+        Backend::Sqlite => {
+            let store = args.db.sqlite().await?;
+            project_with(store, source, &args, ops_listener).await
+        }
     }
 }
 
@@ -349,11 +358,8 @@ async fn project_with<S: Store>(
     store: S,
     source: SourceConfig,
     args: &ProjectArgs,
+    ops_listener: Option<telemetry::Bound>,
 ) -> anyhow::Result<()> {
-    let ops_listener = match args.metrics_listen {
-        Some(addr) => Some(telemetry::bind(addr, "/metrics, /healthz, /readyz", None).await?),
-        None => None,
-    };
     args.schema.prepare(&store).await?;
     let shutdown = CancellationToken::new();
     telemetry::cancel_on_signals(shutdown.clone());

@@ -49,6 +49,8 @@ pub(crate) struct ServeArgs {
 }
 
 pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // Bound first: an address in use fails before the database is even connected.
+    let listener = telemetry::bind(args.listen, "the GraphQL API", Some(&args.tls)).await?;
     match args.db.backend()? {
         Backend::Postgres => {
             let settings = PgSettings {
@@ -61,10 +63,10 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 plan_cache: PlanCache::Server,
                 ..PgSettings::default()
             };
-            serve_with(args.db.pg_with(&settings).await?, &args).await
+            serve_with(args.db.pg_with(&settings).await?, &args, listener).await
         }
         // SQLite has no statement timeout; the other limits apply.
-        Backend::Sqlite => serve_with(args.db.sqlite().await?, &args).await,
+        Backend::Sqlite => serve_with(args.db.sqlite().await?, &args, listener).await,
     }
 }
 
@@ -82,8 +84,11 @@ impl ServeArgs {
     }
 }
 
-async fn serve_with<S: Store + ReadModel>(store: S, args: &ServeArgs) -> anyhow::Result<()> {
-    let listener = telemetry::bind(args.listen, "the GraphQL API", Some(&args.tls)).await?;
+async fn serve_with<S: Store + ReadModel>(
+    store: S,
+    args: &ServeArgs,
+    listener: telemetry::Bound,
+) -> anyhow::Result<()> {
     args.schema.prepare(&store).await?;
     let shutdown = CancellationToken::new();
     telemetry::cancel_on_signals(shutdown.clone());
