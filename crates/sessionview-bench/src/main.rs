@@ -41,6 +41,11 @@ struct FreshnessArgs {
     /// How long to publish and probe.
     #[arg(long, env = "SESSIONVIEW_BENCH_SECONDS", default_value_t = 30)]
     seconds: u64,
+    /// Seconds of publishing at the same rate before the clock starts, unmeasured: a freshly
+    /// started JVM broker answers its first produce requests slowly (class loading, JIT; ~0.5 s
+    /// at p99 in the first 5 s here), which is a cost of starting the broker, not of the stream.
+    #[arg(long, env = "SESSIONVIEW_BENCH_WARMUP_SECONDS", default_value_t = 10)]
+    warmup_seconds: u64,
     /// Simulator seed.
     #[arg(long, env = "SESSIONVIEW_BENCH_SEED", default_value_t = 42)]
     seed: u64,

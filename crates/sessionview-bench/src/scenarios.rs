@@ -552,6 +552,23 @@ pub(crate) async fn freshness(bench: &mut Bench, args: FreshnessArgs) -> anyhow:
     let mut stream = harness::stream(u64::MAX / 2, args.seed);
     let per_tick = (args.rate / 100).max(1) as usize;
     let mut tick = tokio::time::interval(Duration::from_millis(10));
+    // Warm-up: the same rate, nothing measured; acknowledged before the clock starts.
+    let warming = Instant::now();
+    let mut warm_up = Vec::new();
+    while warming.elapsed() < Duration::from_secs(args.warmup_seconds) {
+        tick.tick().await;
+        for _ in 0..per_tick {
+            let Some(m) = stream.next() else { break };
+            warm_up.push(
+                producer
+                    .send_result(FutureRecord::to(&topic).key(&m.key).payload(&m.bytes))
+                    .map_err(|(e, _)| anyhow::anyhow!("enqueueing: {e}"))?,
+            );
+        }
+    }
+    for delivery in warm_up {
+        let _ = delivery.await;
+    }
     let started = Instant::now();
     let mut published = 0u64;
     let mut enqueued = 0u64;
@@ -638,10 +655,10 @@ pub(crate) async fn freshness(bench: &mut Bench, args: FreshnessArgs) -> anyhow:
     bench.header(
         "freshness",
         &[
-            ("publishing", format!("{} events/s for {} s (achieved {:.0}/s), 4 partitions, producer linger {} ms", args.rate, args.seconds, published as f64 / publish_secs, args.producer_linger_ms)),
+            ("publishing", format!("{} events/s for {} s (achieved {:.0}/s) after {} s of warm-up at that rate, 4 partitions, producer linger {} ms", args.rate, args.seconds, published as f64 / publish_secs, args.warmup_seconds, args.producer_linger_ms)),
             ("probe", "every 8th session_enqueued: time from handing it to the producer until compute_session(id) returns it; one signed GraphQL request every 5 ms asks for all pending probes".into()),
             ("broker", bench.broker_description()),
-            ("processes", "sessionview project (defaults: batch 20,000, linger 5 ms, fetch.wait.max.ms 5) and sessionview serve, PostgreSQL".into()),
+            ("processes", "sessionview project (defaults: batch 20,000, linger 5 ms; librdkafka's fetch.wait.max.ms 500, which Kafka cuts short when data arrives) and sessionview serve, PostgreSQL".into()),
             ("RSS at the end of the run (steady state)", format!("projector {projector_rss}, server {server_rss}")),
         ],
     );
