@@ -84,16 +84,6 @@ async fn run(args: &[String], env: &[(String, String)], timeout: Duration) -> Ou
         .unwrap()
 }
 
-fn assert_ok(what: &str, out: &Output) {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Publishes with `simulate` and projects with `project --exit-at-end` through one listener, then
 /// compares the rows with the pure fold.
 async fn simulate_and_project(addr: &str, flags: &[String], env: &[(String, String)], seed: u64) {
@@ -111,7 +101,7 @@ async fn simulate_and_project(addr: &str, flags: &[String], env: &[(String, Stri
         source.clone(),
     ]);
     simulate.extend(flags.iter().cloned());
-    assert_ok(
+    check(
         "simulate",
         &run(&simulate, env, Duration::from_secs(120)).await,
     );
@@ -133,7 +123,7 @@ async fn simulate_and_project(addr: &str, flags: &[String], env: &[(String, Stri
         source,
     ]);
     project.extend(flags.iter().cloned());
-    assert_ok(
+    check(
         "project",
         &run(&project, env, Duration::from_secs(180)).await,
     );
@@ -267,7 +257,7 @@ async fn postgres_over_tls_require_and_verify_full() {
             .into(),
     ];
     for args in &steps {
-        assert_ok(&args[0], &run(args, &[], Duration::from_secs(120)).await);
+        check(&args[0], &run(args, &[], Duration::from_secs(120)).await);
     }
     let (expected, _) = model(&cfg);
     assert_tables_equal(&db.store().await, &expected).await;
@@ -362,7 +352,7 @@ const SEED_EXAMPLE: &str = "query($limit: Int!, $offset: Int!, $ak: String, $sta
 #[tokio::test(flavor = "multi_thread")]
 async fn serve_terminates_tls() {
     let db = TestDb::new().await;
-    assert_ok(
+    check(
         "migrate",
         &run(
             &["migrate".into(), "--database-url".into(), db.url.clone()],
@@ -411,7 +401,7 @@ async fn serve_terminates_tls() {
         Duration::from_secs(30),
     )
     .await;
-    assert_ok("query over https", &out);
+    check("query over https", &out);
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["compute_session_list"]["total_count"], 0, "{v}");
     let out = run(&query(&[]), &[], Duration::from_secs(30)).await;
@@ -508,7 +498,7 @@ async fn serve_no_migrate_answers_from_a_select_only_role() {
         .into(),
     ];
     for args in steps {
-        assert_ok(&args[0], &run(&args, &[], Duration::from_secs(120)).await);
+        check(&args[0], &run(&args, &[], Duration::from_secs(120)).await);
     }
     let (ak, sk) = create_superadmin(&db.url).await;
     let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();

@@ -96,7 +96,8 @@ fn sim_args(cfg: &SimConfig) -> Vec<String> {
     ]
 }
 
-fn check(what: &str, out: &Output) {
+/// Asserts that a command succeeded, showing its output when it did not.
+pub fn check(what: &str, out: &Output) {
     assert!(
         out.status.success(),
         "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
