@@ -292,6 +292,16 @@ impl Freeze {
                     sqlx::query("RELEASE SAVEPOINT swap_locks")
                         .execute(&mut *self.tx)
                         .await?;
+                    // The 50 ms wait would outlive the savepoint (a released savepoint keeps its
+                    // SET LOCAL) and apply to the moves that follow, whose only other lockers are
+                    // autovacuum workers on the freshly loaded shadow and retired tables: they
+                    // yield after `deadlock_timeout` (1 s), so the moves may wait that long.
+                    sqlx::query(&format!(
+                        "SET LOCAL lock_timeout = {}",
+                        SWAP_LOCK_BUDGET.as_millis()
+                    ))
+                    .execute(&mut *self.tx)
+                    .await?;
                     return Ok(());
                 }
                 Err(sqlx::Error::Database(e))
