@@ -29,41 +29,13 @@ fn migrator() -> sqlx::migrate::Migrator {
     schema::configured(sqlx::migrate!("../../migrations/postgres"))
 }
 
-/// Which of the schema's bookkeeping tables exist.
-const SCHEMA_TABLES_SQL: &str = "SELECT to_regclass('_sqlx_migrations') IS NOT NULL, \
-    to_regclass('schema_compatibility') IS NOT NULL";
-
-impl schema::SchemaConnection for PgConnection {
-    async fn read_schema(&mut self) -> Result<schema::SchemaRows, StoreError> {
-        let (history, compatibility): (bool, bool) = sqlx::query_as(SCHEMA_TABLES_SQL)
-            .fetch_one(&mut *self)
-            .await?;
-        let applied = if history {
-            sqlx::query_as(schema::MIGRATIONS_SQL)
-                .fetch_all(&mut *self)
-                .await?
-        } else {
-            Vec::new()
-        };
-        let compatibility = if compatibility {
-            sqlx::query_as(schema::COMPATIBILITY_SQL)
-                .fetch_optional(&mut *self)
-                .await?
-        } else {
-            None
-        };
-        Ok(schema::SchemaRows::new(applied, compatibility))
-    }
-
-    async fn record_migrated(&mut self) -> Result<(), StoreError> {
-        sqlx::query("UPDATE schema_compatibility SET written_by = $1, level = GREATEST(level, $2)")
-            .bind(schema::BUILD_VERSION)
-            .bind(schema::SCHEMA_COMPATIBILITY)
-            .execute(self)
-            .await?;
-        Ok(())
-    }
-}
+schema::schema_connection!(
+    PgConnection,
+    // Which of the schema's bookkeeping tables exist.
+    "SELECT to_regclass('_sqlx_migrations') IS NOT NULL, \
+     to_regclass('schema_compatibility') IS NOT NULL",
+    "UPDATE schema_compatibility SET written_by = $1, level = GREATEST(level, $2)"
+);
 
 /// Server-side settings for every connection of a [`PgStore`].
 #[derive(Debug, Clone, Copy, Default)]

@@ -326,6 +326,47 @@ pub(crate) trait SchemaConnection: Migrate + Send {
     fn record_migrated(&mut self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
+/// Implements [`SchemaConnection`] for a backend's connection type, written once: the backend
+/// gives only the statement that says which bookkeeping tables exist (two booleans) and the
+/// `UPDATE` that records `written_by` and the level (binding them in that order).
+macro_rules! schema_connection {
+    ($conn:ty, $tables_sql:expr, $record_sql:expr $(,)?) => {
+        impl $crate::schema::SchemaConnection for $conn {
+            async fn read_schema(
+                &mut self,
+            ) -> Result<$crate::schema::SchemaRows, $crate::StoreError> {
+                let (history, compatibility): (bool, bool) =
+                    sqlx::query_as($tables_sql).fetch_one(&mut *self).await?;
+                let applied = if history {
+                    sqlx::query_as($crate::schema::MIGRATIONS_SQL)
+                        .fetch_all(&mut *self)
+                        .await?
+                } else {
+                    Vec::new()
+                };
+                let compatibility = if compatibility {
+                    sqlx::query_as($crate::schema::COMPATIBILITY_SQL)
+                        .fetch_optional(&mut *self)
+                        .await?
+                } else {
+                    None
+                };
+                Ok($crate::schema::SchemaRows::new(applied, compatibility))
+            }
+
+            async fn record_migrated(&mut self) -> Result<(), $crate::StoreError> {
+                sqlx::query($record_sql)
+                    .bind($crate::schema::BUILD_VERSION)
+                    .bind($crate::schema::SCHEMA_COMPATIBILITY)
+                    .execute(self)
+                    .await?;
+                Ok(())
+            }
+        }
+    };
+}
+pub(crate) use schema_connection;
+
 /// The database's schema against `migrator`'s migrations (SELECTs only).
 pub(crate) async fn status<C: SchemaConnection>(
     conn: &mut C,

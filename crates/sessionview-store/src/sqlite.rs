@@ -35,42 +35,14 @@ fn migrator() -> sqlx::migrate::Migrator {
     schema::configured(sqlx::migrate!("../../migrations/sqlite"))
 }
 
-/// Which of the schema's bookkeeping tables exist.
-const SCHEMA_TABLES_SQL: &str = "SELECT \
+schema::schema_connection!(
+    SqliteConnection,
+    // Which of the schema's bookkeeping tables exist.
+    "SELECT \
     EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'), \
-    EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_compatibility')";
-
-impl schema::SchemaConnection for SqliteConnection {
-    async fn read_schema(&mut self) -> Result<schema::SchemaRows, StoreError> {
-        let (history, compatibility): (bool, bool) = sqlx::query_as(SCHEMA_TABLES_SQL)
-            .fetch_one(&mut *self)
-            .await?;
-        let applied = if history {
-            sqlx::query_as(schema::MIGRATIONS_SQL)
-                .fetch_all(&mut *self)
-                .await?
-        } else {
-            Vec::new()
-        };
-        let compatibility = if compatibility {
-            sqlx::query_as(schema::COMPATIBILITY_SQL)
-                .fetch_optional(&mut *self)
-                .await?
-        } else {
-            None
-        };
-        Ok(schema::SchemaRows::new(applied, compatibility))
-    }
-
-    async fn record_migrated(&mut self) -> Result<(), StoreError> {
-        sqlx::query("UPDATE schema_compatibility SET written_by = ?1, level = max(level, ?2)")
-            .bind(schema::BUILD_VERSION)
-            .bind(schema::SCHEMA_COMPATIBILITY)
-            .execute(self)
-            .await?;
-        Ok(())
-    }
-}
+    EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_compatibility')",
+    "UPDATE schema_compatibility SET written_by = ?1, level = max(level, ?2)"
+);
 
 /// Rows per multi-row statement (SQLite allows 32,766 bound values per statement).
 const CHUNK: usize = 500;
