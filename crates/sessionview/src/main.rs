@@ -237,19 +237,13 @@ pub(crate) enum OutputFormat {
 }
 
 /// Variables earlier versions read that now have other names: set, they are an error (ignoring
-/// one silently would change what a deployment does).
-const RENAMED_VARIABLES: &[(&str, &str)] = &[
-    (
-        "SESSIONVIEW_BATCH_SIZE",
-        "SESSIONVIEW_PROJECT_BATCH_SIZE (project), SESSIONVIEW_REPLAY_BATCH_SIZE (replay) or \
+/// one silently would change what a deployment does). `SESSIONVIEW_KAFKA_OPTIONS` is refused
+/// where Kafka settings are read (`KafkaOptions`), by every command that reads them.
+const RENAMED_VARIABLES: &[(&str, &str)] = &[(
+    "SESSIONVIEW_BATCH_SIZE",
+    "SESSIONVIEW_PROJECT_BATCH_SIZE (project), SESSIONVIEW_REPLAY_BATCH_SIZE (replay) or \
          SESSIONVIEW_RETRY_BATCH_SIZE (dead-letters retry)",
-    ),
-    (
-        "SESSIONVIEW_KAFKA_OPTIONS",
-        "one SESSIONVIEW_KAFKA_<KEY> variable per librdkafka setting \
-         (SESSIONVIEW_KAFKA_SECURITY_PROTOCOL=SSL is security.protocol=SSL)",
-    ),
-];
+)];
 
 /// The first renamed variable set in `vars`, with the message naming its replacement.
 fn renamed_variable(vars: impl IntoIterator<Item = std::ffi::OsString>) -> Option<String> {
