@@ -11,6 +11,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use crate::screen;
 use crate::slots::ResourceSlots;
 
 /// The only envelope `schema_version` this build understands.
@@ -287,8 +288,26 @@ impl Event {
         self.body.event_type()
     }
 
-    /// Decodes and validates one envelope (one Kafka message value, one NDJSON line).
+    /// Decodes and validates one envelope (one Kafka message value, one NDJSON line) of at most
+    /// [`DEFAULT_MAX_EVENT_BYTES`].
     pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+        Self::decode_limited(bytes, DEFAULT_MAX_EVENT_BYTES)
+    }
+
+    /// [`Event::decode`] with another size limit (`--max-event-bytes`).
+    pub fn decode_limited(bytes: &[u8], max_bytes: usize) -> Result<Event, DecodeError> {
+        if bytes.len() > max_bytes {
+            use sha2::Digest;
+            return Err(DecodeError {
+                event_type: None,
+                kind: DecodeErrorKind::TooLarge {
+                    len: bytes.len(),
+                    limit: max_bytes,
+                    sha256: hex::encode(sha2::Sha256::digest(bytes)),
+                    kept: bytes.len().min(DEAD_LETTER_KEEP_BYTES),
+                },
+            });
+        }
         decode(bytes)
     }
 
@@ -359,7 +378,32 @@ pub enum DecodeErrorKind {
     UnsupportedSchemaVersion(i64),
     #[error("{0}")]
     Invalid(String),
+    /// A string somewhere in the event contains U+0000 (PostgreSQL text and jsonb cannot hold it).
+    #[error("{0}")]
+    Nul(String),
+    /// Larger than the projector's `--max-event-bytes`.
+    #[error(
+        "the event is {len} bytes, more than the limit of {limit} (--max-event-bytes); SHA-256 of \
+         the whole: {sha256}; the dead letter keeps the first {kept} bytes"
+    )]
+    TooLarge {
+        len: usize,
+        limit: usize,
+        sha256: String,
+        /// How many bytes the dead letter keeps ([`DEAD_LETTER_KEEP_BYTES`] at most).
+        kept: usize,
+    },
 }
+
+/// How much of an oversized event a dead letter keeps.
+pub const DEAD_LETTER_KEEP_BYTES: usize = 64 * 1024;
+
+/// The default of `--max-event-bytes`.
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 1024 * 1024;
+
+/// Text fields that the read model indexes (and PostgreSQL's B-tree keys are at most 2,704 bytes):
+/// longer values are refused here, so both backends agree.
+pub const MAX_KEY_FIELD_BYTES: usize = 1024;
 
 impl DecodeError {
     /// A short, stable label for metrics and filtering.
@@ -370,6 +414,8 @@ impl DecodeError {
             DecodeErrorKind::UnknownEventType(_) => "unknown_type",
             DecodeErrorKind::UnsupportedSchemaVersion(_) => "unknown_version",
             DecodeErrorKind::Invalid(_) => "invalid",
+            DecodeErrorKind::Nul(_) => "nul_character",
+            DecodeErrorKind::TooLarge { .. } => "oversized",
         }
     }
 }
@@ -403,6 +449,13 @@ fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             None,
             DecodeErrorKind::MalformedJson(format!("not UTF-8: {e}")),
         )
+    })?;
+    screen::screen(bytes).map_err(|refusal| {
+        let kind = match refusal {
+            screen::Refusal::Nul { .. } => DecodeErrorKind::Nul(refusal.to_string()),
+            _ => DecodeErrorKind::MalformedJson(refusal.to_string()),
+        };
+        fail(peek_event_type(text).map(EventType::as_str), kind)
     })?;
     if !text.trim_start().starts_with('{') {
         // serde would happily read a struct from a JSON array, positionally: refuse it here.
@@ -496,6 +549,20 @@ fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     Ok(event)
 }
 
+/// The catalogue type an envelope names, if it names one (to label a refusal that came before
+/// parsing); never text from the event itself.
+fn peek_event_type(text: &str) -> Option<EventType> {
+    #[derive(Deserialize)]
+    struct Peek<'a> {
+        #[serde(borrow)]
+        event_type: &'a str,
+    }
+    // serde_json's own recursion limit (128) bounds what this skips over.
+    serde_json::from_str::<Peek<'_>>(text)
+        .ok()
+        .and_then(|p| EventType::from_str(p.event_type).ok())
+}
+
 fn field<T: DeserializeOwned>(
     event_type: Option<&str>,
     name: &'static str,
@@ -558,6 +625,18 @@ fn validate(event: &Event) -> Result<(), String> {
     if let EventBody::SessionEnqueued(p) = &event.body {
         if p.kernels.is_empty() {
             return Err("payload.kernels: a session needs at least one kernel".into());
+        }
+        for (name, value) in [
+            ("access_key", &p.access_key),
+            ("domain_name", &p.domain_name),
+        ] {
+            if value.len() > MAX_KEY_FIELD_BYTES {
+                return Err(format!(
+                    "payload.{name}: {} bytes, longer than the {MAX_KEY_FIELD_BYTES} an indexed \
+                     field may have",
+                    value.len()
+                ));
+            }
         }
         let masters: Vec<_> = p.kernels.iter().filter(|k| k.role == MASTER_ROLE).collect();
         match masters.as_slice() {

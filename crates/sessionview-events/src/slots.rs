@@ -20,8 +20,11 @@ pub enum SlotError {
     /// Plain decimal, but more digits than exact arithmetic can hold (28 significant digits).
     #[error("slot `{slot}`: {value:?} has more digits than exact decimal arithmetic can hold")]
     OutOfRange { slot: String, value: String },
-    /// A sum overflowed the exact range.
-    #[error("slot `{slot}`: sum overflows exact decimal arithmetic")]
+    /// A sum overflowed the exact range, or would need more than 28 significant digits (it is
+    /// never rounded).
+    #[error(
+        "slot `{slot}`: the sum cannot be represented exactly (more than 28 significant digits)"
+    )]
     Overflow { slot: String },
 }
 
@@ -50,6 +53,18 @@ pub fn parse_amount(slot: &str, value: &str) -> Result<Decimal, SlotError> {
         slot: slot.to_owned(),
         value: value.to_owned(),
     })
+}
+
+/// `a + b`, or `None` when the sum overflows or would be rounded: `rust_decimal` keeps the larger
+/// scale of its operands unless it has to round, so a smaller scale means digits were lost. (With
+/// a zero operand it returns the other one as it is, and an exact zero may come back with scale
+/// 0: neither is rounding.)
+fn exact_add(a: Decimal, b: Decimal) -> Option<Decimal> {
+    if a.is_zero() || b.is_zero() {
+        return a.checked_add(b);
+    }
+    a.checked_add(b)
+        .filter(|sum| sum.is_zero() || sum.scale() >= a.scale().max(b.scale()))
 }
 
 /// Writes an amount without exponent and without trailing zeros (`1.50` → `"1.5"`, `2.0` → `"2"`).
@@ -99,11 +114,26 @@ impl ResourceSlots {
     pub fn add_assign(&mut self, other: &ResourceSlots) -> Result<(), SlotError> {
         for (k, v) in &other.0 {
             let entry = self.0.entry(k.clone()).or_insert(Decimal::ZERO);
-            *entry = entry
-                .checked_add(*v)
-                .ok_or_else(|| SlotError::Overflow { slot: k.clone() })?;
+            *entry =
+                exact_add(*entry, *v).ok_or_else(|| SlotError::Overflow { slot: k.clone() })?;
         }
         Ok(())
+    }
+
+    /// Subtracts `other` (a part of `self`, such as one kernel of a session's sum) exactly; a key
+    /// stays even when it reaches zero.
+    pub fn sub_assign(&mut self, other: &ResourceSlots) -> Result<(), SlotError> {
+        for (k, v) in &other.0 {
+            let entry = self.0.entry(k.clone()).or_insert(Decimal::ZERO);
+            *entry =
+                exact_add(*entry, -*v).ok_or_else(|| SlotError::Overflow { slot: k.clone() })?;
+        }
+        Ok(())
+    }
+
+    /// Drops one slot.
+    pub fn remove(&mut self, slot: &str) {
+        self.0.remove(slot);
     }
 
     /// The sum of many slot sets.
@@ -228,6 +258,23 @@ mod tests {
             s.to_json().to_string(),
             r#"{"cpu":"2","cuda.shares":"0.5","mem":"4294967296"}"#
         );
+    }
+
+    #[test]
+    fn sums_that_would_round_are_refused() {
+        let big = slots(r#"{"cpu": "9999999999999999999999999999"}"#).unwrap();
+        let tenth = slots(r#"{"cpu": "0.4"}"#).unwrap();
+        // 28 nines and .4 needs 29 significant digits: rust_decimal alone would round it away.
+        assert_eq!(
+            ResourceSlots::sum([&big, &tenth]),
+            Err(SlotError::Overflow { slot: "cpu".into() })
+        );
+        let max = slots(r#"{"cpu": "79228162514264337593543950335"}"#).unwrap();
+        assert!(ResourceSlots::sum([&max, &slots(r#"{"cpu": "1"}"#).unwrap()]).is_err());
+        // Large but exact sums stay exact.
+        assert!(ResourceSlots::sum([&big, &big]).is_ok());
+        let ok = ResourceSlots::sum([&slots(r#"{"cpu": "1.5"}"#).unwrap(), &tenth]).unwrap();
+        assert_eq!(ok.to_json().to_string(), r#"{"cpu":"1.9"}"#);
     }
 
     #[test]

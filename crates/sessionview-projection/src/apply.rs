@@ -1,5 +1,7 @@
 //! The contract's rules for one event against one session: the heart of the projection.
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sessionview_events::{
@@ -29,6 +31,9 @@ pub enum Reject {
     AlreadyEnqueued(Uuid),
     #[error("kernel {kernel} is not one of session {session}'s kernels")]
     UnknownKernel { session: Uuid, kernel: Uuid },
+    /// A `session_enqueued` lists a kernel id that another session already has.
+    #[error("kernel {kernel} already belongs to session {owner}")]
+    KernelTaken { kernel: Uuid, owner: Uuid },
     #[error(transparent)]
     Slots(#[from] SlotError),
 }
@@ -39,6 +44,7 @@ impl Reject {
         match self {
             Reject::AlreadyEnqueued(_) => "duplicate_enqueue",
             Reject::UnknownKernel { .. } => "unknown_kernel",
+            Reject::KernelTaken { .. } => "kernel_conflict",
             Reject::Slots(_) => "bad_slots",
         }
     }
@@ -83,11 +89,8 @@ pub fn apply(slot: &mut Option<SessionState>, event: &Event) -> Result<Effect, R
     match &event.body {
         EventBody::SessionScheduled(p) => {
             // Check every listed kernel before touching any.
-            if let Some(unknown) = p
-                .agents
-                .keys()
-                .find(|id| !state.kernels.iter().any(|k| k.id == **id))
-            {
+            let ids: HashSet<Uuid> = state.kernels.iter().map(|k| k.id).collect();
+            if let Some(unknown) = p.agents.keys().find(|id| !ids.contains(id)) {
                 return Err(Reject::UnknownKernel {
                     session: state.session.id,
                     kernel: *unknown,
@@ -182,19 +185,33 @@ fn enqueue(
     Ok(state)
 }
 
-/// `kernel_started` may carry the actual allocation: replace the kernel's and re-sum the session's.
+/// `kernel_started` may carry the actual allocation: replace the kernel's and update the
+/// session's sum by the difference (a session of thousands of kernels is not re-summed per event).
 fn replace_slots(
     state: &mut SessionState,
     kernel_id: Uuid,
     slots: &ResourceSlots,
 ) -> Result<(), Reject> {
-    let total = ResourceSlots::sum(state.kernels.iter().map(|k| {
-        if k.id == kernel_id {
-            slots
-        } else {
-            &k.occupied_slots
+    let Some(old) = state
+        .kernel_mut(kernel_id)
+        .map(|k| k.occupied_slots.clone())
+    else {
+        return Ok(());
+    };
+    let mut total = state.session.occupied_slots.clone();
+    total.sub_assign(&old)?;
+    total.add_assign(slots)?;
+    // The sum has a slot when some kernel has it: one only the old allocation had may go.
+    for (slot, _) in old.iter() {
+        if slots.get(slot).is_none()
+            && !state
+                .kernels
+                .iter()
+                .any(|k| k.id != kernel_id && k.occupied_slots.get(slot).is_some())
+        {
+            total.remove(slot);
         }
-    }))?;
+    }
     if let Some(k) = state.kernel_mut(kernel_id) {
         k.occupied_slots = slots.clone();
     }

@@ -5,7 +5,10 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use sessionview_events::{DecodeError, Event, EventBody, EventType, Status};
+use sessionview_events::{
+    DEAD_LETTER_KEEP_BYTES, DEFAULT_MAX_EVENT_BYTES, DecodeError, DecodeErrorKind, Event,
+    EventBody, Status,
+};
 use uuid::Uuid;
 
 use crate::apply::{Effect, Reject, apply};
@@ -45,6 +48,76 @@ pub struct DeadLetter {
     pub bytes: Vec<u8>,
 }
 
+/// The most a dead letter's reason holds, in bytes.
+pub const MAX_REASON_BYTES: usize = 4096;
+
+/// Text that any store can hold as a reason: U+0000 written as `\u0000`, at most
+/// [`MAX_REASON_BYTES`] (cut at a character boundary, marked with `…`).
+pub fn storable_reason(reason: &str) -> String {
+    let mut out = if reason.contains('\0') {
+        reason.replace('\0', "\\u0000")
+    } else {
+        reason.to_owned()
+    };
+    if out.len() > MAX_REASON_BYTES {
+        let mut end = MAX_REASON_BYTES - '…'.len_utf8();
+        while !out.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.truncate(end);
+        out.push('…');
+    }
+    out
+}
+
+impl DeadLetter {
+    /// The dead letter of a message that did not decode. An oversized message keeps only its
+    /// first [`DEAD_LETTER_KEEP_BYTES`] (its reason has the full length and SHA-256).
+    pub fn undecodable(
+        source: &str,
+        position: Position,
+        bytes: &[u8],
+        err: &DecodeError,
+        ids: Option<(Uuid, Uuid)>,
+    ) -> Self {
+        let kept = match err.kind {
+            DecodeErrorKind::TooLarge { .. } => &bytes[..bytes.len().min(DEAD_LETTER_KEEP_BYTES)],
+            _ => bytes,
+        };
+        Self {
+            source: source.to_owned(),
+            position,
+            event_id: ids.map(|(event, _)| event),
+            event_type: err.event_type.as_deref().map(storable_reason),
+            session_id: ids.map(|(_, session)| session),
+            label: err.label(),
+            reason: storable_reason(&err.to_string()),
+            bytes: kept.to_vec(),
+        }
+    }
+
+    /// The dead letter of a decoded event that cannot be applied.
+    pub fn rejected(
+        source: &str,
+        position: Position,
+        bytes: &[u8],
+        event: &Event,
+        label: &'static str,
+        reason: &str,
+    ) -> Self {
+        Self {
+            source: source.to_owned(),
+            position,
+            event_id: Some(event.event_id),
+            event_type: Some(event.event_type().as_str().to_owned()),
+            session_id: Some(event.session_id),
+            label,
+            reason: storable_reason(&format!("{}: {reason}", event.event_type())),
+            bytes: bytes.to_vec(),
+        }
+    }
+}
+
 /// What happened to one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Outcome {
@@ -79,6 +152,8 @@ pub struct LoadRequest {
     pub event_ids: Vec<Uuid>,
     /// Sessions enqueued in this batch, whose parked events may be released.
     pub parked_for: Vec<Uuid>,
+    /// The kernels those `session_enqueued` events list, to find ids another session holds.
+    pub kernel_ids: Vec<Uuid>,
 }
 
 /// The rows a batch starts from.
@@ -89,11 +164,24 @@ pub struct Loaded {
     pub seen: HashSet<Uuid>,
     /// Parked events of the requested sessions, in source order.
     pub parked: Vec<ParkedEvent>,
+    /// The session of each requested kernel id that is already stored.
+    pub kernel_owners: HashMap<Uuid, Uuid>,
 }
 
 /// Decodes a batch and says what the store must load for it.
 pub fn plan(messages: &[&[u8]]) -> (Vec<Result<Event, DecodeError>>, LoadRequest) {
-    let decoded: Vec<_> = messages.iter().map(|b| Event::decode(b)).collect();
+    plan_limited(messages, DEFAULT_MAX_EVENT_BYTES)
+}
+
+/// [`plan`] with the projector's `--max-event-bytes`.
+pub fn plan_limited(
+    messages: &[&[u8]],
+    max_event_bytes: usize,
+) -> (Vec<Result<Event, DecodeError>>, LoadRequest) {
+    let decoded: Vec<_> = messages
+        .iter()
+        .map(|b| Event::decode_limited(b, max_event_bytes))
+        .collect();
     let mut sessions = HashSet::new();
     let mut req = LoadRequest::default();
     for e in decoded.iter().flatten() {
@@ -101,8 +189,9 @@ pub fn plan(messages: &[&[u8]]) -> (Vec<Result<Event, DecodeError>>, LoadRequest
             req.session_ids.push(e.session_id);
         }
         req.event_ids.push(e.event_id);
-        if e.event_type() == EventType::SessionEnqueued {
+        if let EventBody::SessionEnqueued(p) = &e.body {
             req.parked_for.push(e.session_id);
+            req.kernel_ids.extend(p.kernels.iter().map(|k| k.kernel_id));
         }
     }
     (decoded, req)
@@ -119,36 +208,37 @@ pub struct DirtyRows {
     pub session: bool,
     /// Every kernel row (the session was created, or an event touched all its kernels).
     pub all_kernels: bool,
-    /// Kernel rows changed one at a time, by kernel id (no duplicates).
-    pub kernels: Vec<Uuid>,
-    /// Kernels of which only `last_stat` changed (by `kernel_stat_sync` alone), by kernel id: no
-    /// duplicates, none in `kernels`, empty with `all_kernels`. Their rows were stored before
-    /// this batch (a kernel's first event is never a stat sync that applies), so a store may
-    /// update that one column.
-    pub stats: Vec<Uuid>,
+    /// Kernel rows changed one at a time, by kernel id (a set: a session of thousands of kernels
+    /// costs the same per event as one of two).
+    pub kernels: HashSet<Uuid>,
+    /// Kernels of which only `last_stat` changed (by `kernel_stat_sync` alone), by kernel id:
+    /// none in `kernels`, empty with `all_kernels`. Their rows were stored before this batch (a
+    /// kernel's first event is never a stat sync that applies), so a store may update that one
+    /// column.
+    pub stats: HashSet<Uuid>,
 }
 
 impl DirtyRows {
     /// Every row of the session.
-    pub const fn all() -> Self {
+    pub fn all() -> Self {
         Self {
             session: true,
             all_kernels: true,
-            kernels: Vec::new(),
-            stats: Vec::new(),
+            kernels: HashSet::new(),
+            stats: HashSet::new(),
         }
     }
 
     fn kernel(&mut self, id: Uuid) {
-        self.stats.retain(|k| *k != id);
-        if !self.all_kernels && !self.kernels.contains(&id) {
-            self.kernels.push(id);
+        self.stats.remove(&id);
+        if !self.all_kernels {
+            self.kernels.insert(id);
         }
     }
 
     fn kernel_stat(&mut self, id: Uuid) {
-        if !self.all_kernels && !self.kernels.contains(&id) && !self.stats.contains(&id) {
-            self.stats.push(id);
+        if !self.all_kernels && !self.kernels.contains(&id) {
+            self.stats.insert(id);
         }
     }
 
@@ -272,6 +362,8 @@ pub struct Fold {
     dirty: HashMap<Uuid, DirtyRows>,
     /// The status each loaded session had when the batch started.
     initial: HashMap<Uuid, Status>,
+    /// The session each known kernel id belongs to: a kernel id is never shared.
+    owners: HashMap<Uuid, Uuid>,
     created: Vec<Uuid>,
     new_seen: Vec<(Uuid, Uuid)>,
     released: Vec<(String, Position)>,
@@ -301,16 +393,21 @@ impl Fold {
             .iter()
             .map(|(id, s)| (*id, s.session.status))
             .collect();
+        let mut owners = loaded.kernel_owners;
+        for s in loaded.sessions.values() {
+            owners.extend(s.kernels.iter().map(|k| (k.id, s.session.id)));
+        }
         Self {
             sessions: loaded.sessions,
             initial,
+            owners,
             seen: loaded.seen,
             parked,
             ..Self::default()
         }
     }
 
-    /// Decodes and applies one raw message.
+    /// Decodes and applies one raw message (of at most the default `--max-event-bytes`).
     pub fn apply_bytes(&mut self, source: &str, position: Position, bytes: &[u8]) -> Outcome {
         self.apply_decoded(source, position, bytes, Event::decode(bytes))
     }
@@ -326,18 +423,8 @@ impl Fold {
         let event = match decoded {
             Ok(e) => e,
             Err(err) => {
-                let event_type = err.event_type.clone();
-                let label = err.label();
-                self.dead_letters.push(DeadLetter {
-                    source: source.to_owned(),
-                    position,
-                    event_id: None,
-                    event_type,
-                    session_id: None,
-                    label,
-                    reason: err.to_string(),
-                    bytes: bytes.to_vec(),
-                });
+                self.dead_letters
+                    .push(DeadLetter::undecodable(source, position, bytes, &err, None));
                 return self.count("unknown", Outcome::DeadLettered);
             }
         };
@@ -360,7 +447,21 @@ impl Fold {
     ) -> Outcome {
         let mut slot = self.sessions.remove(&event.session_id);
         let existed = slot.is_some();
-        let result = apply(&mut slot, event);
+        let result = match (&event.body, existed) {
+            (EventBody::SessionEnqueued(p), false) => p
+                .kernels
+                .iter()
+                .find_map(|k| {
+                    self.owners
+                        .get(&k.kernel_id)
+                        .map(|owner| Reject::KernelTaken {
+                            kernel: k.kernel_id,
+                            owner: *owner,
+                        })
+                })
+                .map_or_else(|| apply(&mut slot, event), Err),
+            _ => apply(&mut slot, event),
+        };
         if let Some(state) = slot {
             self.sessions.insert(event.session_id, state);
         }
@@ -371,6 +472,10 @@ impl Fold {
                     .or_default()
                     .record(event);
                 if !existed {
+                    if let Some(state) = self.sessions.get(&event.session_id) {
+                        self.owners
+                            .extend(state.kernels.iter().map(|k| (k.id, event.session_id)));
+                    }
                     self.created.push(event.session_id);
                     self.release_parked(event.session_id);
                 }
@@ -418,16 +523,13 @@ impl Fold {
             let outcome = match decoded {
                 Ok(event) => self.apply_event(&p.source, p.position, &p.bytes, &event),
                 Err(err) => {
-                    self.dead_letters.push(DeadLetter {
-                        source: p.source.clone(),
-                        position: p.position,
-                        event_id: Some(p.event_id),
-                        event_type: err.event_type.clone(),
-                        session_id: Some(p.session_id),
-                        label: err.label(),
-                        reason: err.to_string(),
-                        bytes: p.bytes.clone(),
-                    });
+                    self.dead_letters.push(DeadLetter::undecodable(
+                        &p.source,
+                        p.position,
+                        &p.bytes,
+                        &err,
+                        Some((p.event_id, p.session_id)),
+                    ));
                     Outcome::DeadLettered
                 }
             };
@@ -444,16 +546,14 @@ impl Fold {
         event: &Event,
         reject: &Reject,
     ) {
-        self.dead_letters.push(DeadLetter {
-            source: source.to_owned(),
+        self.dead_letters.push(DeadLetter::rejected(
+            source,
             position,
-            event_id: Some(event.event_id),
-            event_type: Some(event.event_type().as_str().to_owned()),
-            session_id: Some(event.session_id),
-            label: reject.label(),
-            reason: format!("{}: {reject}", event.event_type()),
-            bytes: bytes.to_vec(),
-        });
+            bytes,
+            event,
+            reject.label(),
+            &reject.to_string(),
+        ));
     }
 
     fn count(&mut self, event_type: &'static str, outcome: Outcome) -> Outcome {

@@ -9,8 +9,8 @@ mod rows;
 
 pub use apply::{Effect, Reject, apply};
 pub use fold::{
-    Changes, CountDelta, DeadLetter, DirtyRows, Fold, LoadRequest, Loaded, Outcome, ParkedEvent,
-    Position, plan,
+    Changes, CountDelta, DeadLetter, DirtyRows, Fold, LoadRequest, Loaded, MAX_REASON_BYTES,
+    Outcome, ParkedEvent, Position, plan, plan_limited, storable_reason,
 };
 pub use rows::{
     KernelRow, RESULT_FAILURE, RESULT_SUCCESS, RESULT_UNDEFINED, SessionRow, SessionState,

@@ -1,13 +1,14 @@
 //! The applier task: gathers bounded batches from a source, folds them and commits them exactly once.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
+use sessionview_events::Event;
 use sessionview_projection::{
-    Changes, Fold, LoadRequest, Loaded, Outcome, Position, SessionState, plan,
+    Changes, DeadLetter, Fold, LoadRequest, Loaded, Outcome, Position, SessionState, plan_limited,
 };
 use sessionview_store::{Advance, Commit, CommitOutcome, Store, StoreError};
 use tokio::sync::{Mutex, mpsc};
@@ -115,7 +116,13 @@ enum Committed {
     Stale,
     /// Shutdown while a transient error was being retried.
     Abandoned,
+    /// The database refused the batch for the data it carries (not the connection, not a
+    /// conflict): some event of it is one the store cannot hold.
+    Refused(StoreError),
 }
+
+/// The dead-letter label of an event the database refused for its content.
+pub const REFUSED: &str = "refused";
 
 /// Runs `op`, retrying transient database errors with exponential backoff (100 ms to 10 s) for as
 /// long as it takes. After `shutdown`, a statement in progress still finishes (the drain), but no
@@ -180,6 +187,15 @@ async fn load_over<S: Store>(
             loaded.sessions.insert(*id, (*s).clone());
         }
     }
+    // Kernels of sessions the pending batch created are not stored yet, but taken.
+    let wanted_kernels: HashSet<Uuid> = req.kernel_ids.iter().copied().collect();
+    for s in &changes.sessions {
+        for k in &s.kernels {
+            if wanted_kernels.contains(&k.id) {
+                loaded.kernel_owners.insert(k.id, s.session.id);
+            }
+        }
+    }
     let pending_seen: HashSet<Uuid> = changes.seen.iter().map(|(e, _)| *e).collect();
     loaded.seen.extend(
         req.event_ids
@@ -220,6 +236,17 @@ pub(crate) struct Applier<S> {
     /// offsets only grow, so a message at or below it is a redelivery, dropped (a rewind comes
     /// only with a re-seek, which starts a new epoch).
     admitted: HashMap<i32, (u64, i64)>,
+    /// When parked events were last checked against `--park-retention`.
+    last_sweep: Instant,
+}
+
+/// Records committed positions as the partitions' next offsets.
+fn advance(owned: &mut HashMap<i32, PartitionState>, advances: &[Advance]) {
+    for a in advances {
+        if let Some(st) = owned.get_mut(&a.partition) {
+            st.next = Some(a.next);
+        }
+    }
 }
 
 impl<S: Store> Applier<S> {
@@ -240,6 +267,7 @@ impl<S: Store> Applier<S> {
             progress,
             summary: Summary::default(),
             admitted: HashMap::new(),
+            last_sweep: Instant::now(),
         }
     }
 
@@ -276,6 +304,13 @@ impl<S: Store> Applier<S> {
         loop {
             if pending.is_none() && self.reached_targets().await {
                 break;
+            }
+            if self.sweep_due() {
+                // The sweep needs the pipeline empty: the batch in flight commits first.
+                if pending.is_some() {
+                    pending = self.step(pending.take(), Vec::new(), &shutdown).await?;
+                }
+                self.expire_parked(&shutdown).await?;
             }
             let mut batch = Vec::new();
             let mut finished = false;
@@ -329,6 +364,7 @@ impl<S: Store> Applier<S> {
         if pending.is_some() {
             self.step(pending, Vec::new(), &shutdown).await?;
         }
+        self.expire_parked(&shutdown).await?;
         self.summary.elapsed = started.elapsed();
         info!(
             source = %self.source,
@@ -370,16 +406,14 @@ impl<S: Store> Applier<S> {
             },
         );
         let mut keep = true;
+        let mut refused = None;
         if let (Some(committed), Some(p)) = (committed, &pending) {
             match committed? {
                 Committed::Done(advances, commit_time) => {
-                    for a in &advances {
-                        if let Some(st) = owned.get_mut(&a.partition) {
-                            st.next = Some(a.next);
-                        }
-                    }
+                    advance(&mut owned, &advances);
                     self.record(&p.batch, &advances, &p.changes, commit_time);
                 }
+                Committed::Refused(error) => refused = Some(error),
                 Committed::Conflict(partitions) => {
                     warn!(
                         ?partitions,
@@ -414,8 +448,115 @@ impl<S: Store> Applier<S> {
                 shared.request_reseek(partitions);
             }
         }
+        if let (Some(error), Some(p)) = (refused, pending) {
+            warn!(
+                %error,
+                events = p.batch.len(),
+                "the database refused the batch for its data; committing it in parts to isolate the event(s) it refuses"
+            );
+            // The batch folded on top of the refused one goes too; it is folded again after.
+            let next = folded?;
+            if !self.isolate(p.batch, &mut owned, shutdown).await? {
+                return Ok(None);
+            }
+            return match next {
+                Some(n) => self.fold(n.batch, &owned, None, shutdown).await,
+                None => Ok(None),
+            };
+        }
         let folded = folded?;
         Ok(if keep { folded } else { None })
+    }
+
+    /// Commits `batch` (which the database refused whole) in halves, and halves of halves, in
+    /// source order, until every event it refuses stands alone; each of those becomes a dead
+    /// letter labelled [`REFUSED`] with the database's message, everything else is applied.
+    /// With k such events among n that is O(k log n) commits. Returns `false` when it had to stop
+    /// early (shutdown, or another instance moved a partition: re-seeks are requested).
+    async fn isolate(
+        &mut self,
+        batch: Vec<SourceMessage>,
+        owned: &mut HashMap<i32, PartitionState>,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, ProjectorError> {
+        let mut parts = VecDeque::from([batch]);
+        while let Some(part) = parts.pop_front() {
+            let Some(mut folded) = self.fold(part, owned, None, shutdown).await? else {
+                return Ok(false);
+            };
+            let mut outcome = self.commit(&folded, owned, shutdown).await?;
+            if let Committed::Refused(error) = &outcome {
+                if folded.batch.len() > 1 {
+                    let mut first = std::mem::take(&mut folded.batch);
+                    let second = first.split_off(first.len() / 2);
+                    parts.push_front(second);
+                    parts.push_front(first);
+                    continue;
+                }
+                warn!(%error, first = ?folded.batch.first().map(|m| (m.partition, m.offset)), "dead-lettering the event the database refuses");
+                folded.changes = self.refused_changes(&folded.batch, error);
+                metrics::refused();
+                outcome = self.commit(&folded, owned, shutdown).await?;
+            }
+            match outcome {
+                Committed::Done(advances, commit_time) => {
+                    advance(owned, &advances);
+                    self.record(&folded.batch, &advances, &folded.changes, commit_time);
+                }
+                // Even the dead letter alone is refused: nothing left to isolate.
+                Committed::Refused(error) => return Err(error.into()),
+                Committed::Conflict(_) | Committed::Stale | Committed::Abandoned => {
+                    let partitions: BTreeSet<i32> = folded
+                        .batch
+                        .iter()
+                        .chain(parts.iter().flatten())
+                        .map(|m| m.partition)
+                        .collect();
+                    for partition in &partitions {
+                        owned.remove(partition);
+                    }
+                    self.shared.request_reseek(partitions);
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// What a batch of one event the database refused writes instead: its dead letter, its id
+    /// as seen, and (by the commit) its position.
+    fn refused_changes(&self, batch: &[SourceMessage], error: &StoreError) -> Changes {
+        let mut changes = Changes::default();
+        let Some(m) = batch.first() else {
+            return changes;
+        };
+        let Some(bytes) = m.payload.as_deref() else {
+            return changes;
+        };
+        let position = Position {
+            partition: m.partition,
+            offset: m.offset,
+        };
+        let reason = format!("refused by the database: {error}");
+        let (letter, event_type) = match Event::decode_limited(bytes, self.cfg.max_event_bytes) {
+            Ok(event) => {
+                changes.seen.push((event.event_id, event.session_id));
+                (
+                    DeadLetter::rejected(&self.source, position, bytes, &event, REFUSED, &reason),
+                    event.event_type().as_str(),
+                )
+            }
+            // Undecodable events are dead letters already: the refusal was of that row.
+            Err(err) => {
+                let mut letter = DeadLetter::undecodable(&self.source, position, bytes, &err, None);
+                letter.label = REFUSED;
+                letter.reason = sessionview_projection::storable_reason(&reason);
+                (letter, "unknown")
+            }
+        };
+        changes.dead_letters.push(letter);
+        changes.tally.insert((event_type, Outcome::DeadLettered), 1);
+        changes
     }
 
     /// Only partitions still owned, under the epoch the messages were read in, and only offsets
@@ -471,7 +612,7 @@ impl<S: Store> Applier<S> {
     /// folds it. Transient database errors are retried.
     async fn fold(
         &self,
-        mut batch: Vec<SourceMessage>,
+        batch: Vec<SourceMessage>,
         owned: &HashMap<i32, PartitionState>,
         pending: Option<&Folded>,
         shutdown: &CancellationToken,
@@ -484,7 +625,7 @@ impl<S: Store> Applier<S> {
             }
         }
         let payloads: Vec<&[u8]> = batch.iter().filter_map(|m| m.payload.as_deref()).collect();
-        let (decoded, req) = plan(&payloads);
+        let (decoded, req) = plan_limited(&payloads, self.cfg.max_event_bytes);
         let Some(loaded) = with_retries(|| load_over(&self.store, &req, pending), shutdown).await?
         else {
             return Ok(None);
@@ -502,11 +643,8 @@ impl<S: Store> Applier<S> {
             };
             fold.apply_decoded(&self.source, position, bytes, d);
         }
-        // The folded batch waits for its commit; its payloads are no longer needed (parked
-        // events and dead letters hold their own copies).
-        for m in &mut batch {
-            m.payload = None;
-        }
+        // The folded batch keeps its payloads until it commits: should the database refuse it,
+        // its events are folded again in parts to find the one it refuses.
         metrics::fold(started.elapsed());
         Ok(Some(Folded {
             changes: fold.finish(),
@@ -556,14 +694,54 @@ impl<S: Store> Applier<S> {
                 .await?;
             Ok::<_, StoreError>((outcome, started.elapsed()))
         };
-        let Some((outcome, commit_time)) = with_retries(attempt, shutdown).instrument(span).await?
-        else {
-            return Ok(Committed::Abandoned);
+        let (outcome, commit_time) = match with_retries(attempt, shutdown).instrument(span).await {
+            Ok(Some(done)) => done,
+            Ok(None) => return Ok(Committed::Abandoned),
+            Err(e) if e.is_data() => return Ok(Committed::Refused(e)),
+            Err(e) => return Err(e.into()),
         };
         Ok(match outcome {
             CommitOutcome::Committed => Committed::Done(advances, commit_time),
             CommitOutcome::Conflict { partitions } => Committed::Conflict(partitions),
         })
+    }
+
+    /// Turns this instance's parked events older than `--park-retention` into dead letters. Run
+    /// only with no batch in flight, so that none of them is being released at the same time.
+    async fn expire_parked(&mut self, shutdown: &CancellationToken) -> Result<(), ProjectorError> {
+        self.last_sweep = Instant::now();
+        let owned = self.shared.owned.lock().await;
+        let partitions: Vec<i32> = owned.keys().copied().collect();
+        if partitions.is_empty() {
+            return Ok(());
+        }
+        let Ok(retention) = chrono::Duration::from_std(self.cfg.park_retention) else {
+            return Ok(());
+        };
+        let cutoff = chrono::Utc::now() - retention;
+        let moved = with_retries(
+            || self.store.expire_parked(&self.source, &partitions, cutoff),
+            shutdown,
+        )
+        .await?;
+        if let Some(n) = moved.filter(|n| *n > 0) {
+            warn!(
+                events = n,
+                retention = ?self.cfg.park_retention,
+                "parked events whose session never came became dead letters (parked_expired)"
+            );
+            metrics::events("unknown", Outcome::DeadLettered, n);
+            metrics::batch_dead_letters(n);
+        }
+        Ok(())
+    }
+
+    /// Whether the parked-event sweep is due: a quarter of the retention, between 100 ms and
+    /// a minute.
+    fn sweep_due(&self) -> bool {
+        let every = (self.cfg.park_retention / 4)
+            .clamp(Duration::from_millis(100), Duration::from_secs(60));
+        self.last_sweep.elapsed() >= every
     }
 
     fn record(
@@ -638,7 +816,7 @@ mod tests {
         pending: Option<&Folded>,
     ) -> Changes {
         let payloads: Vec<&[u8]> = batch.iter().map(|(_, b)| b.as_slice()).collect();
-        let (decoded, req) = plan(&payloads);
+        let (decoded, req) = sessionview_projection::plan(&payloads);
         let mut fold = Fold::from_loaded(load_over(store, &req, pending).await.unwrap());
         for ((offset, bytes), d) in batch.iter().zip(decoded) {
             let position = Position {

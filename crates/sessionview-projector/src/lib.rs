@@ -27,7 +27,7 @@ mod kafka;
 pub mod metrics;
 mod statistics;
 
-pub use applier::SourceMessage;
+pub use applier::{REFUSED, SourceMessage};
 pub use client::{BadKafkaOption, KafkaOptions};
 pub use file::source_name as file_source_name;
 pub use health::{Health, Progress};
@@ -41,7 +41,14 @@ pub struct BatchConfig {
     pub linger: Duration,
     /// Messages buffered between the source and the applier.
     pub channel_capacity: usize,
+    /// Larger messages are dead letters (`--max-event-bytes`).
+    pub max_event_bytes: usize,
+    /// Parked events older than this become dead letters (`--park-retention`).
+    pub park_retention: Duration,
 }
+
+/// The default of `--park-retention`: 7 days.
+pub const DEFAULT_PARK_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 impl Default for BatchConfig {
     fn default() -> Self {
@@ -49,6 +56,8 @@ impl Default for BatchConfig {
             max_events: 20_000,
             linger: Duration::from_millis(5),
             channel_capacity: 20_000,
+            max_event_bytes: sessionview_events::DEFAULT_MAX_EVENT_BYTES,
+            park_retention: DEFAULT_PARK_RETENTION,
         }
     }
 }

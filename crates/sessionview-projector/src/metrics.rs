@@ -17,6 +17,7 @@ pub const CONFLICTS: &str = "sessionview_projector_commit_conflicts_total";
 pub const RETRIES: &str = "sessionview_projector_store_retries_total";
 pub const LAG_MESSAGES: &str = "sessionview_projector_lag_messages";
 pub const LAG_SECONDS: &str = "sessionview_projector_lag_seconds";
+pub const REFUSED: &str = "sessionview_projector_refused_events_total";
 pub const STATISTICS_REFRESHED: &str = "sessionview_projector_statistics_refreshed_total";
 
 /// Histogram buckets for [`BATCH_SIZE`].
@@ -60,6 +61,12 @@ pub fn describe() {
         "Messages between the last applied offset and the partition's last known high watermark."
     );
     describe_counter!(
+        REFUSED,
+        "Events the database refused for their content (not the connection): isolated by \
+         committing their batch in parts, stored as dead letters labelled refused; the rest of \
+         the batch is applied."
+    );
+    describe_counter!(
         STATISTICS_REFRESHED,
         "Tables analyzed by the projector because they doubled since their last statistics."
     );
@@ -77,9 +84,17 @@ pub(crate) fn events(event_type: &'static str, outcome: Outcome, n: u64) {
 pub(crate) fn batch(size: usize, commit: Duration, dead_letters: usize) {
     histogram!(BATCH_SIZE).record(size as f64);
     histogram!(COMMIT_SECONDS).record(commit.as_secs_f64());
-    if dead_letters > 0 {
-        counter!(DEAD_LETTERS).increment(dead_letters as u64);
+    batch_dead_letters(dead_letters as u64);
+}
+
+pub(crate) fn batch_dead_letters(n: u64) {
+    if n > 0 {
+        counter!(DEAD_LETTERS).increment(n);
     }
+}
+
+pub(crate) fn refused() {
+    counter!(REFUSED).increment(1);
 }
 
 pub(crate) fn fold(took: Duration) {

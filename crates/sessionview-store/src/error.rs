@@ -67,6 +67,32 @@ impl StoreError {
             | StoreError::DivergedMigrations { .. } => false,
         }
     }
+
+    /// Whether the database refused the statement for the data it carries (a value out of range,
+    /// a constraint, a row too large): the same data will be refused again, but other data would
+    /// not be. Connection, conflict and schema errors are not.
+    pub fn is_data(&self) -> bool {
+        let StoreError::Database(sqlx::Error::Database(db)) = self else {
+            return false;
+        };
+        if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+            // Extended result codes: the primary code is the low byte. 18 TOOBIG, 19 CONSTRAINT,
+            // 20 MISMATCH, 25 RANGE.
+            return db
+                .code()
+                .and_then(|c| c.parse::<i64>().ok())
+                .is_some_and(|c| matches!(c & 0xff, 18 | 19 | 20 | 25));
+        }
+        // PostgreSQL: 21 cardinality violation (an upsert touching a row twice), 22 data
+        // exception, 23 integrity constraint violation, 54 program limit exceeded (an index row
+        // or a value too large, nesting too deep).
+        db.code().is_some_and(|c| {
+            let c = c.as_ref();
+            ["21", "22", "23", "54"]
+                .iter()
+                .any(|class| c.starts_with(class))
+        })
+    }
 }
 
 fn is_transient_sqlx(e: &sqlx::Error) -> bool {

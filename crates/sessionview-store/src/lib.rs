@@ -127,6 +127,13 @@ pub struct StoreCounts {
     pub dead_letters: i64,
 }
 
+/// The label of a parked event whose session never came within `--park-retention`.
+pub const PARKED_EXPIRED: &str = "parked_expired";
+
+/// The reason stored with a [`PARKED_EXPIRED`] dead letter.
+pub const PARKED_EXPIRED_REASON: &str =
+    "waited longer than --park-retention for its session_enqueued, which never came";
+
 /// The interface the projector (and later the query service and replay) needs from a backend.
 ///
 /// Every method is one round of work against the database; implementations must make
@@ -171,6 +178,16 @@ pub trait Store: Clone + Send + Sync + 'static {
         &self,
         commit: Commit<'_>,
     ) -> impl Future<Output = Result<CommitOutcome, StoreError>> + Send;
+
+    /// Turns the parked events of `source`'s `partitions` parked before `cutoff` into dead letters
+    /// labelled [`PARKED_EXPIRED`] (their session never came), in one transaction; returns how
+    /// many. The caller owns the partitions and has no batch of them in flight.
+    fn expire_parked(
+        &self,
+        source: &str,
+        partitions: &[i32],
+        cutoff: DateTime<Utc>,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// Dead letters, oldest first.
     fn dead_letters(

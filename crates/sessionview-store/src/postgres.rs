@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sessionview_events::{JsonObject, ResourceSlots, Status};
 use sessionview_projection::{
@@ -446,11 +447,47 @@ impl Store for PgStore {
                 });
             }
         }
+        let kernel_owners = if req.kernel_ids.is_empty() {
+            HashMap::new()
+        } else {
+            sqlx::query_as::<_, (Uuid, Uuid)>(
+                "SELECT id, session_id FROM kernels WHERE id = ANY($1)",
+            )
+            .bind(&req.kernel_ids)
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .collect()
+        };
         Ok(Loaded {
             sessions,
             seen,
             parked,
+            kernel_owners,
         })
+    }
+
+    async fn expire_parked(
+        &self,
+        source: &str,
+        partitions: &[i32],
+        cutoff: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "WITH gone AS (DELETE FROM parked_events WHERE source = $1 AND partition = ANY($2) \
+             AND parked_at < $3 RETURNING source, partition, \"offset\", event_id, session_id, payload) \
+             INSERT INTO dead_letters (source, partition, \"offset\", event_id, session_id, label, reason, payload) \
+             SELECT source, partition, \"offset\", event_id, session_id, $4, $5, payload FROM gone \
+             ON CONFLICT (source, partition, \"offset\") DO NOTHING",
+        )
+        .bind(source)
+        .bind(partitions)
+        .bind(cutoff)
+        .bind(crate::PARKED_EXPIRED)
+        .bind(crate::PARKED_EXPIRED_REASON)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
     }
 
     #[instrument(skip_all, fields(source = commit.source, sessions = commit.changes.sessions.len()))]

@@ -372,11 +372,60 @@ impl Store for SqliteStore {
             }
         }
         parked.sort_by_key(|p| p.position);
+        let mut kernel_owners = HashMap::new();
+        for chunk in req.kernel_ids.chunks(CHUNK) {
+            let mut qb = QueryBuilder::new("SELECT id, session_id FROM kernels WHERE ");
+            push_in(&mut qb, "id", chunk);
+            for r in qb.build().fetch_all(&self.pool).await? {
+                kernel_owners.insert(
+                    uuid_of("kernels", &r.try_get::<String, _>("id")?)?,
+                    uuid_of("kernels", &r.try_get::<String, _>("session_id")?)?,
+                );
+            }
+        }
         Ok(Loaded {
             sessions,
             seen,
             parked,
+            kernel_owners,
         })
+    }
+
+    async fn expire_parked(
+        &self,
+        source: &str,
+        partitions: &[i32],
+        cutoff: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        // The format of parked_at's default, so that text order is time order.
+        let cutoff = cutoff.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+        let mut tx = self.pool.begin().await?;
+        let mut moved = 0;
+        for p in partitions {
+            moved += sqlx::query(
+                "INSERT INTO dead_letters (source, partition, \"offset\", event_id, session_id, label, reason, payload) \
+                 SELECT source, partition, \"offset\", event_id, session_id, ?, ?, payload FROM parked_events \
+                 WHERE source = ? AND partition = ? AND parked_at < ? ON CONFLICT DO NOTHING",
+            )
+            .bind(crate::PARKED_EXPIRED)
+            .bind(crate::PARKED_EXPIRED_REASON)
+            .bind(source)
+            .bind(p)
+            .bind(&cutoff)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            sqlx::query(
+                "DELETE FROM parked_events WHERE source = ? AND partition = ? AND parked_at < ?",
+            )
+            .bind(source)
+            .bind(p)
+            .bind(&cutoff)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(moved)
     }
 
     async fn commit(&self, commit: Commit<'_>) -> Result<CommitOutcome, StoreError> {

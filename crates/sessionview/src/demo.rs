@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Args;
 use rand::Rng;
-use sessionview_projector::{RunOptions, SourceConfig};
+use sessionview_projector::{BatchConfig, RunOptions, SourceConfig};
 use sessionview_query::ServerConfig;
 use sessionview_simulator::{SimConfig, Simulator};
 use sessionview_store::{KeyPairAdmin, ReadModel, Role, Store};
@@ -37,6 +37,8 @@ pub(crate) struct RunArgs {
     tls: telemetry::TlsArgs,
     #[command(flatten)]
     schema: crate::SchemaArgs,
+    #[command(flatten)]
+    events: crate::limits::EventArgs,
 }
 
 /// Options of `sessionview demo`.
@@ -66,6 +68,7 @@ pub(crate) struct DemoArgs {
 async fn project_and_serve<S: Store + ReadModel>(
     store: S,
     source: SourceConfig,
+    opts: RunOptions,
     listener: telemetry::Bound,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -73,9 +76,7 @@ async fn project_and_serve<S: Store + ReadModel>(
     let projector = {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let result =
-                sessionview_projector::run(source, store, RunOptions::default(), shutdown.clone())
-                    .await;
+            let result = sessionview_projector::run(source, store, opts, shutdown.clone()).await;
             if let Err(e) = &result {
                 error!(error = %e, "the projector stopped; stopping the server too");
             }
@@ -113,7 +114,11 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
             env!("CARGO_PKG_VERSION"),
             args.source,
         );
-        project_and_serve(store, source, listener, shutdown).await
+        let opts = RunOptions {
+            batch: args.events.apply(BatchConfig::default()),
+            ..RunOptions::default()
+        };
+        project_and_serve(store, source, opts, listener, shutdown).await
     })
 }
 
@@ -240,7 +245,14 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             follow: true,
         };
         info!(events = %events.display(), "demo running");
-        let result = project_and_serve(store, source, listener, shutdown.clone()).await;
+        let result = project_and_serve(
+            store,
+            source,
+            RunOptions::default(),
+            listener,
+            shutdown.clone(),
+        )
+        .await;
         shutdown.cancel();
         sim.await.context("the simulator task failed")??;
         result

@@ -14,6 +14,7 @@ mod client;
 mod dead_letters;
 mod demo;
 mod kafka;
+mod limits;
 mod migrate;
 mod reference;
 mod replay;
@@ -206,6 +207,8 @@ struct ProjectArgs {
     kafka: kafka::GroupArgs,
     #[command(flatten)]
     schema: SchemaArgs,
+    #[command(flatten)]
+    events: limits::EventArgs,
     /// Most events in one batch (one database transaction).
     #[arg(long, env = "SESSIONVIEW_PROJECT_BATCH_SIZE", default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     batch_size: u32,
@@ -383,11 +386,11 @@ async fn project_with<S: Store>(
         }
         None => None,
     };
-    let batch = BatchConfig {
+    let batch = args.events.apply(BatchConfig {
         max_events: args.batch_size as usize,
         linger: Duration::from_millis(args.batch_linger_ms),
         ..BatchConfig::default()
-    };
+    });
     info!(
         source = %kafka::describe_source(&source),
         database = %redact(&args.db.database_url),

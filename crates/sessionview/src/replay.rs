@@ -61,6 +61,9 @@ pub(crate) struct ReplayArgs {
     align_timeout_s: u64,
     #[command(flatten)]
     kafka: crate::kafka::KafkaArgs,
+    /// Give the same values as the live projector's, or the rebuilt tables differ from its.
+    #[command(flatten)]
+    events: crate::limits::EventArgs,
     /// Serve /metrics (rebuild progress), /healthz and /readyz on this address.
     #[arg(long, env = "SESSIONVIEW_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
@@ -319,10 +322,10 @@ pub(crate) async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let done = Arc::new(AtomicU64::new(0));
     let progress_stop = CancellationToken::new();
     let progress = spawn_progress(Arc::clone(&done), total, progress_stop.clone());
-    let batch = BatchConfig {
+    let batch = args.events.apply(BatchConfig {
         max_events: args.batch_size.max(1),
         ..BatchConfig::default()
-    };
+    });
     let run_to = |store: PgStore, until: Until| {
         let opts = RunOptions {
             batch,
@@ -462,10 +465,10 @@ async fn in_place<S: Store>(
     let started = Instant::now();
     store.reset_read_model().await?;
     let opts = RunOptions {
-        batch: BatchConfig {
+        batch: args.events.apply(BatchConfig {
             max_events: args.batch_size.max(1),
             ..BatchConfig::default()
-        },
+        }),
         until: Until::End,
         progress: Some(Arc::clone(&done)),
         standalone: true,

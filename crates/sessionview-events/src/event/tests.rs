@@ -300,3 +300,76 @@ proptest! {
         prop_assert_eq!(canonical, expected);
     }
 }
+
+#[test]
+fn hostile_text_is_refused_with_its_own_label() {
+    let mut v = envelope(
+        "kernel_stat_sync",
+        Some(SID),
+        json!({"stat": {"a": [{"b": "x\u{0}"}]}}),
+    );
+    let err = decode_value(&v).unwrap_err();
+    assert_eq!(err.label(), "nul_character");
+    // The type is named: it comes from the catalogue, not from the event's text.
+    assert_eq!(err.event_type.as_deref(), Some("kernel_stat_sync"));
+    assert!(err.to_string().contains("U+0000"), "{err}");
+
+    v["event_type"] = json!("kernel_stat_sync\u{0}");
+    let err = decode_value(&v).unwrap_err();
+    assert_eq!((err.label(), err.event_type), ("nul_character", None));
+
+    let surrogate = br#"{"event_type":"kernel_error","payload":{"reason":"\ud800"}}"#;
+    let err = Event::decode(surrogate).unwrap_err();
+    assert_eq!(err.label(), "malformed");
+    assert!(err.to_string().contains("lone surrogate"), "{err}");
+
+    let mut deep = json!("leaf");
+    for _ in 0..MAX_DEPTH_FOR_TESTS {
+        deep = json!([deep]);
+    }
+    let v = envelope(
+        "kernel_stat_sync",
+        Some(SID),
+        json!({"stat": {"deep": deep}}),
+    );
+    let err = decode_value(&v).unwrap_err();
+    assert_eq!(err.label(), "malformed");
+    assert!(err.to_string().contains("nested deeper than 64"), "{err}");
+}
+
+const MAX_DEPTH_FOR_TESTS: usize = crate::screen::MAX_DEPTH;
+
+#[test]
+fn oversized_events_are_refused_before_parsing() {
+    let v = envelope(
+        "kernel_error",
+        Some(SID),
+        json!({"reason": "x".repeat(2000)}),
+    );
+    let bytes = v.to_string().into_bytes();
+    let err = Event::decode_limited(&bytes, 1000).unwrap_err();
+    assert_eq!(err.label(), "oversized");
+    let DecodeErrorKind::TooLarge {
+        len,
+        limit,
+        sha256,
+        kept,
+    } = &err.kind
+    else {
+        panic!("{err}")
+    };
+    assert_eq!((*len, *limit, *kept), (bytes.len(), 1000, bytes.len()));
+    assert_eq!(sha256.len(), 64);
+    assert!(Event::decode_limited(&bytes, bytes.len()).is_ok());
+}
+
+#[test]
+fn indexed_fields_are_bounded() {
+    let mut p = enqueued_payload();
+    p["access_key"] = json!("A".repeat(MAX_KEY_FIELD_BYTES + 1));
+    let err = err_of(&envelope("session_enqueued", None, p));
+    assert!(
+        err.contains("payload.access_key") && err.contains("1024"),
+        "{err}"
+    );
+}

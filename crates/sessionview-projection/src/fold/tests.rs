@@ -58,6 +58,11 @@ fn fold_in_batches(messages: &[Vec<u8>], size: usize) -> (Vec<SessionState>, usi
                 .filter(|p| req.parked_for.contains(&p.session_id))
                 .cloned()
                 .collect(),
+            kernel_owners: sessions
+                .values()
+                .flat_map(|s| s.kernels.iter().map(|k| (k.id, s.session.id)))
+                .filter(|(k, _)| req.kernel_ids.contains(k))
+                .collect(),
         };
         let mut fold = Fold::from_loaded(loaded);
         for (i, (bytes, d)) in refs.iter().zip(decoded).enumerate() {
@@ -306,16 +311,93 @@ fn a_kernel_is_dirty_whole_or_by_its_statistics_never_both() {
     let mut d = DirtyRows::default();
     d.kernel_stat(a);
     d.kernel_stat(a);
-    assert_eq!((d.kernels.clone(), d.stats.clone()), (vec![], vec![a]));
+    let set = |ids: &[Uuid]| ids.iter().copied().collect::<HashSet<_>>();
+    assert_eq!((d.kernels.clone(), d.stats.clone()), (set(&[]), set(&[a])));
     // Another change of the same kernel: written whole, no longer by its statistics.
     d.kernel(a);
-    assert_eq!((d.kernels.clone(), d.stats.clone()), (vec![a], vec![]));
+    assert_eq!((d.kernels.clone(), d.stats.clone()), (set(&[a]), set(&[])));
     // A later stat sync of a kernel written whole adds nothing.
     d.kernel_stat(a);
     d.kernel_stat(b);
-    assert_eq!((d.kernels.clone(), d.stats.clone()), (vec![a], vec![b]));
+    assert_eq!((d.kernels.clone(), d.stats.clone()), (set(&[a]), set(&[b])));
     // A created session writes every kernel whole.
     let mut all = DirtyRows::all();
     all.kernel_stat(b);
     assert!(all.stats.is_empty());
+}
+
+/// A `session_enqueued` of `session` whose kernels are `master` (= `session`) plus `workers`.
+fn enqueue_with(session: Uuid, workers: &[Uuid], event: u128, domain: &str) -> Vec<u8> {
+    let mut kernels = vec![serde_json::json!({
+        "kernel_id": session, "role": "master", "occupied_slots": {"cpu": "1"}
+    })];
+    kernels.extend(workers.iter().map(
+        |w| serde_json::json!({"kernel_id": w, "role": "worker", "occupied_slots": {"cpu": "1"}}),
+    ));
+    serde_json::json!({
+        "event_id": Uuid::from_u128(event), "event_type": "session_enqueued", "schema_version": 1,
+        "occurred_at": "2020-02-16T15:47:28.997335+00:00", "session_id": session,
+        "payload": {
+            "name": "s", "type": "batch", "image": "python:3.8", "registry": "cr",
+            "domain_name": domain, "group_name": "g", "user_email": "u@x", "access_key": "AK",
+            "group_id": Uuid::from_u128(77), "user_id": Uuid::from_u128(78), "kernels": kernels,
+        },
+    })
+    .to_string()
+    .into_bytes()
+}
+
+#[test]
+fn a_kernel_id_of_another_session_is_a_dead_letter_and_the_owner_is_untouched() {
+    let (a, b, c) = (
+        Uuid::from_u128(0xA),
+        Uuid::from_u128(0xB),
+        Uuid::from_u128(0xC),
+    );
+    let worker = Uuid::from_u128(0xA1);
+    let first = enqueue_with(a, &[worker], 1, "d1");
+    // B reuses A's worker; C reuses A's master as a worker.
+    let reuse_worker = enqueue_with(b, &[worker], 2, "d2");
+    let reuse_master = enqueue_with(c, &[a], 3, "d2");
+    // Within one fold (one batch) ...
+    let fold = fold_all(&[first.clone(), reuse_worker.clone(), reuse_master.clone()]);
+    let labels: Vec<_> = fold.dead_letters().iter().map(|d| d.label).collect();
+    assert_eq!(labels, ["kernel_conflict", "kernel_conflict"]);
+    assert!(fold.dead_letters()[0].reason.contains(&a.to_string()));
+    assert_eq!(fold.sessions().len(), 1);
+    assert_eq!(fold.sessions()[&a].kernels.len(), 2);
+    // ... and across batches: the store says who owns the kernel.
+    let (decoded, req) = plan(&[reuse_worker.as_slice()]);
+    assert_eq!(req.kernel_ids, [b, worker]);
+    let mut later = Fold::from_loaded(Loaded {
+        kernel_owners: [(worker, a)].into(),
+        ..Loaded::default()
+    });
+    for d in decoded {
+        assert_eq!(
+            later.apply_decoded("t", pos(9), &reuse_worker, d),
+            Outcome::DeadLettered
+        );
+    }
+    assert_eq!(later.dead_letters()[0].label, "kernel_conflict");
+    assert!(later.finish().sessions.is_empty());
+}
+
+#[test]
+fn dead_letter_reasons_are_storable() {
+    assert_eq!(storable_reason("a\0b"), "a\\u0000b");
+    let long = "é".repeat(MAX_REASON_BYTES);
+    let cut = storable_reason(&long);
+    assert!(
+        cut.len() <= MAX_REASON_BYTES && cut.ends_with('…'),
+        "{}",
+        cut.len()
+    );
+    // An oversized event's dead letter keeps a bounded prefix of its bytes.
+    let huge = vec![b'x'; 2 * 1024 * 1024];
+    let mut fold = Fold::new();
+    assert_eq!(fold.apply_bytes("t", pos(0), &huge), Outcome::DeadLettered);
+    let d = &fold.dead_letters()[0];
+    assert_eq!((d.label, d.bytes.len()), ("oversized", 64 * 1024));
+    assert!(d.reason.contains("2097152 bytes"), "{}", d.reason);
 }

@@ -1,0 +1,429 @@
+//! Hostile input, end to end through the real binary: what a buggy producer or an attacker sends
+//! must become a dead letter (projection goes on) or a clear refusal, on both backends.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a panic is a failed test"
+)]
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use serde_json::{Value, json};
+use sessionview_projection::SessionState;
+use sessionview_store::{
+    DeadLetterFilter, PgStore, SqliteStore, Store, StoreCounts, StoredDeadLetter,
+};
+use support::*;
+use tokio::process::Command;
+use uuid::Uuid;
+
+/// A fresh database of one backend.
+enum Db {
+    Pg(TestDb),
+    Sqlite { url: String, dir: PathBuf },
+}
+
+impl Db {
+    async fn both() -> [Db; 2] {
+        [Db::Pg(TestDb::new().await), Db::sqlite()]
+    }
+
+    fn sqlite() -> Db {
+        let dir = std::env::temp_dir().join(format!("sv-hostile-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite://{}", dir.join("db.sqlite").display());
+        Db::Sqlite { url, dir }
+    }
+
+    fn url(&self) -> &str {
+        match self {
+            Db::Pg(db) => &db.url,
+            Db::Sqlite { url, .. } => url,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Db::Pg(_) => "postgres",
+            Db::Sqlite { .. } => "sqlite",
+        }
+    }
+
+    /// Sessions, dead letters and table counts, as the store reads them back.
+    async fn contents(&self) -> (Vec<SessionState>, Vec<StoredDeadLetter>, StoreCounts) {
+        async fn read<S: Store>(s: S) -> (Vec<SessionState>, Vec<StoredDeadLetter>, StoreCounts) {
+            let filter = DeadLetterFilter {
+                limit: 10_000,
+                ..DeadLetterFilter::default()
+            };
+            (
+                s.all_sessions().await.unwrap(),
+                s.dead_letters(&filter).await.unwrap(),
+                s.counts().await.unwrap(),
+            )
+        }
+        match self {
+            Db::Pg(db) => read(PgStore::connect(&db.url, 2).await.unwrap()).await,
+            Db::Sqlite { url, .. } => read(SqliteStore::connect(url, 2).await.unwrap()).await,
+        }
+    }
+
+    /// Runs one SQL statement (a test's sabotage of the schema).
+    async fn exec(&self, sql: &str) {
+        use sqlx::Connection;
+        match self {
+            Db::Pg(db) => {
+                let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+                sqlx::query(sql).execute(&mut c).await.unwrap();
+            }
+            Db::Sqlite { url, .. } => {
+                let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
+                sqlx::query(sql).execute(&mut c).await.unwrap();
+            }
+        }
+    }
+
+    async fn drop(self) {
+        match self {
+            Db::Pg(db) => db.drop().await,
+            Db::Sqlite { dir, .. } => {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+}
+
+/// `sessionview project --exit-at-end` of the archive at `path`.
+async fn project(db: &Db, path: &Path, extra: &[&str]) -> Output {
+    Command::new(BIN)
+        .args([
+            "project",
+            "--exit-at-end",
+            "--database-url",
+            db.url(),
+            "--source",
+        ])
+        .arg(format!("file://{}", path.display()))
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .unwrap()
+}
+
+/// Writes `lines` (raw bytes each) as an NDJSON archive.
+fn archive(lines: &[Vec<u8>]) -> (tempdir::Dir, PathBuf) {
+    let dir = tempdir::Dir::new();
+    let path = dir.0.join("events.ndjson");
+    let mut bytes = Vec::new();
+    for l in lines {
+        bytes.extend_from_slice(l);
+        bytes.push(b'\n');
+    }
+    std::fs::write(&path, bytes).unwrap();
+    (dir, path)
+}
+
+mod tempdir {
+    /// A directory removed when dropped.
+    pub(crate) struct Dir(pub(crate) std::path::PathBuf);
+    impl Dir {
+        pub(crate) fn new() -> Self {
+            let p = std::env::temp_dir().join(format!("sv-hostile-{}", uuid::Uuid::new_v4()));
+            std::fs::create_dir_all(&p).unwrap();
+            Self(p)
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn id(n: u128) -> Uuid {
+    Uuid::from_u128(0x5e55_0000_0000_4000_8000_0000_0000_0000 | n)
+}
+
+/// An envelope as JSON (callers may break it before serializing).
+fn envelope(event_type: &str, session: Uuid, kernel: Option<Uuid>, payload: Value) -> Value {
+    let mut v = json!({
+        "event_id": Uuid::new_v4(), "event_type": event_type, "schema_version": 1,
+        "occurred_at": "2026-01-05T08:00:00.000000+00:00", "session_id": session,
+        "payload": payload,
+    });
+    if let Some(k) = kernel {
+        v["kernel_id"] = json!(k);
+    }
+    v
+}
+
+/// `session_enqueued` of `session` (master `session`, with `slots`) plus `workers`.
+fn enqueue(session: Uuid, name: &str, master_slots: &str, workers: &[Uuid]) -> Value {
+    let mut kernels = vec![json!({
+        "kernel_id": session, "role": "master", "occupied_slots": {"cpu": master_slots}
+    })];
+    kernels.extend(
+        workers
+            .iter()
+            .map(|w| json!({"kernel_id": w, "role": "worker", "occupied_slots": {"cpu": "1"}})),
+    );
+    envelope(
+        "session_enqueued",
+        session,
+        None,
+        json!({
+            "name": name, "type": "batch", "image": "python:3.8", "registry": "cr.backend.ai",
+            "domain_name": "default", "group_name": "g", "user_email": "u@example.com",
+            "access_key": "AKIAHOSTILE", "group_id": id(0xFFF0), "user_id": id(0xFFF1),
+            "kernels": kernels,
+        }),
+    )
+}
+
+fn line(v: &Value) -> Vec<u8> {
+    v.to_string().into_bytes()
+}
+
+fn labels(letters: &[StoredDeadLetter]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for d in letters {
+        *m.entry(d.label.clone()).or_default() += 1;
+    }
+    m
+}
+
+/// Every class of "Hostile input" in one archive, around valid events that must all apply: on
+/// both backends, in one batch and one event per batch (kernel-id reuse within a batch and
+/// across batches).
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_events_are_dead_letters_and_projection_goes_on() {
+    let (a, worker, b, c, d, n, s) = (id(1), id(2), id(3), id(4), id(5), id(6), id(7));
+    let mut lines = vec![line(&enqueue(a, "a", "0.5", &[worker]))];
+    // U+0000 in the envelope, in a payload string, in a key deep inside a stat, in a session's name.
+    let mut nul_type = envelope("kernel_preparing", a, Some(a), json!({}));
+    nul_type["event_type"] = json!("kernel_preparing\u{0}");
+    lines.push(line(&nul_type));
+    lines.push(line(&envelope(
+        "kernel_error",
+        a,
+        Some(a),
+        json!({"reason": "x\u{0}y"}),
+    )));
+    lines.push(line(&envelope(
+        "kernel_stat_sync",
+        a,
+        Some(a),
+        json!({"stat": {"a": {"b": [{"c": {"\u{0}": 1}}]}}}),
+    )));
+    lines.push(line(&enqueue(n, "evil\u{0}name", "1", &[])));
+    // Malformed: a lone surrogate, 65 levels of nesting, bytes that are not UTF-8.
+    lines.push(
+        br#"{"event_id":"00000000-0000-4000-8000-000000000001","event_type":"kernel_error","schema_version":1,"occurred_at":"2026-01-05T08:00:00+00:00","session_id":"5e550000-0000-4000-8000-000000000001","kernel_id":"5e550000-0000-4000-8000-000000000001","payload":{"reason":"\ud800"}}"#.to_vec(),
+    );
+    let mut deep = json!(1);
+    for _ in 0..65 {
+        deep = json!([deep]);
+    }
+    lines.push(line(&envelope(
+        "kernel_stat_sync",
+        a,
+        Some(a),
+        json!({"stat": {"deep": deep}}),
+    )));
+    lines.push(b"{\"event_type\": \"kernel_error\", \"x\": \"\xff\xfe\"}".to_vec());
+    // Larger than --max-event-bytes.
+    lines.push(line(&envelope(
+        "kernel_stat_sync",
+        a,
+        Some(a),
+        json!({"stat": {"blob": "z".repeat(5000)}}),
+    )));
+    // A sum of slots that would need rounding: 0.5 + 28 nines.
+    lines.push(line(&envelope(
+        "kernel_started",
+        a,
+        Some(worker),
+        json!({"container_id": "c1", "occupied_slots": {"cpu": "9".repeat(28)}}),
+    )));
+    lines.push(line(&enqueue(s, "s", "0.4", &[]).tap(|v| {
+        v["payload"]["kernels"][0]["occupied_slots"]["cpu"] = json!("9".repeat(28));
+        v["payload"]["kernels"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"kernel_id": id(8), "role": "worker", "occupied_slots": {"cpu": "0.4"}}));
+    })));
+    // Kernel ids of another session: A's worker, and A's master as a worker.
+    lines.push(line(&enqueue(b, "b", "1", &[worker])));
+    lines.push(line(&enqueue(c, "c", "1", &[a])));
+    // Valid events after all of it.
+    lines.push(line(&envelope(
+        "kernel_started",
+        a,
+        Some(a),
+        json!({"container_id": "c0"}),
+    )));
+    lines.push(line(&enqueue(d, "d", "2", &[])));
+    let (_dir, path) = archive(&lines);
+
+    for batch_size in ["1", "20000"] {
+        for db in Db::both().await {
+            let what = format!("{} with batches of {batch_size}", db.name());
+            let out = project(
+                &db,
+                &path,
+                &["--max-event-bytes", "4096", "--batch-size", batch_size],
+            )
+            .await;
+            check(&format!("project ({what})"), &out);
+            let (sessions, letters, counts) = db.contents().await;
+            let ids: Vec<Uuid> = sessions.iter().map(|s| s.session.id).collect();
+            assert_eq!(ids, [a, d], "{what}: only the valid sessions");
+            let sa = &sessions[0];
+            assert_eq!(sa.session.status.as_str(), "RUNNING", "{what}");
+            assert_eq!(sa.kernels.len(), 2, "{what}: B and C took nothing from A");
+            assert_eq!(
+                sa.session.occupied_slots.to_json(),
+                json!({"cpu": "1.5"}),
+                "{what}: never rounded, never replaced"
+            );
+            let expected: BTreeMap<String, usize> = [
+                ("nul_character", 4),
+                ("malformed", 3),
+                ("oversized", 1),
+                ("bad_slots", 2),
+                ("kernel_conflict", 2),
+            ]
+            .into_iter()
+            .map(|(l, n)| (l.to_owned(), n))
+            .collect();
+            assert_eq!(labels(&letters), expected, "{what}");
+            for l in &letters {
+                assert!(
+                    !l.reason.contains('\0') && l.reason.len() <= 4096,
+                    "{what}: {l:?}"
+                );
+                assert!(l.event_type.as_deref().is_none_or(|t| !t.contains('\0')));
+            }
+            let oversized = letters.iter().find(|l| l.label == "oversized").unwrap();
+            assert!(
+                oversized.reason.contains("more than the limit of 4096")
+                    && oversized.reason.contains("SHA-256"),
+                "{what}: {}",
+                oversized.reason
+            );
+            assert_eq!(counts.parked_events, 0, "{what}");
+            assert_eq!(counts.dead_letters as usize, letters.len());
+            db.drop().await;
+        }
+    }
+}
+
+/// A small helper to edit a value in place while building it.
+trait Tap: Sized {
+    fn tap(self, f: impl FnOnce(&mut Self)) -> Self;
+}
+
+impl Tap for Value {
+    fn tap(mut self, f: impl FnOnce(&mut Self)) -> Self {
+        f(&mut self);
+        self
+    }
+}
+
+/// A refusal the projector has never seen (a constraint this test adds) dead-letters exactly the
+/// event that causes it, with the database's message; the rest of its batch is applied.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_refusal_is_isolated_to_its_event() {
+    let mut lines = Vec::new();
+    for i in 0..300u128 {
+        let name = if i == 137 { "forbidden" } else { "fine" };
+        lines.push(line(&enqueue(id(1000 + i), name, "1", &[])));
+    }
+    let (_dir, path) = archive(&lines);
+    for db in Db::both().await {
+        let what = db.name();
+        let out = Command::new(BIN)
+            .args(["migrate", "--database-url", db.url()])
+            .output()
+            .await
+            .unwrap();
+        check("migrate", &out);
+        match &db {
+            Db::Pg(_) => {
+                db.exec(
+                    "ALTER TABLE sessions ADD CONSTRAINT no_forbidden CHECK (name <> 'forbidden')",
+                )
+                .await;
+            }
+            Db::Sqlite { .. } => {
+                db.exec(
+                    "CREATE TRIGGER no_forbidden BEFORE INSERT ON sessions \
+                     WHEN NEW.name = 'forbidden' BEGIN SELECT RAISE(ABORT, 'no_forbidden'); END",
+                )
+                .await;
+            }
+        }
+        let out = project(&db, &path, &[]).await;
+        check(&format!("project ({what})"), &out);
+        let (sessions, letters, _) = db.contents().await;
+        assert_eq!(sessions.len(), 299, "{what}: every other session applied");
+        assert_eq!(letters.len(), 1, "{what}: {letters:?}");
+        let l = &letters[0];
+        assert_eq!(
+            (l.label.as_str(), l.session_id, l.offset),
+            ("refused", Some(id(1137)), 137),
+            "{what}"
+        );
+        assert!(l.reason.contains("no_forbidden"), "{what}: {}", l.reason);
+        db.drop().await;
+    }
+}
+
+/// An event whose session never comes waits `--park-retention`, then is a dead letter.
+#[tokio::test(flavor = "multi_thread")]
+async fn orphan_parked_events_expire() {
+    let orphan = id(0xDEAD);
+    let lines = [
+        line(&envelope(
+            "kernel_preparing",
+            orphan,
+            Some(orphan),
+            json!({}),
+        )),
+        line(&enqueue(id(9), "ok", "1", &[])),
+    ];
+    let (_dir, path) = archive(&lines);
+    for db in Db::both().await {
+        let what = db.name();
+        // Kept for a day: still parked after the run.
+        check(
+            "project",
+            &project(&db, &path, &["--park-retention", "1d"]).await,
+        );
+        let (_, letters, counts) = db.contents().await;
+        assert_eq!((counts.parked_events, letters.len()), (1, 0), "{what}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        // Run again (nothing new to read) with a retention the event has outlived.
+        check(
+            "project",
+            &project(&db, &path, &["--park-retention", "10ms"]).await,
+        );
+        let (sessions, letters, counts) = db.contents().await;
+        assert_eq!(counts.parked_events, 0, "{what}");
+        assert_eq!(sessions.len(), 1, "{what}");
+        assert_eq!(letters.len(), 1, "{what}");
+        assert_eq!(
+            (letters[0].label.as_str(), letters[0].session_id),
+            ("parked_expired", Some(orphan)),
+            "{what}"
+        );
+        db.drop().await;
+    }
+}
