@@ -427,3 +427,66 @@ async fn orphan_parked_events_expire() {
         db.drop().await;
     }
 }
+
+/// A batch run started while a member that died still holds partitions: it waits for them and
+/// exits 0 only with the whole stream applied; told to wait less than the dead member's
+/// session, it fails and names the partitions.
+#[tokio::test(flavor = "multi_thread")]
+async fn exit_at_end_waits_for_partitions_a_dead_member_holds() {
+    let cfg = sim_config(400, 2001);
+    let topic = unique_topic("deadmember");
+    publish(&topic, &cfg).await;
+    let (expected, _) = model(&cfg);
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    let group = format!("g-{}", Uuid::new_v4().simple());
+    // A member that joins, applies something, and dies without leaving the group.
+    let kill_dead_member = async || {
+        let mut member = spawn_project(&db, &topic, &group, &["--batch-size", "50"]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while progress(&store, &topic).await == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the member never committed"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        member.start_kill().unwrap();
+        member.wait().await.unwrap();
+    };
+
+    // Told to wait 1 s for partitions another member holds (its session lasts 6 s): refused.
+    kill_dead_member().await;
+    let out = project_command(
+        &db,
+        &topic,
+        &group,
+        &["--exit-at-end", "--exit-at-end-timeout", "1s"],
+    )
+    .output()
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("no progress") && stderr.contains("held by another member"),
+        "{stderr}"
+    );
+
+    // With the default wait it outlasts the dead member's session and finishes the stream.
+    let started = std::time::Instant::now();
+    kill_dead_member().await;
+    let out = project_command(&db, &topic, &group, &["--exit-at-end"])
+        .output()
+        .await
+        .unwrap();
+    check("project --exit-at-end after a dead member", &out);
+    assert_tables_equal(&store, &expected).await;
+    assert_eq!(
+        progress(&store, &topic).await as usize,
+        messages(&cfg).len(),
+        "exited 0 only when every partition was at its end (after {:?})",
+        started.elapsed()
+    );
+    db.drop().await;
+}

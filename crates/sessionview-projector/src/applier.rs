@@ -37,8 +37,10 @@ pub struct SourceMessage {
 #[derive(Debug)]
 pub(crate) enum Item {
     Message(SourceMessage),
-    /// Every partition has reached the end it had at start (`--exit-at-end`), or the file ended.
-    End,
+    /// Every partition has reached the end it had at start (`--exit-at-end`), or the file ended;
+    /// `Err` names what did not (`--exit-at-end` gave up waiting for partitions another member
+    /// holds).
+    End(Result<(), String>),
 }
 
 /// What the applier knows about one owned partition.
@@ -238,6 +240,8 @@ pub(crate) struct Applier<S> {
     admitted: HashMap<i32, (u64, i64)>,
     /// When parked events were last checked against `--park-retention`.
     last_sweep: Instant,
+    /// How the source ended, if it did.
+    ending: Result<(), String>,
 }
 
 /// Records committed positions as the partitions' next offsets.
@@ -268,6 +272,7 @@ impl<S: Store> Applier<S> {
             summary: Summary::default(),
             admitted: HashMap::new(),
             last_sweep: Instant::now(),
+            ending: Ok(()),
         }
     }
 
@@ -320,7 +325,12 @@ impl<S: Store> Applier<S> {
                 while batch.len() < self.cfg.max_events {
                     match rx.try_recv() {
                         Ok(Item::Message(m)) => batch.push(m),
-                        Ok(Item::End) | Err(mpsc::error::TryRecvError::Disconnected) => {
+                        Ok(Item::End(ending)) => {
+                            self.ending = ending;
+                            finished = true;
+                            break;
+                        }
+                        Err(mpsc::error::TryRecvError::Disconnected) => {
                             finished = true;
                             break;
                         }
@@ -334,7 +344,11 @@ impl<S: Store> Applier<S> {
                     () = shutdown.cancelled() => break,
                     item = rx.recv() => match item {
                         Some(Item::Message(m)) => batch.push(m),
-                        Some(Item::End) | None => finished = true,
+                        Some(Item::End(ending)) => {
+                            self.ending = ending;
+                            finished = true;
+                        }
+                        None => finished = true,
                     },
                     // Re-check the targets now and then: they may be met without a message (at
                     // assignment).
@@ -349,7 +363,12 @@ impl<S: Store> Applier<S> {
                             () = tokio::time::sleep_until(deadline) => break,
                             item = rx.recv() => match item {
                                 Some(Item::Message(m)) => batch.push(m),
-                                Some(Item::End) | None => { finished = true; break }
+                                Some(Item::End(ending)) => {
+                                    self.ending = ending;
+                                    finished = true;
+                                    break
+                                }
+                                None => { finished = true; break }
                             },
                         }
                     }
@@ -365,6 +384,9 @@ impl<S: Store> Applier<S> {
             self.step(pending, Vec::new(), &shutdown).await?;
         }
         self.expire_parked(&shutdown).await?;
+        if let Err(why) = std::mem::replace(&mut self.ending, Ok(())) {
+            return Err(ProjectorError::Incomplete(why));
+        }
         self.summary.elapsed = started.elapsed();
         info!(
             source = %self.source,

@@ -60,7 +60,7 @@ pub(crate) async fn read<S: Store>(
             if n == 0 || (follow && line.last() != Some(&b'\n')) {
                 // End of file (or a line still being written).
                 if !follow {
-                    let _ = tx.send(Item::End).await;
+                    let _ = tx.send(Item::End(Ok(()))).await;
                     return Ok(());
                 }
                 if n > 0 {

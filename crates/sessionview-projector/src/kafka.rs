@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
@@ -194,7 +194,7 @@ pub(crate) async fn spawn<S: Store>(
     store: S,
     shared: Arc<Shared>,
     tx: mpsc::Sender<Item>,
-    exit_at_end: bool,
+    exit_at_end: Option<Duration>,
     standalone: Option<BTreeMap<i32, i64>>,
     shutdown: CancellationToken,
 ) -> Result<std::thread::JoinHandle<()>, ProjectorError> {
@@ -247,15 +247,24 @@ pub(crate) async fn spawn<S: Store>(
         .name("kafka-consumer".into())
         .spawn(move || {
             // Assignment blocks on the applier's lock, so it happens on this thread.
-            let started = match standalone {
-                Some(stored) => assign_all(&consumer, &topic, stored),
-                None => topic_partitions(&consumer, &topic)
-                    .and_then(|_| consumer.subscribe(&[&topic]).map_err(ProjectorError::from)),
+            let started = topic_partitions(&consumer, &topic).and_then(|partitions| {
+                // The ends to reach are the topic's at start, taken before anything is read.
+                let watch = exit_at_end
+                    .map(|timeout| EndWatch::new(&consumer, &topic, &partitions, timeout))
+                    .transpose()?;
+                match standalone {
+                    Some(stored) => assign_all(&consumer, &topic, &partitions, stored),
+                    None => consumer.subscribe(&[&topic])?,
+                }
+                Ok(watch)
+            });
+            let (watch, started) = match started {
+                Ok(watch) => (Some(watch), Ok(())),
+                Err(e) => (None, Err(e)),
             };
-            let ok = started.is_ok();
             let _ = ready_tx.send(started);
-            if ok {
-                poll_loop(&consumer, &topic, &shared, &tx, exit_at_end, &shutdown);
+            if let Some(watch) = watch {
+                poll_loop(&consumer, &topic, &shared, &tx, watch, &shutdown);
             }
         })
         .map_err(ProjectorError::Thread)?;
@@ -265,18 +274,147 @@ pub(crate) async fn spawn<S: Store>(
     Ok(thread)
 }
 
+/// `--exit-at-end` in a group: the end every partition of the topic had at start, and the wait
+/// for those that other members hold. A partition is done when this instance has read it to
+/// its end (the applier commits what it read before stopping) or when its stored position, by
+/// whichever member, has reached that end.
+struct EndWatch {
+    /// High watermark of every partition at start.
+    targets: BTreeMap<i32, i64>,
+    /// Give up after this long without progress.
+    timeout: Duration,
+    last_progress: Instant,
+    /// Stored positions at the last check, to tell progress.
+    last_stored: BTreeMap<i32, i64>,
+    last_check: Instant,
+}
+
+/// How often a waiting member reads the stored positions.
+const END_CHECK_EVERY: Duration = Duration::from_millis(500);
+
+impl EndWatch {
+    fn new<C: ConsumerContext>(
+        consumer: &BaseConsumer<C>,
+        topic: &str,
+        partitions: &[i32],
+        timeout: Duration,
+    ) -> Result<Self, ProjectorError> {
+        let mut targets = BTreeMap::new();
+        for p in partitions {
+            let (_, high) = consumer.fetch_watermarks(topic, *p, Duration::from_secs(10))?;
+            targets.insert(*p, high);
+        }
+        Ok(Self {
+            targets,
+            timeout,
+            last_progress: Instant::now(),
+            last_stored: BTreeMap::new(),
+            last_check: Instant::now() - END_CHECK_EVERY,
+        })
+    }
+
+    /// The partitions not done yet, with their stored position and target.
+    fn pending(
+        &self,
+        stored: &BTreeMap<i32, i64>,
+        read_to_end: impl Fn(i32) -> bool,
+    ) -> Vec<(i32, Option<i64>, i64)> {
+        self.targets
+            .iter()
+            .filter(|(p, target)| {
+                **target > 0 && !read_to_end(**p) && stored.get(p).is_none_or(|next| next < *target)
+            })
+            .map(|(p, target)| (*p, stored.get(p).copied(), *target))
+            .collect()
+    }
+
+    /// `Some(Ok)` when every partition is done, `Some(Err)` when the wait timed out, `None` to
+    /// keep going. `progressed`: this instance read messages since the last call.
+    fn check<S: Store>(
+        &mut self,
+        ctx: &Context<S>,
+        at_end: &HashSet<i32>,
+        progressed: bool,
+    ) -> Option<Result<(), String>> {
+        if progressed {
+            self.last_progress = Instant::now();
+        }
+        if self.last_check.elapsed() < END_CHECK_EVERY {
+            return None;
+        }
+        self.last_check = Instant::now();
+        let owned: HashSet<i32> = ctx
+            .epochs
+            .lock()
+            .map(|e| e.keys().copied().collect())
+            .unwrap_or_default();
+        // Owned partitions read to their end need no database read.
+        let mine_done = |p: i32| owned.contains(&p) && at_end.contains(&p);
+        if self.targets.keys().all(|p| mine_done(*p)) {
+            return Some(Ok(()));
+        }
+        let stored = ctx.positions.read()?;
+        let pending = self.pending(&stored, mine_done);
+        if pending.is_empty() {
+            return Some(Ok(()));
+        }
+        if stored != self.last_stored {
+            self.last_progress = Instant::now();
+            self.last_stored = stored;
+        }
+        if self.last_progress.elapsed() < self.timeout {
+            return None;
+        }
+        let list: Vec<String> = pending
+            .iter()
+            .map(|(p, next, target)| {
+                let at = next.map_or_else(|| "nothing".to_owned(), |n| format!("offset {n}"));
+                let holder = if owned.contains(p) {
+                    "this instance"
+                } else {
+                    "another member"
+                };
+                format!("partition {p} at {at} of {target} (held by {holder})")
+            })
+            .collect();
+        Some(Err(format!(
+            "--exit-at-end: no progress for {:?} towards the ends the topic had at start: {}. \
+             A member that died keeps its partitions until its session times out; if one still \
+             runs, let it finish or stop it, then run again (--exit-at-end-timeout sets the wait)",
+            self.timeout,
+            list.join(", ")
+        )))
+    }
+}
+
 fn poll_loop<S: Store>(
     consumer: &BaseConsumer<Context<S>>,
     topic: &str,
     shared: &Shared,
     tx: &mpsc::Sender<Item>,
-    exit_at_end: bool,
+    mut watch: Option<EndWatch>,
     shutdown: &CancellationToken,
 ) {
     let ctx = consumer.context();
     let mut at_end: HashSet<i32> = HashSet::new();
     let mut ended = false;
+    let mut progressed = false;
     while !shutdown.is_cancelled() {
+        if !ended && let Some(w) = watch.as_mut() {
+            if let Some(ending) = w.check(ctx, &at_end, std::mem::take(&mut progressed)) {
+                match &ending {
+                    Ok(()) => info!(
+                        partitions = w.targets.len(),
+                        "every partition of the topic reached the end it had at start"
+                    ),
+                    Err(why) => error!("{why}"),
+                }
+                ended = tx.blocking_send(Item::End(ending)).is_ok();
+                if !ended {
+                    break;
+                }
+            }
+        }
         reseek(consumer, topic, shared);
         if let Ok(mut fresh) = ctx.fresh.lock() {
             for p in fresh.drain(..) {
@@ -295,6 +433,7 @@ fn poll_loop<S: Store>(
                 }
                 let partition = m.partition();
                 at_end.remove(&partition);
+                progressed = true;
                 let Some(epoch) = ctx.epoch_of(partition) else {
                     continue;
                 };
@@ -317,23 +456,6 @@ fn poll_loop<S: Store>(
             Some(Err(KafkaError::PartitionEOF(p))) => {
                 at_end.insert(p);
                 debug!(partition = p, "reached end of partition");
-                if exit_at_end {
-                    let owned: Vec<i32> = ctx
-                        .epochs
-                        .lock()
-                        .map(|e| e.keys().copied().collect())
-                        .unwrap_or_default();
-                    if !owned.is_empty() && owned.iter().all(|p| at_end.contains(p)) {
-                        info!(
-                            partitions = owned.len(),
-                            "every assigned partition reached its end"
-                        );
-                        ended = tx.blocking_send(Item::End).is_ok();
-                        if !ended {
-                            break;
-                        }
-                    }
-                }
             }
             Some(Err(e)) => warn!(error = %e, "kafka consumer error"),
         }
@@ -377,15 +499,14 @@ fn topic_partitions<S: Store>(
 fn assign_all<S: Store>(
     consumer: &BaseConsumer<Context<S>>,
     topic: &str,
+    partitions: &[i32],
     stored: BTreeMap<i32, i64>,
-) -> Result<(), ProjectorError> {
-    let partitions = topic_partitions(consumer, topic)?;
+) {
     let mut tpl = TopicPartitionList::new();
-    for p in &partitions {
+    for p in partitions {
         tpl.add_partition(topic, *p);
     }
     consumer.context().assign(consumer, &mut tpl, Some(stored));
-    Ok(())
 }
 
 /// Re-seeks partitions whose commit conflicted: re-read the stored position, new epoch.

@@ -195,7 +195,7 @@ pub enum Until {
 }
 
 /// Options of one projection run.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RunOptions {
     pub batch: BatchConfig,
     pub until: Until,
@@ -206,6 +206,26 @@ pub struct RunOptions {
     pub standalone: bool,
     /// Progress facts for readiness probes (a fresh one when `None`).
     pub health: Option<Health>,
+    /// With [`Until::End`] on Kafka: how long to wait without progress for partitions other
+    /// members of the group hold (a member that died keeps its partitions until its session
+    /// times out) before failing with [`ProjectorError::Incomplete`].
+    pub end_timeout: Duration,
+}
+
+/// The default of [`RunOptions::end_timeout`] (`--exit-at-end-timeout`).
+pub const DEFAULT_END_TIMEOUT: Duration = Duration::from_secs(120);
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            batch: BatchConfig::default(),
+            until: Until::default(),
+            progress: None,
+            standalone: false,
+            health: None,
+            end_timeout: DEFAULT_END_TIMEOUT,
+        }
+    }
 }
 
 /// How a projection run went.
@@ -238,6 +258,9 @@ pub enum ProjectorError {
     Thread(std::io::Error),
     #[error("the source stopped unexpectedly: {0}")]
     SourceFailed(String),
+    /// `--exit-at-end` gave up: partitions did not reach the ends they had at start.
+    #[error("{0}")]
+    Incomplete(String),
 }
 
 /// Projects `source` into `store` until `opts.until` is met or `shutdown` fires. A batch in
@@ -252,7 +275,7 @@ pub async fn run<S: Store>(
     let (tx, rx) = mpsc::channel(opts.batch.channel_capacity);
     // The source stops when the applier is done, whatever the reason.
     let source_stop = shutdown.child_token();
-    let exit_at_end = opts.until == Until::End;
+    let exit_at_end = (opts.until == Until::End).then_some(opts.end_timeout);
     let statistics = tokio::spawn(statistics::refresh_until(
         store.clone(),
         source_stop.clone(),
@@ -300,7 +323,7 @@ pub async fn run<S: Store>(
                 store,
                 shared,
                 tx,
-                follow && !exit_at_end,
+                follow && exit_at_end.is_none(),
                 source_stop.clone(),
             ));
             let result = applier.run(rx, shutdown).await;

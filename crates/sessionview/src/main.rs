@@ -215,9 +215,21 @@ struct ProjectArgs {
     /// Longest wait, in milliseconds, for more events once a batch has its first.
     #[arg(long, env = "SESSIONVIEW_BATCH_LINGER_MS", default_value_t = 5)]
     batch_linger_ms: u64,
-    /// Stop once every assigned partition (or the file) has reached the end it had at start.
+    /// Stop once every partition of the topic (or the file) has reached the end it had at start,
+    /// applied by this instance or by another member of the group (as the stored positions
+    /// show); exit 0 only then.
     #[arg(long, env = "SESSIONVIEW_EXIT_AT_END")]
     exit_at_end: bool,
+    /// With --exit-at-end: fail (exit 1, naming the partitions) after waiting this long without
+    /// progress for partitions another member holds (one that died holds them until its session
+    /// times out).
+    #[arg(
+        long,
+        env = "SESSIONVIEW_EXIT_AT_END_TIMEOUT",
+        default_value = "120s",
+        value_parser = humantime::parse_duration,
+    )]
+    exit_at_end_timeout: Duration,
     /// For file:// sources: keep reading as the file grows.
     #[arg(long, env = "SESSIONVIEW_FOLLOW")]
     follow: bool,
@@ -406,6 +418,7 @@ async fn project_with<S: Store>(
             Until::Forever
         },
         health: Some(health),
+        end_timeout: args.exit_at_end_timeout,
         ..RunOptions::default()
     };
     let result = sessionview_projector::run(source, store, opts, shutdown).await;

@@ -332,7 +332,7 @@ pub(crate) async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             until,
             progress: Some(Arc::clone(&done)),
             standalone: true,
-            health: None,
+            ..RunOptions::default()
         };
         sessionview_projector::run(source.clone(), store, opts, shutdown.clone())
     };
@@ -472,7 +472,7 @@ async fn in_place<S: Store>(
         until: Until::End,
         progress: Some(Arc::clone(&done)),
         standalone: true,
-        health: None,
+        ..RunOptions::default()
     };
     let result = sessionview_projector::run(source, store, opts, shutdown).await;
     stop.cancel();
