@@ -490,3 +490,264 @@ async fn exit_at_end_waits_for_partitions_a_dead_member_holds() {
     );
     db.drop().await;
 }
+
+/// `sessionview serve` on a fresh database with a superadmin keypair, until dropped.
+struct Served {
+    host: String,
+    ak: String,
+    sk: String,
+    _child: tokio::process::Child,
+}
+
+async fn serve(db: &TestDb, extra: &[&str]) -> Served {
+    let (ak, sk) = create_superadmin(&db.url).await;
+    let host = format!("127.0.0.1:{}", free_port());
+    let child = Command::new(BIN)
+        .args(["serve", "--database-url", &db.url, "--listen", &host])
+        .args(extra)
+        .env("SESSIONVIEW_LOG", "error")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // /readyz is on the operational listener when there is one.
+    let ops = extra
+        .iter()
+        .position(|a| *a == "--metrics-listen")
+        .map_or(host.as_str(), |i| extra[i + 1]);
+    wait_ready(&format!("http://{ops}/readyz")).await;
+    Served {
+        host,
+        ak,
+        sk,
+        _child: child,
+    }
+}
+
+async fn wait_ready(url: &str) {
+    for _ in 0..100 {
+        if let Ok(r) = reqwest::get(url).await
+            && r.status().is_success()
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("{url} never became ready");
+}
+
+impl Served {
+    async fn query(&self, body: &Value) -> (u16, Value) {
+        let resp = signed_graphql(&self.host, &self.ak, &self.sk, body).await;
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// A small query must still be answered.
+    async fn assert_alive(&self) {
+        let (status, v) = self
+            .query(
+                &json!({"query": "{ compute_session_list(limit: 1, offset: 0) { total_count } }"}),
+            )
+            .await;
+        assert_eq!(
+            (status, &v["compute_session_list"]["total_count"]),
+            (200, &json!(0)),
+            "{v}"
+        );
+    }
+}
+
+/// The message of a 400 graphql-error problem.
+fn refusal(status: u16, v: &Value) -> String {
+    assert_eq!(status, 400, "{v}");
+    v["data"][0]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Documents whose cost would explode are refused before any of it is spent, each refusal
+/// naming its limit, and the server keeps answering.
+#[tokio::test(flavor = "multi_thread")]
+async fn costly_documents_are_refused_by_name() {
+    let db = TestDb::new().await;
+    let srv = serve(&db, &[]).await;
+    // 5,000 nested brackets: once a stack overflow that killed the process.
+    let deep = format!(
+        "{{ compute_session(id: {}\"x\"{}) {{ id }} }}",
+        "[".repeat(5000),
+        "]".repeat(5000)
+    );
+    let (s, v) = srv.query(&json!({ "query": deep })).await;
+    assert!(refusal(s, &v).contains("max nesting 64"), "{v}");
+    // Deep variables (object values of a variable the query never uses still are parsed).
+    let mut nested = json!(1);
+    for _ in 0..100 {
+        nested = json!({ "a": nested });
+    }
+    let (s, v) = srv
+        .query(&json!({"query": "query Q($v: JSONString) { compute_session_list(limit: 1, offset: 0) { total_count } }", "variables": {"v": nested}}))
+        .await;
+    assert!(refusal(s, &v).contains("max nesting 64"), "{v}");
+    // 24 fragments, each spreading the previous twice: once 3.7 s of CPU; 40 would be days.
+    let mut chain = String::from(
+        "query C { ...F0 } fragment F0 on Queries { compute_session_list(limit: 1, offset: 0) { total_count } }",
+    );
+    for i in 1..=40 {
+        chain.push_str(&format!(
+            " fragment F{i} on Queries {{ ...F{p} ...F{p} }}",
+            p = i - 1
+        ));
+    }
+    chain = chain.replace("query C { ...F0 }", "query C { ...F40 }");
+    let (s, v) = srv.query(&json!({ "query": chain })).await;
+    assert!(refusal(s, &v).contains("max fields"), "{v}");
+    // 5,000 aliased root fields: once 4.6 s that delayed everyone.
+    let flood: String = (0..5000)
+        .map(|i| format!("a{i}: compute_session_list(limit: 1, offset: 0) {{ total_count }} "))
+        .collect();
+    let (s, v) = srv
+        .query(&json!({ "query": format!("{{ {flood} }}") }))
+        .await;
+    assert!(refusal(s, &v).contains("max root fields 64"), "{v}");
+    // A huge offset is a scan.
+    let (s, v) = srv
+        .query(&json!({"query": "{ compute_session_list(limit: 1, offset: 2000000000) { total_count } }"}))
+        .await;
+    assert!(refusal(s, &v).contains("--max-offset"), "{v}");
+    srv.assert_alive().await;
+    db.drop().await;
+}
+
+/// Slow and half-open clients are cut off, a connection flood is capped, and neither keeps a
+/// signed caller out for longer than the timeouts.
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_and_half_open_clients_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = TestDb::new().await;
+    let srv = serve(
+        &db,
+        &[
+            "--header-timeout",
+            "1s",
+            "--idle-timeout",
+            "2s",
+            "--max-connections",
+            "64",
+        ],
+    )
+    .await;
+    // 60 connections that send half a request header, and never the rest.
+    let mut half_open = Vec::new();
+    for _ in 0..60 {
+        let mut c = tokio::net::TcpStream::connect(&srv.host).await.unwrap();
+        c.write_all(b"POST /admin/graphql HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        half_open.push(c);
+    }
+    // Beyond the cap: closed at once, without an answer.
+    let mut extra = Vec::new();
+    for _ in 0..10 {
+        extra.push(tokio::net::TcpStream::connect(&srv.host).await.unwrap());
+    }
+    let mut refused = 0;
+    for c in &mut extra {
+        let mut buf = [0u8; 64];
+        if let Ok(Ok(0)) =
+            tokio::time::timeout(std::time::Duration::from_secs(1), c.read(&mut buf)).await
+        {
+            refused += 1;
+        }
+    }
+    assert!(
+        refused >= 6,
+        "only {refused} of 10 connections beyond the cap were closed"
+    );
+    // The half-open ones are closed by the header timeout (hyper answers 408 or just closes).
+    for c in &mut half_open {
+        let mut buf = Vec::new();
+        let read =
+            tokio::time::timeout(std::time::Duration::from_secs(5), c.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "a half-open connection was kept open");
+    }
+    // A client that connects and says nothing at all is closed by the idle timeout.
+    let mut silent = tokio::net::TcpStream::connect(&srv.host).await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        silent.read_to_end(&mut buf),
+    )
+    .await;
+    assert!(read.is_ok(), "a silent connection was kept open");
+    srv.assert_alive().await;
+    db.drop().await;
+}
+
+/// Client-chosen operation names never become metric labels unless allow-listed, and /metrics
+/// can live on its own listener.
+#[tokio::test(flavor = "multi_thread")]
+async fn metric_labels_stay_bounded() {
+    let db = TestDb::new().await;
+    let ops = format!("127.0.0.1:{}", free_port());
+    let srv = serve(
+        &db,
+        &["--metrics-operation", "Dashboard", "--metrics-listen", &ops],
+    )
+    .await;
+    for i in 0..50 {
+        let q = format!(
+            "query Op{i} {{ compute_session_list(limit: 1, offset: 0) {{ total_count }} }}"
+        );
+        srv.query(&json!({ "query": q, "operationName": format!("Op{i}") }))
+            .await;
+    }
+    srv.query(&json!({"query": "query Dashboard { compute_session_list(limit: 1, offset: 0) { total_count } }", "operationName": "Dashboard"}))
+        .await;
+    let metrics = reqwest::get(format!("http://{ops}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let labels: std::collections::BTreeSet<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("sessionview_query_requests_total{"))
+        .filter_map(|l| l.split("operation=\"").nth(1)?.split('"').next())
+        .collect();
+    assert_eq!(labels, ["Dashboard", "other"].into(), "{metrics}");
+    // Not on the API's listener.
+    let api = reqwest::get(format!("http://{}/metrics", srv.host))
+        .await
+        .unwrap();
+    assert_eq!(api.status(), 404);
+    db.drop().await;
+}
+
+/// When the database cannot answer, a signed request gets 503 with Retry-After, not 401.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_outage_is_503_not_401() {
+    let db = TestDb::new().await;
+    let srv = serve(&db, &["--keypair-cache-ms", "0"]).await;
+    srv.assert_alive().await;
+    let name = db.url.rsplit('/').next().unwrap().to_owned();
+    admin_exec(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false")).await;
+    admin_exec(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+    ))
+    .await;
+    let body = json!({"query": "{ compute_session_list(limit: 1, offset: 0) { total_count } }"});
+    let resp = signed_graphql(&srv.host, &srv.ak, &srv.sk, &body).await;
+    let status = resp.status().as_u16();
+    let retry_after = resp.headers().get("retry-after").is_some();
+    let v: Value = resp.json().await.unwrap_or(Value::Null);
+    assert_eq!(status, 503, "{v}");
+    assert!(retry_after, "{v}");
+    assert_eq!(
+        v["type"], "https://api.backend.ai/probs/service-unavailable",
+        "{v}"
+    );
+    admin_exec(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true")).await;
+    drop(srv);
+    db.drop().await;
+}

@@ -39,6 +39,9 @@ pub enum AuthError {
     InactiveAccessKey(String),
     #[error("signature mismatch")]
     BadSignature,
+    /// The keypair could not be read (the database cannot answer): not the caller's fault.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl AuthError {

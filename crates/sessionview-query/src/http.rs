@@ -6,9 +6,8 @@ use std::time::{Duration, Instant};
 
 use async_graphql::parser::types::ExecutableDocument;
 use async_graphql::{Request, ServerError, Variables};
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::body::{Body, Bytes};
+use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -20,7 +19,8 @@ use sessionview_store::{KeyPair, ReadModel};
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::auth::{self, API_VERSION, AuthError, SigningInput};
-use crate::schema::{Caller, Limits, QuerySchema, build_schema, prepare};
+use crate::precheck::{self, DocumentLimits};
+use crate::schema::{Caller, Limits, QuerySchema, UNAVAILABLE, build_schema, prepare};
 
 pub const REQUESTS: &str = "sessionview_query_requests_total";
 pub const REQUEST_SECONDS: &str = "sessionview_query_request_seconds";
@@ -38,7 +38,9 @@ const PROBLEM_BASE: &str = "https://api.backend.ai/probs/";
 pub fn describe_metrics() {
     describe_counter!(
         REQUESTS,
-        "GraphQL requests by endpoint, operation and outcome (ok, graphql_error, auth_failed, bad_request)."
+        "GraphQL requests by endpoint, operation (an allow-listed operation name, `other` or \
+         `anonymous`) and outcome (ok, graphql_error, auth_failed, bad_request, too_large, \
+         timeout, unavailable)."
     );
     describe_histogram!(
         REQUEST_SECONDS,
@@ -71,22 +73,38 @@ pub fn record_read_connections<R: ReadModel>(store: &R) {
 }
 
 /// Options of the HTTP service.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub limits: Limits,
-    /// Largest request body in bytes.
+    /// What a GraphQL document may hold (checked before async-graphql parses or validates it).
+    pub document: DocumentLimits,
+    /// Largest request body in bytes, enforced while it is read.
     pub body_limit: usize,
+    /// Longest time to receive a request's body once its headers are in.
+    pub body_timeout: Duration,
+    /// Longest time from a request's arrival to its answer (queueing, validation, reads).
+    pub request_timeout: Duration,
+    /// How many requests of one keypair run at once; more wait for their turn (within the
+    /// request deadline), behind their own keypair's requests only.
+    pub per_key_concurrency: usize,
     /// How long a keypair read from the database is reused for signature checks (zero: read it
     /// for every request). A deactivation takes effect within this time.
     pub keypair_cache: Duration,
+    /// Operation names that get their own metrics label; every other name is `other`.
+    pub metric_operations: Arc<[String]>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             limits: Limits::default(),
+            document: DocumentLimits::default(),
             body_limit: 1 << 20,
+            body_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+            per_key_concurrency: 8,
             keypair_cache: Duration::ZERO,
+            metric_operations: Arc::from([]),
         }
     }
 }
@@ -96,6 +114,42 @@ struct AppState<R> {
     store: R,
     keys: KeyCache,
     documents: DocumentCache,
+    turns: KeyTurns,
+    cfg: ServerConfig,
+}
+
+/// Per keypair, how many of its requests may run at once: a caller that floods the service
+/// waits behind its own requests, not in front of other callers'. (A global limit would let one
+/// caller's queue fill every slot; the database pool behind it is shared, and its wait is
+/// first come, first served.) Semaphores of keys with nothing in flight are dropped when the map
+/// grows, so a flood of keys cannot grow it without bound.
+#[derive(Debug)]
+struct KeyTurns {
+    per_key: usize,
+    keys: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
+}
+
+impl KeyTurns {
+    const PRUNE_AT: usize = 10_000;
+
+    fn new(per_key: usize) -> Self {
+        Self {
+            per_key: per_key.max(1),
+            keys: std::sync::Mutex::default(),
+        }
+    }
+
+    fn semaphore(&self, access_key: &str) -> Arc<tokio::sync::Semaphore> {
+        // The map holds no invariant a panic could break.
+        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        if keys.len() >= Self::PRUNE_AT && !keys.contains_key(access_key) {
+            keys.retain(|_, s| s.available_permits() < self.per_key || Arc::strong_count(s) > 1);
+        }
+        Arc::clone(
+            keys.entry(access_key.to_owned())
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.per_key))),
+        )
+    }
 }
 
 /// Parsed documents of recently seen query texts: a dashboard sends the same few queries again
@@ -123,18 +177,20 @@ impl DocumentCache {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Gives `request` its parsed document: from the cache, or parsed now and kept. A text that
-    /// does not parse is left to the schema, which answers with the parser's error.
+    /// Gives `request` its parsed document: from the cache, or parsed now (and kept when the
+    /// text is short). A text that does not parse is left to the schema, which answers with the
+    /// parser's error.
     fn attach(&self, request: &mut Request) {
         let query = request.query.as_str();
-        if query.len() > Self::MAX_QUERY_BYTES {
-            return;
-        }
-        if let Some(doc) = self.documents().get(query).cloned() {
+        let cacheable = query.len() <= Self::MAX_QUERY_BYTES;
+        if cacheable && let Some(doc) = self.documents().get(query).cloned() {
             request.set_parsed_query(doc);
             return;
         }
-        if let Ok(doc) = request.parsed_query().cloned() {
+        if let Ok(doc) = request.parsed_query()
+            && cacheable
+        {
+            let doc = doc.clone();
             self.documents().put(request.query.clone(), doc);
         }
     }
@@ -196,6 +252,8 @@ pub fn router<R: ReadModel>(store: R, cfg: ServerConfig) -> Router {
         store,
         keys: KeyCache::new(cfg.keypair_cache),
         documents: DocumentCache::new(),
+        turns: KeyTurns::new(cfg.per_key_concurrency),
+        cfg,
     });
     Router::new()
         .route("/", get(version))
@@ -203,7 +261,6 @@ pub fn router<R: ReadModel>(store: R, cfg: ServerConfig) -> Router {
         .route("/graphiql", get(graphiql))
         .route("/admin/graphql", post(handle::<R>))
         .route("/admin/gql", post(handle::<R>))
-        .layer(DefaultBodyLimit::max(cfg.body_limit))
         .with_state(state)
 }
 
@@ -233,7 +290,23 @@ fn problem(status: StatusCode, kind: &str, title: &str, extra: Option<(&str, Val
         .into_response()
 }
 
+/// 503 with `Retry-After`: the database cannot answer now (not the caller's fault).
+fn unavailable(msg: &str) -> Response {
+    let mut resp = problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "service-unavailable",
+        "Service unavailable.",
+        Some(("msg", Value::String(msg.to_owned()))),
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    resp
+}
+
 fn auth_problem(e: &AuthError) -> Response {
+    if let AuthError::Unavailable(msg) = e {
+        return unavailable(msg);
+    }
     if e.is_bad_parameter() {
         problem(
             StatusCode::BAD_REQUEST,
@@ -303,7 +376,9 @@ async fn authenticate<R: ReadModel>(
         Ok(None) => return Err(AuthError::UnknownAccessKey(access_key)),
         Err(e) => {
             warn!(error = %e, "keypair lookup failed");
-            return Err(AuthError::UnknownAccessKey(access_key));
+            return Err(AuthError::Unavailable(
+                "the keypair store cannot answer now; retry".into(),
+            ));
         }
     };
     if !keypair.is_active {
@@ -322,18 +397,51 @@ struct GraphQlBody {
     operation_name: Option<String>,
 }
 
-/// A label for metrics: the client's operation name if it is a plain identifier.
-fn operation_label(name: Option<&str>) -> String {
+/// A label for metrics: the client's operation name when it is on the allow-list (labels stay
+/// bounded whatever clients send), `other` for any other name.
+fn operation_label(name: Option<&str>, allowed: &[String]) -> String {
     match name {
-        Some(n)
-            if !n.is_empty()
-                && n.len() <= 64
-                && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
-        {
-            n.to_owned()
-        }
-        _ => "anonymous".to_owned(),
+        Some(n) if allowed.iter().any(|a| a == n) => n.to_owned(),
+        Some(_) => "other".to_owned(),
+        None => "anonymous".to_owned(),
     }
+}
+
+/// Reads a body of at most `limit` bytes within `timeout`.
+async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Bytes, Response> {
+    use http_body_util::BodyExt;
+    let limited = http_body_util::Limited::new(body, limit);
+    match tokio::time::timeout(timeout, limited.collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid-api-params",
+            "Missing or invalid API parameters.",
+            Some((
+                "msg",
+                Value::String(format!(
+                    "the request body is larger than {limit} bytes (limit: --body-limit-bytes)"
+                )),
+            )),
+        )),
+        Ok(Err(e)) => Err(bad_params(format!("cannot read the request body: {e}"))),
+        Err(_) => Err(problem(
+            StatusCode::REQUEST_TIMEOUT,
+            "request-timeout",
+            "Request timeout.",
+            Some((
+                "msg",
+                Value::String(format!(
+                    "the request body did not arrive within {timeout:?} (limit: --body-timeout)"
+                )),
+            )),
+        )),
+    }
+}
+
+/// A GraphQL refusal naming its limit, answered in the endpoint's shape.
+fn refusal(msg: String) -> async_graphql::Response {
+    async_graphql::Response::from_errors(vec![ServerError::new(msg, None)])
 }
 
 enum Flavor {
@@ -350,7 +458,7 @@ async fn handle<R: ReadModel>(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
     let (flavor, endpoint) = if uri.path() == "/admin/gql" {
         (Flavor::Standard, "/admin/gql")
@@ -372,16 +480,17 @@ async fn handle<R: ReadModel>(
                 return (auth_problem(&e), "anonymous".to_owned(), "auth_failed");
             }
         };
-        let body = match body {
+        let cfg = &state.cfg;
+        // Read only once the caller is known, within the cap and the time allowed.
+        let body = match read_body(body, cfg.body_limit, cfg.body_timeout).await {
             Ok(b) => b,
-            Err(rejection) => {
-                let resp = problem(
-                    rejection.status(),
-                    "invalid-api-params",
-                    "Missing or invalid API parameters.",
-                    Some(("msg", Value::String(rejection.body_text()))),
-                );
-                return (resp, "anonymous".to_owned(), "bad_request");
+            Err(resp) => {
+                let outcome = match resp.status() {
+                    StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+                    StatusCode::REQUEST_TIMEOUT => "timeout",
+                    _ => "bad_request",
+                };
+                return (resp, "anonymous".to_owned(), outcome);
             }
         };
         let parsed: GraphQlBody = match serde_json::from_slice(&body) {
@@ -401,7 +510,17 @@ async fn handle<R: ReadModel>(
                 "bad_request",
             );
         };
-        let operation = operation_label(parsed.operation_name.as_deref());
+        let operation = operation_label(parsed.operation_name.as_deref(), &cfg.metric_operations);
+        let limits = cfg.document;
+        let nested = precheck::text_nesting(&query, limits.max_nesting).and_then(|()| {
+            parsed
+                .variables
+                .as_ref()
+                .map_or(Ok(()), |v| precheck::json_nesting(v, limits.max_nesting))
+        });
+        if let Err(msg) = nested {
+            return (respond(&flavor, refusal(msg)), operation, "graphql_error");
+        }
         let mut request = Request::new(query);
         if let Some(name) = parsed.operation_name {
             request = request.operation_name(name);
@@ -418,21 +537,46 @@ async fn handle<R: ReadModel>(
             }
         }
         state.documents.attach(&mut request);
-        let result = state
-            .schema
-            .execute(prepare(request, state.store.clone(), caller))
-            .await;
+        if let Ok(doc) = request.parsed_query()
+            && let Err(msg) = precheck::document(doc, limits)
+        {
+            return (respond(&flavor, refusal(msg)), operation, "graphql_error");
+        }
+        let turns = state.turns.semaphore(&caller.keypair.access_key);
+        let deadline = cfg.request_timeout;
+        let run = async {
+            // Waits behind this keypair's own requests only; closed never happens.
+            let _turn = turns.acquire_owned().await.ok();
+            state
+                .schema
+                .execute(prepare(request, state.store.clone(), caller))
+                .await
+        };
+        let Ok(result) =
+            tokio::time::timeout(deadline.saturating_sub(started.elapsed()), run).await
+        else {
+            let msg = format!(
+                "the request did not finish within {deadline:?} (limit: --request-timeout); \
+                 requests of one keypair beyond --per-key-concurrency wait for their turn"
+            );
+            return (respond(&flavor, refusal(msg)), operation, "timeout");
+        };
+        if result.errors.iter().any(|e| {
+            e.extensions.as_ref().and_then(|x| x.get("code"))
+                == Some(&async_graphql::Value::from(UNAVAILABLE))
+        }) {
+            return (
+                unavailable("the read model's database cannot answer now; retry"),
+                operation,
+                "unavailable",
+            );
+        }
         let outcome = if result.errors.is_empty() {
             "ok"
         } else {
             "graphql_error"
         };
-        let response = match flavor {
-            Flavor::Standard => Json(result).into_response(),
-            Flavor::Bare if result.errors.is_empty() => Json(result.data).into_response(),
-            Flavor::Bare => graphql_problem(&result.errors),
-        };
-        (response, operation, outcome)
+        (respond(&flavor, result), operation, outcome)
     }
     .instrument(span.clone())
     .await;
@@ -442,6 +586,15 @@ async fn handle<R: ReadModel>(
         .increment(1);
     histogram!(REQUEST_SECONDS, "endpoint" => endpoint).record(started.elapsed().as_secs_f64());
     response
+}
+
+/// A GraphQL result in the endpoint's shape.
+fn respond(flavor: &Flavor, result: async_graphql::Response) -> Response {
+    match flavor {
+        Flavor::Standard => Json(result).into_response(),
+        Flavor::Bare if result.errors.is_empty() => Json(result.data).into_response(),
+        Flavor::Bare => graphql_problem(&result.errors),
+    }
 }
 
 fn graphql_problem(errors: &[ServerError]) -> Response {

@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod http;
+pub mod precheck;
 mod scalars;
 pub mod schema;
 

@@ -164,6 +164,8 @@ impl Caller {
 pub struct Limits {
     /// Largest `limit` a list accepts.
     pub max_limit: i32,
+    /// Largest `offset` a list accepts (the rows before it are read and skipped).
+    pub max_offset: i32,
     pub max_depth: usize,
     pub max_complexity: usize,
 }
@@ -172,6 +174,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_limit: 1000,
+            max_offset: 100_000,
             max_depth: 12,
             max_complexity: 100_000,
         }
@@ -209,10 +212,20 @@ pub fn prepare<R: ReadModel>(request: Request, store: R, caller: Caller) -> Requ
         .data(caller)
 }
 
+/// The `code` extension of an error that means "the database cannot answer now" (the HTTP
+/// layer answers 503 with `Retry-After`).
+pub const UNAVAILABLE: &str = "UNAVAILABLE";
+
 /// Turns a store error into a GraphQL error that says what happened without leaking internals.
 fn store_error(e: &StoreError) -> Error {
+    use async_graphql::ErrorExtensions;
     if e.is_statement_timeout() {
         return Error::new("query cancelled: it exceeded the statement timeout");
+    }
+    if e.is_transient() {
+        tracing::warn!(error = %e, "read failed: the database cannot answer now");
+        return Error::new("the read model's database cannot answer now")
+            .extend_with(|_, ext| ext.set("code", UNAVAILABLE));
     }
     tracing::error!(error = %e, "read failed");
     Error::new("internal error: the read model is unavailable")
@@ -595,9 +608,11 @@ fn check_page(limit: i32, offset: i32, limits: &Limits) -> Result<()> {
             limits.max_limit
         )));
     }
-    if offset < 0 {
+    if !(0..=limits.max_offset).contains(&offset) {
         return Err(Error::new(format!(
-            "offset must be 0 or more, got {offset}"
+            "offset must be between 0 and {} (limit: --max-offset; a larger offset is a scan), \
+             got {offset}",
+            limits.max_offset
         )));
     }
     Ok(())

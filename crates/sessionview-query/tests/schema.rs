@@ -369,7 +369,13 @@ async fn refusals_are_clear_graphql_errors() {
     let e = error(&fx, su, &list("limit: 1001, offset: 0"), json!({})).await;
     assert!(e.contains("between 1 and 1000, got 1001"), "{e}");
     let e = error(&fx, su, &list("limit: 10, offset: -1"), json!({})).await;
-    assert!(e.contains("offset must be 0 or more, got -1"), "{e}");
+    assert!(e.contains("offset must be between 0 and 100000"), "{e}");
+    assert!(e.contains("got -1"), "{e}");
+    let e = error(&fx, su, &list("limit: 10, offset: 100001"), json!({})).await;
+    assert!(
+        e.contains("--max-offset") && e.contains("got 100001"),
+        "{e}"
+    );
     let e = error(
         &fx,
         su,

@@ -43,6 +43,9 @@ schema::schema_connection!(
 pub struct PgSettings {
     /// Statements running longer are cancelled by the server.
     pub statement_timeout: Option<Duration>,
+    /// Like `statement_timeout`, for the read pool's connections only (the query service's
+    /// reads, in a process that also projects: its commits are not cut short).
+    pub read_statement_timeout: Option<Duration>,
     /// A session idle inside a transaction for longer is terminated by the server, releasing its
     /// locks: a paused process (a GC pause, a frozen VM, SIGSTOP) cannot block the others for
     /// longer than this.
@@ -125,6 +128,14 @@ impl PgStore {
                 session.push(("plan_cache_mode", "force_generic_plan".to_owned()));
             }
         }
+        let mut read_options = options.clone();
+        let mut read_session = session.clone();
+        if let Some(t) = settings.read_statement_timeout {
+            read_session.push(("statement_timeout", t.as_millis().to_string()));
+        }
+        if !read_session.is_empty() {
+            read_options = read_options.options(read_session);
+        }
         if !session.is_empty() {
             options = options.options(session);
         }
@@ -136,7 +147,12 @@ impl PgStore {
             .test_before_acquire(false)
             .connect_with(options)
             .await?;
-        Ok(Self::from_pool(pool))
+        let reads = ReadPool::new(Arc::new(read_options), max_connections as usize);
+        Ok(Self {
+            pool,
+            reads,
+            statements: Arc::new(AtomicU64::new(0)),
+        })
     }
 
     /// Wraps an existing pool; reads get a pool of as many connections with the same options.

@@ -10,14 +10,14 @@ use anyhow::{Context, bail};
 use clap::Args;
 use rand::Rng;
 use sessionview_projector::{BatchConfig, RunOptions, SourceConfig};
-use sessionview_query::ServerConfig;
 use sessionview_simulator::{SimConfig, Simulator};
 use sessionview_store::{KeyPairAdmin, ReadModel, Role, Store};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 use uuid::Uuid;
 
-use crate::serve::{api_router, generate};
+use crate::limits::ApiArgs;
+use crate::serve::{ApiListeners, generate, serve_api};
 use crate::{DbArgs, telemetry, with_store};
 
 /// Options of `sessionview run`.
@@ -39,6 +39,8 @@ pub(crate) struct RunArgs {
     schema: crate::SchemaArgs,
     #[command(flatten)]
     events: crate::limits::EventArgs,
+    #[command(flatten)]
+    api: ApiArgs,
 }
 
 /// Options of `sessionview demo`.
@@ -62,6 +64,8 @@ pub(crate) struct DemoArgs {
     /// Mean simulated seconds between two new sessions.
     #[arg(long, env = "SESSIONVIEW_DEMO_ARRIVAL_S", default_value_t = 20.0)]
     arrival_s: f64,
+    #[command(flatten)]
+    api: ApiArgs,
 }
 
 /// Projector and server in one process until a signal or a failure of either.
@@ -69,10 +73,11 @@ async fn project_and_serve<S: Store + ReadModel>(
     store: S,
     source: SourceConfig,
     opts: RunOptions,
-    listener: telemetry::Bound,
+    api: &ApiArgs,
+    listeners: ApiListeners,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let app = api_router(store.clone(), ServerConfig::default(), shutdown.clone())?;
+    let server = serve_api(store.clone(), api, listeners, shutdown.clone());
     let projector = {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
@@ -84,7 +89,7 @@ async fn project_and_serve<S: Store + ReadModel>(
             result
         })
     };
-    let served = telemetry::serve(listener, app, shutdown.clone()).await;
+    let served = server.await;
     shutdown.cancel();
     let projected = projector.await.context("the projector task failed")?;
     served?;
@@ -97,12 +102,12 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let SourceConfig::File { follow, .. } = &mut source {
         *follow = true;
     }
-    let listener = telemetry::bind(args.listen, "the GraphQL API", Some(&args.tls)).await?;
+    let listeners = ApiListeners::bind(args.listen, &args.tls, &args.api).await?;
     let shutdown = CancellationToken::new();
     telemetry::cancel_on_signals(shutdown.clone());
-    with_store!(args.db, |store| {
+    with_store!(args.db, args.api.statement_timeout(), |store| {
         args.schema.prepare(&store).await?;
-        let origin = listener.origin();
+        let origin = listeners.api.origin();
         info!(
             source = %crate::kafka::describe_source(&source),
             database = %crate::redact(&args.db.database_url),
@@ -118,7 +123,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<()> {
             batch: args.events.apply(BatchConfig::default()),
             ..RunOptions::default()
         };
-        project_and_serve(store, source, opts, listener, shutdown).await
+        project_and_serve(store, source, opts, &args.api, listeners, shutdown).await
     })
 }
 
@@ -189,10 +194,11 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         db_max_connections: 8,
     };
     let events = events_path(&args.database_url);
-    let listener = telemetry::bind(args.listen, "the GraphQL API", None).await?;
+    let listeners =
+        ApiListeners::bind(args.listen, &telemetry::TlsArgs::default(), &args.api).await?;
     let shutdown = CancellationToken::new();
     telemetry::cancel_on_signals(shutdown.clone());
-    with_store!(db, |store| {
+    with_store!(db, args.api.statement_timeout(), |store| {
         store.migrate().await.context("migrating the schema")?;
         let kp = generate(
             "demo@sessionview.local",
@@ -207,7 +213,7 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         let exe = std::env::current_exe()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|_| "sessionview".into());
-        let base = listener.origin();
+        let base = listeners.api.origin();
         println!(
             "sessionview demo: a simulated cluster, projected into {} and served at {base}",
             args.database_url
@@ -249,7 +255,8 @@ pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             store,
             source,
             RunOptions::default(),
-            listener,
+            &args.api,
+            listeners,
             shutdown.clone(),
         )
         .await;

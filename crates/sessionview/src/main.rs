@@ -15,6 +15,7 @@ mod dead_letters;
 mod demo;
 mod kafka;
 mod limits;
+mod listener;
 mod migrate;
 mod reference;
 mod replay;
@@ -168,12 +169,29 @@ impl DbArgs {
     }
 }
 
-/// Runs `$body` with `$store` bound to the backend the URL of `$db` names.
+/// Runs `$body` with `$store` bound to the backend the URL of `$db` names; with a duration, the
+/// reads of the query service (PostgreSQL's read pool) are cancelled after it.
 macro_rules! with_store {
     ($db:expr, |$store:ident| $body:expr) => {
         match $db.backend()? {
             $crate::Backend::Postgres => {
                 let $store = $db.pg().await?;
+                $body
+            }
+            $crate::Backend::Sqlite => {
+                let $store = $db.sqlite().await?;
+                $body
+            }
+        }
+    };
+    ($db:expr, $read_timeout:expr, |$store:ident| $body:expr) => {
+        match $db.backend()? {
+            $crate::Backend::Postgres => {
+                let settings = sessionview_store::PgSettings {
+                    read_statement_timeout: Some($read_timeout),
+                    ..sessionview_store::PgSettings::default()
+                };
+                let $store = $db.pg_with(&settings).await?;
                 $body
             }
             $crate::Backend::Sqlite => {
@@ -393,6 +411,7 @@ async fn project_with<S: Store>(
             Some(tokio::spawn(telemetry::serve(
                 listener,
                 app,
+                listener::ConnLimits::default(),
                 ops_stop.clone(),
             )))
         }

@@ -307,7 +307,12 @@ pub(crate) async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             || {},
             ops_stop.clone(),
         );
-        tokio::spawn(telemetry::serve(listener, app, ops_stop.clone()));
+        tokio::spawn(telemetry::serve(
+            listener,
+            app,
+            crate::listener::ConnLimits::default(),
+            ops_stop.clone(),
+        ));
     }
     let total = match &source {
         SourceConfig::File { path, .. } => {

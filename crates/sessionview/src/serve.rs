@@ -2,16 +2,16 @@
 //! credentials.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use rand::Rng;
-use sessionview_query::{Limits, ServerConfig};
 use sessionview_store::{KeyPair, KeyPairAdmin, PgSettings, PlanCache, ReadModel, Role, Store};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::limits::ApiArgs;
+use crate::listener::ConnLimits;
 use crate::{Backend, DbArgs, telemetry, with_store};
 
 /// Options of `sessionview serve`.
@@ -26,35 +26,17 @@ pub(crate) struct ServeArgs {
     tls: telemetry::TlsArgs,
     #[command(flatten)]
     schema: crate::SchemaArgs,
-    /// Largest `limit` a list query accepts.
-    #[arg(long, env = "SESSIONVIEW_MAX_LIMIT", default_value_t = 1000, value_parser = clap::value_parser!(i32).range(1..))]
-    max_limit: i32,
-    /// Deepest query accepted.
-    #[arg(long, env = "SESSIONVIEW_MAX_DEPTH", default_value_t = 12)]
-    max_depth: usize,
-    /// Most complex query accepted (each field counts 1; lists multiply by their limit, nested
-    /// containers and dependencies by 8).
-    #[arg(long, env = "SESSIONVIEW_MAX_COMPLEXITY", default_value_t = 100_000)]
-    max_complexity: usize,
-    /// Largest request body in bytes.
-    #[arg(long, env = "SESSIONVIEW_BODY_LIMIT_BYTES", default_value_t = 1 << 20)]
-    body_limit_bytes: usize,
-    /// Statements running longer than this are cancelled by the database.
-    #[arg(long, env = "SESSIONVIEW_STATEMENT_TIMEOUT_MS", default_value_t = 5000)]
-    statement_timeout_ms: u64,
-    /// How long a keypair read from the database is reused to check signatures (0: read it for
-    /// every request). `keypair deactivate` takes effect within this time.
-    #[arg(long, env = "SESSIONVIEW_KEYPAIR_CACHE_MS", default_value_t = 1000)]
-    keypair_cache_ms: u64,
+    #[command(flatten)]
+    api: ApiArgs,
 }
 
 pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Bound first: an address in use fails before the database is even connected.
-    let listener = telemetry::bind(args.listen, "the GraphQL API", Some(&args.tls)).await?;
+    let listeners = ApiListeners::bind(args.listen, &args.tls, &args.api).await?;
     match args.db.backend()? {
         Backend::Postgres => {
             let settings = PgSettings {
-                statement_timeout: Some(Duration::from_millis(args.statement_timeout_ms)),
+                statement_timeout: Some(args.api.statement_timeout()),
                 // PostgreSQL's own choice: a cached statement settles on its generic plan
                 // after five custom ones when that plan is no costlier (key lookups, pages of one
                 // access key), and the list statements the store runs unnamed, whose best plan
@@ -63,37 +45,22 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 plan_cache: PlanCache::Server,
                 ..PgSettings::default()
             };
-            serve_with(args.db.pg_with(&settings).await?, &args, listener).await
+            serve_with(args.db.pg_with(&settings).await?, &args, listeners).await
         }
         // SQLite has no statement timeout; the other limits apply.
-        Backend::Sqlite => serve_with(args.db.sqlite().await?, &args, listener).await,
-    }
-}
-
-impl ServeArgs {
-    fn config(&self) -> ServerConfig {
-        ServerConfig {
-            limits: Limits {
-                max_limit: self.max_limit,
-                max_depth: self.max_depth,
-                max_complexity: self.max_complexity,
-            },
-            body_limit: self.body_limit_bytes,
-            keypair_cache: Duration::from_millis(self.keypair_cache_ms),
-        }
+        Backend::Sqlite => serve_with(args.db.sqlite().await?, &args, listeners).await,
     }
 }
 
 async fn serve_with<S: Store + ReadModel>(
     store: S,
     args: &ServeArgs,
-    listener: telemetry::Bound,
+    listeners: ApiListeners,
 ) -> anyhow::Result<()> {
     args.schema.prepare(&store).await?;
     let shutdown = CancellationToken::new();
     telemetry::cancel_on_signals(shutdown.clone());
-    let app = api_router(store, args.config(), shutdown.clone())?;
-    let origin = listener.origin();
+    let origin = listeners.api.origin();
     tracing::info!(
         database = %crate::redact(&args.db.database_url),
         listen = %origin,
@@ -103,15 +70,43 @@ async fn serve_with<S: Store + ReadModel>(
         "sessionview {} serving {origin}/admin/graphql (GraphiQL: {origin}/graphiql)",
         env!("CARGO_PKG_VERSION"),
     );
-    telemetry::serve(listener, app, shutdown).await
+    serve_api(store, &args.api, listeners, shutdown).await
 }
 
-/// The API routes plus /metrics, /healthz and /readyz (installs the metrics recorder).
-pub(crate) fn api_router<S: Store + ReadModel>(
+/// The API's listener, and the operational routes' own when `--metrics-listen` is given; both
+/// bound at start.
+#[derive(Debug)]
+pub(crate) struct ApiListeners {
+    pub(crate) api: telemetry::Bound,
+    ops: Option<telemetry::Bound>,
+}
+
+impl ApiListeners {
+    pub(crate) async fn bind(
+        listen: SocketAddr,
+        tls: &telemetry::TlsArgs,
+        api: &ApiArgs,
+    ) -> anyhow::Result<Self> {
+        let api_listener = telemetry::bind(listen, "the GraphQL API", Some(tls)).await?;
+        let ops = match api.metrics_listen {
+            Some(addr) => Some(telemetry::bind(addr, "metrics and health", None).await?),
+            None => None,
+        };
+        Ok(Self {
+            api: api_listener,
+            ops,
+        })
+    }
+}
+
+/// Serves the API with `api`'s limits until `shutdown`, with /metrics, /healthz and /readyz
+/// beside it or on their own listener; installs the metrics recorder.
+pub(crate) async fn serve_api<S: Store + ReadModel>(
     store: S,
-    cfg: ServerConfig,
+    api: &ApiArgs,
+    listeners: ApiListeners,
     shutdown: CancellationToken,
-) -> anyhow::Result<axum::Router> {
+) -> anyhow::Result<()> {
     let handle = telemetry::install_metrics()?;
     let probe = store.clone();
     let ops = telemetry::ops_router(
@@ -125,9 +120,25 @@ pub(crate) fn api_router<S: Store + ReadModel>(
             let store = store.clone();
             move || sessionview_query::http::record_read_connections(&store)
         },
-        shutdown,
+        shutdown.clone(),
     );
-    Ok(sessionview_query::router(store, cfg).merge(ops))
+    let app = sessionview_query::router(store, api.server_config());
+    let limits = api.conn_limits();
+    match listeners.ops {
+        None => telemetry::serve(listeners.api, app.merge(ops), limits, shutdown).await,
+        Some(ops_listener) => {
+            let ops_task = tokio::spawn(telemetry::serve(
+                ops_listener,
+                ops,
+                ConnLimits::default(),
+                shutdown.clone(),
+            ));
+            let served = telemetry::serve(listeners.api, app, limits, shutdown.clone()).await;
+            shutdown.cancel();
+            ops_task.await.context("the metrics listener failed")??;
+            served
+        }
+    }
 }
 
 /// `sessionview keypair ...`.

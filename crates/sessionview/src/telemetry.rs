@@ -18,6 +18,8 @@ use sessionview_store::{Store, StoreError};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+use crate::listener::{ConnLimits, Guard};
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum LogFormat {
@@ -206,9 +208,11 @@ pub(crate) async fn bind(
 }
 
 /// Serves `app` on `bound` until `shutdown`, then lets requests in flight finish (up to 10 s).
+/// Connections are capped and cut off when idle or slow to send their headers (`limits`).
 pub(crate) async fn serve(
     bound: Bound,
     app: Router,
+    limits: ConnLimits,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let Bound {
@@ -227,19 +231,30 @@ pub(crate) async fn serve(
     });
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(addr = %addr, scheme, "serving {what}");
-    let server = axum_server::from_tcp(listener)
+    let mut server = axum_server::from_tcp(listener)
         .with_context(|| format!("serving {what} on {addr}"))?
         .handle(handle);
+    // hyper needs a timer for its timeouts; without one they are silently off.
+    server
+        .http_builder()
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Some(limits.idle_timeout / 2))
+        .keep_alive_timeout(limits.header_timeout);
     let service = app.into_make_service();
     // Small responses go out at once instead of waiting for the peer's delayed ACK.
+    let guarded = Guard::new(NoDelayAcceptor, &limits);
     let served = match tls {
         Some(config) => {
             server
-                .acceptor(RustlsAcceptor::new(config).acceptor(NoDelayAcceptor))
+                .acceptor(RustlsAcceptor::new(config).acceptor(guarded))
                 .serve(service)
                 .await
         }
-        None => server.acceptor(NoDelayAcceptor).serve(service).await,
+        None => server.acceptor(guarded).serve(service).await,
     };
     served.with_context(|| format!("serving {what} on {addr}"))
 }
