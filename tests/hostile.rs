@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use rand::Rng;
 use serde_json::{Value, json};
 use sessionview_projection::SessionState;
 use sessionview_store::{
@@ -749,5 +750,251 @@ async fn a_database_outage_is_503_not_401() {
     );
     admin_exec(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true")).await;
     drop(srv);
+    db.drop().await;
+}
+
+/// A session of 10,000 kernels and 10,000 dependencies, every kernel started: projected on both
+/// backends, exactly (the cost of each event stays linear in the session; the benchmark
+/// `sessionview-bench hostile` measures the time).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_of_ten_thousand_kernels_and_dependencies() {
+    const N: u128 = 10_000;
+    let big = id(0xB16);
+    let workers: Vec<Uuid> = (1..N).map(|i| id(0x10_0000 + i)).collect();
+    let mut enq = enqueue(big, "big", "1", &workers);
+    enq["payload"]["dependencies"] = json!((0..N).map(|i| id(0x20_0000 + i)).collect::<Vec<_>>());
+    let mut lines = vec![line(&enq)];
+    for k in std::iter::once(big).chain(workers.iter().copied()) {
+        lines.push(line(&envelope(
+            "kernel_started",
+            big,
+            Some(k),
+            json!({"container_id": "c", "occupied_slots": {"cpu": "2"}}),
+        )));
+    }
+    let (_dir, path) = archive(&lines);
+    for db in Db::both().await {
+        let what = db.name();
+        let out = project(&db, &path, &["--max-event-bytes", "4194304"]).await;
+        check(&format!("project ({what})"), &out);
+        let (sessions, letters, _) = db.contents().await;
+        assert!(letters.is_empty(), "{what}: {letters:?}");
+        let s = &sessions[0];
+        assert_eq!(s.kernels.len(), N as usize, "{what}");
+        assert_eq!(s.session.dependencies.len(), N as usize, "{what}");
+        assert_eq!(
+            s.session.occupied_slots.to_json(),
+            json!({"cpu": "20000"}),
+            "{what}"
+        );
+        assert!(
+            s.kernels.iter().all(|k| k.status.as_str() == "RUNNING"),
+            "{what}"
+        );
+        db.drop().await;
+    }
+}
+
+/// Mutates a valid envelope the ways a buggy producer or an attacker would.
+fn mutate(bytes: &[u8], rng: &mut impl Rng) -> Vec<u8> {
+    let mut b = bytes.to_vec();
+    match rng.random_range(0..8) {
+        // A byte flipped anywhere (often invalid JSON or invalid UTF-8, sometimes valid).
+        0 => {
+            let i = rng.random_range(0..b.len());
+            b[i] ^= 1 << rng.random_range(0..8);
+        }
+        // U+0000 or a lone surrogate inside some string.
+        1 | 2 => {
+            let quotes: Vec<usize> = b
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| **c == b'"')
+                .map(|(i, _)| i)
+                .collect();
+            let at = quotes[rng.random_range(0..quotes.len())] + 1;
+            let esc: &[u8] = if rng.random_bool(0.5) {
+                b"\\u0000"
+            } else {
+                b"\\udc00"
+            };
+            b.splice(at..at, esc.iter().copied());
+        }
+        // Cut short.
+        3 => b.truncate(rng.random_range(0..b.len())),
+        // Random bytes.
+        4 => {
+            b = (0..rng.random_range(0..200))
+                .map(|_| rng.random())
+                .collect()
+        }
+        // The payload wrapped in 70 arrays.
+        5 => {
+            let mut v: Value = serde_json::from_slice(&b).unwrap();
+            let mut p = v["payload"].take();
+            for _ in 0..70 {
+                p = json!([p]);
+            }
+            v["payload"] = p;
+            b = v.to_string().into_bytes();
+        }
+        // A huge number or string in a stat.
+        6 => {
+            let mut v: Value = serde_json::from_slice(&b).unwrap();
+            v["payload"]["stat"] = json!({"n": 1e308, "s": "x".repeat(100), "i": u64::MAX});
+            b = v.to_string().into_bytes();
+        }
+        // Another session's kernel id in an enqueue, or garbage where an id goes.
+        _ => {
+            let mut v: Value = serde_json::from_slice(&b).unwrap();
+            v["kernel_id"] = json!(if rng.random_bool(0.5) {
+                "not-a-uuid"
+            } else {
+                ""
+            });
+            b = v.to_string().into_bytes();
+        }
+    }
+    b
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 12, ..Default::default() })]
+
+    /// Generated hostile streams: valid streams with a share of their messages mutated, projected
+    /// by the real projector (archive → decode → fold → commit) into both backends. It never
+    /// panics or halts, and the tables are exactly the pure fold's of the same stream: every valid
+    /// event applied, every other one a dead letter.
+    #[test]
+    fn generated_hostile_streams_never_halt_the_projector(seed in 0u64..u64::MAX, rate in 0.0f64..0.4) {
+        use rand::SeedableRng;
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let lines: Vec<Vec<u8>> = messages(&sim_config(40, seed))
+                .into_iter()
+                .map(|m| if rng.random_bool(rate) { mutate(&m.bytes, &mut rng) } else { m.bytes })
+                // A mutation may add a line break; one line stays one message.
+                .map(|b| b.into_iter().map(|c| if c == b'\n' { b' ' } else { c }).collect())
+                .collect();
+            let (_dir, path) = archive(&lines);
+            let mut fold = sessionview_projection::Fold::new();
+            for (i, l) in lines.iter().enumerate() {
+                // As the archive source reads a line: trimmed, blank ones skipped.
+                let l = l.trim_ascii();
+                if l.is_empty() {
+                    continue;
+                }
+                let position = sessionview_projection::Position { partition: 0, offset: i as i64 };
+                fold.apply_bytes("x", position, l);
+            }
+            let mut expected: Vec<SessionState> = fold.sessions().values().cloned().collect();
+            expected.sort_by_key(|s| s.session.id);
+            for db in Db::both().await {
+                let out = project(&db, &path, &[]).await;
+                check(&format!("project ({}, seed {seed})", db.name()), &out);
+                let (sessions, letters, _) = db.contents().await;
+                assert_eq!(sessions, expected, "{} seed {seed}", db.name());
+                assert_eq!(letters.len(), fold.dead_letters().len(), "{} seed {seed}", db.name());
+                db.drop().await;
+            }
+        });
+    }
+}
+
+/// A random GraphQL-ish document: tokens of the language in random order and nesting, or a
+/// valid query with random damage.
+fn random_document(rng: &mut impl Rng) -> String {
+    const TOKENS: &[&str] = &[
+        "{",
+        "}",
+        "[",
+        "]",
+        "(",
+        ")",
+        ":",
+        "...",
+        "fragment",
+        "F",
+        "on",
+        "Queries",
+        "query",
+        "$v",
+        "\"s\"",
+        "\"\"\"b\"\"\"",
+        "#c\n",
+        "1",
+        "-1",
+        "2147483648",
+        "1e999",
+        "null",
+        "true",
+        "compute_session_list",
+        "compute_session",
+        "limit:",
+        "offset:",
+        "id",
+        "containers",
+        "items",
+        "total_count",
+        "dependencies",
+        "@skip(if: true)",
+        "a:",
+        ",",
+        "!",
+        "=",
+        "__typename",
+        "__schema",
+        "\\u0000",
+        "\u{0}",
+    ];
+    if rng.random_bool(0.3) {
+        let mut q = String::from(
+            "query Q { compute_session_list(limit: 3, offset: 0) { total_count items { id containers { id } dependencies { id } } } }",
+        );
+        for _ in 0..rng.random_range(1..6) {
+            let at = rng.random_range(0..q.len());
+            if q.is_char_boundary(at) {
+                q.insert_str(at, TOKENS[rng.random_range(0..TOKENS.len())]);
+            }
+        }
+        return q;
+    }
+    let n = rng.random_range(0..400);
+    (0..n)
+        .map(|_| TOKENS[rng.random_range(0..TOKENS.len())])
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Random documents through the real server: every one is answered (200 or 400, within the
+/// server's own request deadline), none crashes it.
+#[tokio::test(flavor = "multi_thread")]
+async fn random_documents_are_answered_and_never_crash_the_server() {
+    use rand::SeedableRng;
+    let db = TestDb::new().await;
+    let srv = serve(&db, &["--request-timeout", "5s"]).await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(20_261_202);
+    for i in 0..300 {
+        let doc = random_document(&mut rng);
+        let variables = if rng.random_bool(0.2) {
+            json!({"v": "x"})
+        } else {
+            Value::Null
+        };
+        let body = json!({"query": doc, "variables": variables});
+        let resp = tokio::time::timeout(
+            std::time::Duration::from_secs(15),
+            signed_graphql(&srv.host, &srv.ak, &srv.sk, &body),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("document {i} was not answered: {doc}"));
+        let status = resp.status().as_u16();
+        assert!(
+            matches!(status, 200 | 400),
+            "document {i} got {status}: {doc}"
+        );
+    }
+    srv.assert_alive().await;
     db.drop().await;
 }

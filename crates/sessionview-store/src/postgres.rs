@@ -344,6 +344,8 @@ async fn read_sessions(
     ids: Option<&[Uuid]>,
 ) -> Result<HashMap<Uuid, SessionState>, StoreError> {
     // Without ids, the same statement over every row (the bind of an unused parameter would fail).
+    // The dependencies come with a session's first row only (its master, ordinal 0): repeated on
+    // every kernel's row, a session of 10,000 kernels and 10,000 dependencies was 10^8 ids.
     let filter = if ids.is_some() {
         "WHERE id = ANY($1)"
     } else {
@@ -354,8 +356,8 @@ async fn read_sessions(
             (SELECT coalesce(array_agg(d.depends_on ORDER BY d.ordinal), '{{}}') \
              FROM session_dependencies d WHERE d.session_id = sessions.id) AS dependencies \
             FROM sessions {filter}) \
-         SELECT {}, {}, s.dependencies FROM s LEFT JOIN kernels k ON k.session_id = s.id \
-         ORDER BY s.id, k.ordinal",
+         SELECT {}, {}, CASE WHEN k.ordinal IS NULL OR k.ordinal = 0 THEN s.dependencies END \
+         FROM s LEFT JOIN kernels k ON k.session_id = s.id ORDER BY s.id, k.ordinal",
         prefixed("s", SESSION_COLUMNS),
         prefixed("k", KERNEL_COLUMNS),
     );
@@ -376,7 +378,9 @@ async fn read_sessions(
                 out.insert(done.session.id, done);
             }
             let mut session = session_from_row(r, 0)?;
-            session.dependencies = r.try_get(dependencies)?;
+            session.dependencies = r
+                .try_get::<Option<Vec<Uuid>>, _>(dependencies)?
+                .unwrap_or_default();
             current = Some(SessionState {
                 session,
                 kernels: Vec::new(),
