@@ -603,12 +603,19 @@ async fn costly_documents_are_refused_by_name() {
     chain = chain.replace("query C { ...F0 }", "query C { ...F40 }");
     let (s, v) = srv.query(&json!({ "query": chain })).await;
     assert!(refusal(s, &v).contains("max fields"), "{v}");
-    // 5,000 aliased root fields: once 4.6 s that delayed everyone.
-    let flood: String = (0..5000)
-        .map(|i| format!("a{i}: compute_session_list(limit: 1, offset: 0) {{ total_count }} "))
-        .collect();
+    // 5,000 aliased root fields (300 KB): once 4.6 s that delayed everyone; refused unparsed.
+    let flood = |n: usize| -> String {
+        (0..n)
+            .map(|i| format!("a{i}: compute_session_list(limit: 1, offset: 0) {{ total_count }} "))
+            .collect()
+    };
     let (s, v) = srv
-        .query(&json!({ "query": format!("{{ {flood} }}") }))
+        .query(&json!({ "query": format!("{{ {} }}", flood(5000)) }))
+        .await;
+    assert!(refusal(s, &v).contains("max query bytes 65536"), "{v}");
+    // 65 of them fit the length, not the root-field cap.
+    let (s, v) = srv
+        .query(&json!({ "query": format!("{{ {} }}", flood(65)) }))
         .await;
     assert!(refusal(s, &v).contains("max root fields 64"), "{v}");
     // A huge offset is a scan.

@@ -8,6 +8,7 @@
 use clap::{Args, Parser, Subcommand};
 
 mod harness;
+mod hostile;
 mod kafka;
 mod load;
 mod scenarios;
@@ -93,6 +94,9 @@ enum Scenario {
     Peer(QueryArgs),
     /// `sessionview replay` of the stream from a file and from Kafka.
     Rebuild(Size),
+    /// A stream with 1 % hostile events (file and Kafka) beside the clean one; then the server
+    /// under a hostile request mix beside a normal signed query load.
+    Hostile(hostile::HostileArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -110,6 +114,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Query(a) => load::query(&mut bench, &a, false).await,
             Scenario::Peer(a) => load::query(&mut bench, &a, true).await,
             Scenario::Rebuild(s) => scenarios::rebuild(&mut bench, s).await,
+            Scenario::Hostile(a) => hostile::hostile_scenario(&mut bench, a).await,
         };
         bench.shutdown().await;
         result

@@ -481,6 +481,21 @@ async fn handle<R: ReadModel>(
             }
         };
         let cfg = &state.cfg;
+        let deadline = cfg.request_timeout;
+        // Everything from here (reading, parsing, checking, executing) waits behind this
+        // keypair's own requests only.
+        let turns = state.turns.semaphore(&caller.keypair.access_key);
+        let Ok(Ok(_turn)) = tokio::time::timeout(deadline, turns.acquire_owned()).await else {
+            let msg = format!(
+                "the request waited {deadline:?} for its turn (limit: --request-timeout; a \
+                 keypair runs at most --per-key-concurrency requests at once)"
+            );
+            return (
+                respond(&flavor, refusal(msg)),
+                "anonymous".to_owned(),
+                "timeout",
+            );
+        };
         // Read only once the caller is known, within the cap and the time allowed.
         let body = match read_body(body, cfg.body_limit, cfg.body_timeout).await {
             Ok(b) => b,
@@ -512,12 +527,14 @@ async fn handle<R: ReadModel>(
         };
         let operation = operation_label(parsed.operation_name.as_deref(), &cfg.metric_operations);
         let limits = cfg.document;
-        let nested = precheck::text_nesting(&query, limits.max_nesting).and_then(|()| {
-            parsed
-                .variables
-                .as_ref()
-                .map_or(Ok(()), |v| precheck::json_nesting(v, limits.max_nesting))
-        });
+        let nested = precheck::text_length(&query, limits.max_query_bytes)
+            .and_then(|()| precheck::text_nesting(&query, limits.max_nesting))
+            .and_then(|()| {
+                parsed
+                    .variables
+                    .as_ref()
+                    .map_or(Ok(()), |v| precheck::json_nesting(v, limits.max_nesting))
+            });
         if let Err(msg) = nested {
             return (respond(&flavor, refusal(msg)), operation, "graphql_error");
         }
@@ -542,16 +559,11 @@ async fn handle<R: ReadModel>(
         {
             return (respond(&flavor, refusal(msg)), operation, "graphql_error");
         }
-        let turns = state.turns.semaphore(&caller.keypair.access_key);
-        let deadline = cfg.request_timeout;
-        let run = async {
-            // Waits behind this keypair's own requests only; closed never happens.
-            let _turn = turns.acquire_owned().await.ok();
-            state
-                .schema
-                .execute(prepare(request, state.store.clone(), caller))
-                .await
-        };
+        // Parsing was one uninterrupted stretch of CPU: let other callers' tasks run first.
+        tokio::task::yield_now().await;
+        let run = state
+            .schema
+            .execute(prepare(request, state.store.clone(), caller));
         let Ok(result) =
             tokio::time::timeout(deadline.saturating_sub(started.elapsed()), run).await
         else {

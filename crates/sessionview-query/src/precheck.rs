@@ -16,6 +16,8 @@ use serde_json::Value;
 /// What a document may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DocumentLimits {
+    /// Longest query text, in bytes (refused before it is scanned or parsed).
+    pub max_query_bytes: usize,
     /// Deepest nesting of `{`, `[` and `(` in the text, and of the variables' JSON.
     pub max_nesting: usize,
     /// Most root fields of an operation (fragments expanded), aliases included.
@@ -31,6 +33,7 @@ pub struct DocumentLimits {
 impl Default for DocumentLimits {
     fn default() -> Self {
         Self {
+            max_query_bytes: 64 * 1024,
             max_nesting: 64,
             max_root_fields: 64,
             max_aliases: 64,
@@ -38,6 +41,17 @@ impl Default for DocumentLimits {
             max_fragments: 128,
         }
     }
+}
+
+/// Refuses query text longer than `max` bytes.
+pub fn text_length(query: &str, max: usize) -> Result<(), String> {
+    if query.len() > max {
+        return Err(format!(
+            "the query is {} bytes long (limit: max query bytes {max})",
+            query.len()
+        ));
+    }
+    Ok(())
 }
 
 /// Refuses query text nested deeper than `max` (`{`, `[`, `(` outside strings and comments).

@@ -61,6 +61,10 @@ pub(crate) struct ApiArgs {
     /// containers and dependencies by 8).
     #[arg(long, env = "SESSIONVIEW_MAX_COMPLEXITY", default_value_t = 100_000)]
     max_complexity: usize,
+    /// Longest query text in bytes (refused before it is parsed; the body may be larger, up to
+    /// --body-limit-bytes, for its variables).
+    #[arg(long, env = "SESSIONVIEW_MAX_QUERY_BYTES", default_value_t = 64 * 1024)]
+    max_query_bytes: usize,
     /// Deepest nesting of brackets, braces and parentheses in a query's text, and of its
     /// variables (checked before the query is parsed).
     #[arg(long, env = "SESSIONVIEW_MAX_NESTING", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=256))]
@@ -134,6 +138,7 @@ impl ApiArgs {
                 max_complexity: self.max_complexity,
             },
             document: DocumentLimits {
+                max_query_bytes: self.max_query_bytes,
                 max_nesting: usize::try_from(self.max_nesting).unwrap_or(64),
                 max_root_fields: self.max_root_fields,
                 max_aliases: self.max_aliases,
