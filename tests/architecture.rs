@@ -79,9 +79,14 @@ const ONLY: &[(&str, &[&str])] = &[
         "rdkafka",
         &["sessionview-projector", "sessionview", "sessionview-bench"],
     ),
-    // All SQL of the read model is the store's; the bench measures PostgreSQL's own ceiling.
-    // (The binary links sqlx through the store only.)
-    ("sqlx", &["sessionview-store", "sessionview-bench"]),
+    // All SQL of the read model is the store's; the bench measures PostgreSQL's own ceiling, the
+    // test harness creates databases. (The binary links sqlx through the store only.)
+    (
+        "sqlx",
+        &["sessionview-store", "sessionview-bench", "sessionview-testkit"],
+    ),
+    // The test harness is a dev-dependency, never a normal one.
+    ("sessionview-testkit", &[]),
     // Libraries return typed errors.
     ("anyhow", &["sessionview", "sessionview-bench"]),
 ];

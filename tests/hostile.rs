@@ -20,83 +20,28 @@ use sessionview_projection::SessionState;
 use sessionview_store::{
     DeadLetterFilter, PgStore, SqliteStore, Store, StoreCounts, StoredDeadLetter,
 };
+use sessionview_testkit::TestDatabase as Db;
+use sessionview_testkit::admin_exec;
 use support::*;
 use tokio::process::Command;
 use uuid::Uuid;
 
-/// A fresh database of one backend.
-enum Db {
-    Pg(TestDb),
-    Sqlite { url: String, dir: PathBuf },
-}
-
-impl Db {
-    async fn both() -> [Db; 2] {
-        [Db::Pg(TestDb::new().await), Db::sqlite()]
+/// Sessions, dead letters and table counts of `db`, as the store reads them back.
+async fn contents(db: &Db) -> (Vec<SessionState>, Vec<StoredDeadLetter>, StoreCounts) {
+    async fn read<S: Store>(s: S) -> (Vec<SessionState>, Vec<StoredDeadLetter>, StoreCounts) {
+        let filter = DeadLetterFilter {
+            limit: 10_000,
+            ..DeadLetterFilter::default()
+        };
+        (
+            s.all_sessions().await.unwrap(),
+            s.dead_letters(&filter).await.unwrap(),
+            s.counts().await.unwrap(),
+        )
     }
-
-    fn sqlite() -> Db {
-        let dir = std::env::temp_dir().join(format!("sv-hostile-{}", Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let url = format!("sqlite://{}", dir.join("db.sqlite").display());
-        Db::Sqlite { url, dir }
-    }
-
-    fn url(&self) -> &str {
-        match self {
-            Db::Pg(db) => &db.url,
-            Db::Sqlite { url, .. } => url,
-        }
-    }
-
-    fn name(&self) -> &'static str {
-        match self {
-            Db::Pg(_) => "postgres",
-            Db::Sqlite { .. } => "sqlite",
-        }
-    }
-
-    /// Sessions, dead letters and table counts, as the store reads them back.
-    async fn contents(&self) -> (Vec<SessionState>, Vec<StoredDeadLetter>, StoreCounts) {
-        async fn read<S: Store>(s: S) -> (Vec<SessionState>, Vec<StoredDeadLetter>, StoreCounts) {
-            let filter = DeadLetterFilter {
-                limit: 10_000,
-                ..DeadLetterFilter::default()
-            };
-            (
-                s.all_sessions().await.unwrap(),
-                s.dead_letters(&filter).await.unwrap(),
-                s.counts().await.unwrap(),
-            )
-        }
-        match self {
-            Db::Pg(db) => read(PgStore::connect(&db.url, 2).await.unwrap()).await,
-            Db::Sqlite { url, .. } => read(SqliteStore::connect(url, 2).await.unwrap()).await,
-        }
-    }
-
-    /// Runs one SQL statement (a test's sabotage of the schema).
-    async fn exec(&self, sql: &str) {
-        use sqlx::Connection;
-        match self {
-            Db::Pg(db) => {
-                let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
-                sqlx::query(sql).execute(&mut c).await.unwrap();
-            }
-            Db::Sqlite { url, .. } => {
-                let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
-                sqlx::query(sql).execute(&mut c).await.unwrap();
-            }
-        }
-    }
-
-    async fn drop(self) {
-        match self {
-            Db::Pg(db) => db.drop().await,
-            Db::Sqlite { dir, .. } => {
-                let _ = std::fs::remove_dir_all(dir);
-            }
-        }
+    match db {
+        Db::Postgres(db) => read(PgStore::connect(&db.url, 2).await.unwrap()).await,
+        Db::Sqlite(db) => read(SqliteStore::connect(&db.url, 2).await.unwrap()).await,
     }
 }
 
@@ -275,7 +220,7 @@ async fn hostile_events_are_dead_letters_and_projection_goes_on() {
 
     for batch_size in ["1", "20000"] {
         for db in Db::both().await {
-            let what = format!("{} with batches of {batch_size}", db.name());
+            let what = format!("{} with batches of {batch_size}", db.backend());
             let out = project(
                 &db,
                 &path,
@@ -283,7 +228,7 @@ async fn hostile_events_are_dead_letters_and_projection_goes_on() {
             )
             .await;
             check(&format!("project ({what})"), &out);
-            let (sessions, letters, counts) = db.contents().await;
+            let (sessions, letters, counts) = contents(&db).await;
             let ids: Vec<Uuid> = sessions.iter().map(|s| s.session.id).collect();
             assert_eq!(ids, [a, d], "{what}: only the valid sessions");
             let sa = &sessions[0];
@@ -349,7 +294,7 @@ async fn a_database_refusal_is_isolated_to_its_event() {
     }
     let (_dir, path) = archive(&lines);
     for db in Db::both().await {
-        let what = db.name();
+        let what = db.backend();
         let out = Command::new(BIN)
             .args(["migrate", "--database-url", db.url()])
             .output()
@@ -357,13 +302,13 @@ async fn a_database_refusal_is_isolated_to_its_event() {
             .unwrap();
         check("migrate", &out);
         match &db {
-            Db::Pg(_) => {
+            Db::Postgres(_) => {
                 db.exec(
                     "ALTER TABLE sessions ADD CONSTRAINT no_forbidden CHECK (name <> 'forbidden')",
                 )
                 .await;
             }
-            Db::Sqlite { .. } => {
+            Db::Sqlite(_) => {
                 db.exec(
                     "CREATE TRIGGER no_forbidden BEFORE INSERT ON sessions \
                      WHEN NEW.name = 'forbidden' BEGIN SELECT RAISE(ABORT, 'no_forbidden'); END",
@@ -373,7 +318,7 @@ async fn a_database_refusal_is_isolated_to_its_event() {
         }
         let out = project(&db, &path, &[]).await;
         check(&format!("project ({what})"), &out);
-        let (sessions, letters, _) = db.contents().await;
+        let (sessions, letters, _) = contents(&db).await;
         assert_eq!(sessions.len(), 299, "{what}: every other session applied");
         assert_eq!(letters.len(), 1, "{what}: {letters:?}");
         let l = &letters[0];
@@ -402,13 +347,13 @@ async fn orphan_parked_events_expire() {
     ];
     let (_dir, path) = archive(&lines);
     for db in Db::both().await {
-        let what = db.name();
+        let what = db.backend();
         // Kept for a day: still parked after the run.
         check(
             "project",
             &project(&db, &path, &["--park-retention", "1d"]).await,
         );
-        let (_, letters, counts) = db.contents().await;
+        let (_, letters, counts) = contents(&db).await;
         assert_eq!((counts.parked_events, letters.len()), (1, 0), "{what}");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         // Run again (nothing new to read) with a retention the event has outlived.
@@ -416,7 +361,7 @@ async fn orphan_parked_events_expire() {
             "project",
             &project(&db, &path, &["--park-retention", "10ms"]).await,
         );
-        let (sessions, letters, counts) = db.contents().await;
+        let (sessions, letters, counts) = contents(&db).await;
         assert_eq!(counts.parked_events, 0, "{what}");
         assert_eq!(sessions.len(), 1, "{what}");
         assert_eq!(letters.len(), 1, "{what}");
@@ -781,10 +726,10 @@ async fn a_session_of_ten_thousand_kernels_and_dependencies() {
     }
     let (_dir, path) = archive(&lines);
     for db in Db::both().await {
-        let what = db.name();
+        let what = db.backend();
         let out = project(&db, &path, &["--max-event-bytes", "4194304"]).await;
         check(&format!("project ({what})"), &out);
-        let (sessions, letters, _) = db.contents().await;
+        let (sessions, letters, _) = contents(&db).await;
         assert!(letters.is_empty(), "{what}: {letters:?}");
         let s = &sessions[0];
         assert_eq!(s.kernels.len(), N as usize, "{what}");
@@ -899,10 +844,10 @@ proptest::proptest! {
             expected.sort_by_key(|s| s.session.id);
             for db in Db::both().await {
                 let out = project(&db, &path, &[]).await;
-                check(&format!("project ({}, seed {seed})", db.name()), &out);
-                let (sessions, letters, _) = db.contents().await;
-                assert_eq!(sessions, expected, "{} seed {seed}", db.name());
-                assert_eq!(letters.len(), fold.dead_letters().len(), "{} seed {seed}", db.name());
+                check(&format!("project ({}, seed {seed})", db.backend()), &out);
+                let (sessions, letters, _) = contents(&db).await;
+                assert_eq!(sessions, expected, "{} seed {seed}", db.backend());
+                assert_eq!(letters.len(), fold.dead_letters().len(), "{} seed {seed}", db.backend());
                 db.drop().await;
             }
         });

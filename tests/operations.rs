@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use sessionview_store::Store;
+use sessionview_testkit::admin_exec;
 use sqlx::Connection;
 use support::*;
 use tokio::process::Command;

@@ -22,6 +22,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use sessionview_testkit::admin_exec;
 use sqlx::Connection;
 use support::*;
 use tokio::process::Command;

@@ -14,7 +14,6 @@ use std::time::Duration;
 use sessionview_projection::{DeadLetter, Fold, Position, SessionState};
 use sessionview_simulator::{SimConfig, SimMessage, Simulator};
 use sessionview_store::{PgStore, Store};
-use sqlx::Connection;
 use tokio::process::{Child, Command};
 
 /// The path of the binary under test.
@@ -24,46 +23,16 @@ pub fn brokers() -> String {
     std::env::var("SESSIONVIEW_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
 
-fn admin_url() -> String {
-    std::env::var("SESSIONVIEW_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+pub use sessionview_testkit::PgDatabase as TestDb;
+
+/// The store of a test database.
+pub trait StoreOf {
+    async fn store(&self) -> PgStore;
 }
 
-/// A database created for one test and dropped by [`TestDb::drop`].
-pub struct TestDb {
-    name: String,
-    pub url: String,
-}
-
-impl TestDb {
-    pub async fn new() -> Self {
-        let admin = admin_url();
-        let name = format!("sv_test_{}", uuid::Uuid::new_v4().simple());
-        let mut conn = sqlx::PgConnection::connect(&admin)
-            .await
-            .unwrap_or_else(|e| panic!("PostgreSQL at {admin} is needed for this test: {e}"));
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
-        let url = format!("{base}/{name}");
-        Self { name, url }
-    }
-
-    pub async fn store(&self) -> PgStore {
+impl StoreOf for TestDb {
+    async fn store(&self) -> PgStore {
         PgStore::connect(&self.url, 2).await.unwrap()
-    }
-
-    pub async fn drop(self) {
-        let mut conn = sqlx::PgConnection::connect(&admin_url()).await.unwrap();
-        sqlx::query(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ))
-        .execute(&mut conn)
-        .await
-        .unwrap();
     }
 }
 
@@ -272,30 +241,13 @@ pub async fn signed_graphql(
     sk: &str,
     body: &serde_json::Value,
 ) -> reqwest::Response {
-    use sessionview_query::auth::{API_VERSION, SigningInput, sign};
-    let date = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, false);
-    let input = SigningInput {
-        method: "POST",
-        path_and_query: "/admin/graphql",
-        date: &date,
-        host,
-        content_type: "application/json",
-        version: API_VERSION,
-    };
-    let sig = sign(sk, &input).unwrap();
-    reqwest::Client::new()
-        .post(format!("http://{host}/admin/graphql"))
-        .header("Content-Type", "application/json")
-        .header("X-BackendAI-Version", API_VERSION)
-        .header("Date", date)
-        .header(
-            "Authorization",
-            format!("BackendAI signMethod=HMAC-SHA256, credential={ak}:{sig}"),
-        )
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap()
+    let headers =
+        sessionview_query::auth::signed_headers(ak, sk, "POST", "/admin/graphql", host).unwrap();
+    let mut request = reqwest::Client::new().post(format!("http://{host}/admin/graphql"));
+    for (name, value) in headers {
+        request = request.header(name, value);
+    }
+    request.body(body.to_string()).send().await.unwrap()
 }
 
 /// `sessionview keypair create` (superadmin) against `database_url`: the access and secret key.
@@ -323,10 +275,4 @@ pub async fn create_superadmin(database_url: &str) -> (String, String) {
             .to_owned()
     };
     (field("access_key"), field("secret_key"))
-}
-
-/// Runs one statement as the administrative user (for fault injection).
-pub async fn admin_exec(sql: &str) {
-    let mut conn = sqlx::PgConnection::connect(&admin_url()).await.unwrap();
-    sqlx::query(sql).execute(&mut conn).await.unwrap();
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
-use sessionview_query::auth::{API_VERSION, SigningInput, sign};
+use sessionview_query::auth::signed_headers;
 use sessionview_simulator::{SimConfig, Simulator};
 use sqlx::Connection;
 use tokio::process::Command;
@@ -36,29 +36,14 @@ impl Signer {
     }
 
     /// The headers of a signed `POST /admin/graphql` (valid for the server's date window).
-    fn headers(&self) -> anyhow::Result<Vec<(String, String)>> {
-        let date = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, false);
-        let input = SigningInput {
-            method: "POST",
-            path_and_query: "/admin/graphql",
-            date: &date,
-            host: &self.host,
-            content_type: "application/json",
-            version: API_VERSION,
-        };
-        let sig = sign(&self.secret_key, &input)?;
-        Ok(vec![
-            ("Content-Type".into(), "application/json".into()),
-            ("X-BackendAI-Version".into(), API_VERSION.into()),
-            ("Date".into(), date),
-            (
-                "Authorization".into(),
-                format!(
-                    "BackendAI signMethod=HMAC-SHA256, credential={}:{sig}",
-                    self.access_key
-                ),
-            ),
-        ])
+    fn headers(&self) -> anyhow::Result<[(&'static str, String); 4]> {
+        Ok(signed_headers(
+            &self.access_key,
+            &self.secret_key,
+            "POST",
+            "/admin/graphql",
+            &self.host,
+        )?)
     }
 
     fn url(&self) -> String {
@@ -115,7 +100,7 @@ async fn oha() -> anyhow::Result<PathBuf> {
 async fn load(
     oha: &PathBuf,
     url: &str,
-    headers: &[(String, String)],
+    headers: &[(&str, String)],
     body: &Value,
     seconds: u64,
     concurrency: u32,
@@ -416,7 +401,7 @@ pub(crate) async fn query(bench: &mut Bench, args: &QueryArgs, peer: bool) -> an
             bail!("PostGraphile answered {v} to the list query");
         }
         let pid = pgl.id().context("no PostGraphile pid")?;
-        let headers = vec![("Content-Type".to_owned(), "application/json".to_owned())];
+        let headers = [("Content-Type", "application/json".to_owned())];
         for (name, (_, body)) in [
             ("compute_session_list", &q.list),
             ("compute_session", &q.single),

@@ -116,6 +116,39 @@ pub fn sign(secret_key: &str, input: &SigningInput<'_>) -> Result<String, AuthEr
     ))
 }
 
+/// The headers of a JSON request signed now, as Backend.AI clients send them (`Content-Type`,
+/// `Date`, `X-BackendAI-Version`, `Authorization`): the one client-side signing of the workspace
+/// (the `query` command, the bench, the tests).
+pub fn signed_headers(
+    access_key: &str,
+    secret_key: &str,
+    method: &str,
+    path_and_query: &str,
+    host: &str,
+) -> Result<[(&'static str, String); 4], AuthError> {
+    let date = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, false);
+    let signature = sign(
+        secret_key,
+        &SigningInput {
+            method,
+            path_and_query,
+            date: &date,
+            host,
+            content_type: "application/json",
+            version: API_VERSION,
+        },
+    )?;
+    Ok([
+        ("Content-Type", "application/json".to_owned()),
+        ("Date", date),
+        ("X-BackendAI-Version", API_VERSION.to_owned()),
+        (
+            "Authorization",
+            format!("BackendAI signMethod=HMAC-SHA256, credential={access_key}:{signature}"),
+        ),
+    ])
+}
+
 /// Parses `BackendAI signMethod=HMAC-SHA256, credential=<access_key>:<hex signature>`.
 pub fn parse_authorization(header: &str) -> Result<(String, String), AuthError> {
     let malformed = |why: &str| AuthError::MalformedAuthorization(why.to_owned());

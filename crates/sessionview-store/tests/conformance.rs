@@ -20,6 +20,7 @@ use sessionview_store::{
     Advance, Commit, CommitOutcome, ContainerListQuery, DeadLetterFilter, KernelFields, KeyPair,
     KeyPairAdmin, Order, PgStore, ReadModel, Role, Scope, SessionListQuery, SqliteStore, Store,
 };
+use sessionview_testkit::{PgDatabase, SqliteDatabase};
 use sqlx::Connection;
 use uuid::Uuid;
 
@@ -28,67 +29,44 @@ trait Backend: Store + ReadModel + KeyPairAdmin {}
 impl<T: Store + ReadModel + KeyPairAdmin> Backend for T {}
 
 struct PgDb {
-    admin: String,
-    name: String,
+    db: PgDatabase,
     store: PgStore,
 }
 
 impl PgDb {
     async fn new() -> Self {
-        let admin = std::env::var("SESSIONVIEW_TEST_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let name = format!("sv_test_{}", Uuid::new_v4().simple());
-        let mut conn = sqlx::PgConnection::connect(&admin)
-            .await
-            .expect("connect admin");
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
-        let store = PgStore::connect(&format!("{base}/{name}"), 4)
-            .await
-            .unwrap();
+        let db = PgDatabase::new().await;
+        let store = PgStore::connect(&db.url, 4).await.unwrap();
         store.migrate().await.unwrap();
-        Self { admin, name, store }
+        Self { db, store }
     }
 
     fn url(&self) -> String {
-        let base = self.admin.rsplit_once('/').map_or(&*self.admin, |(b, _)| b);
-        format!("{base}/{}", self.name)
+        self.db.url.clone()
     }
 
     async fn drop(self) {
         self.store.close().await;
-        let mut conn = sqlx::PgConnection::connect(&self.admin).await.unwrap();
-        sqlx::query(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ))
-        .execute(&mut conn)
-        .await
-        .unwrap();
+        self.db.drop().await;
     }
 }
 
 struct SqliteDb {
-    dir: std::path::PathBuf,
+    db: SqliteDatabase,
     store: SqliteStore,
 }
 
 impl SqliteDb {
     async fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!("sv-test-{}", Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let url = format!("sqlite://{}", dir.join("sessionview.db").display());
-        let store = SqliteStore::connect(&url, 4).await.unwrap();
+        let db = SqliteDatabase::new();
+        let store = SqliteStore::connect(&db.url, 4).await.unwrap();
         store.migrate().await.unwrap();
-        Self { dir, store }
+        Self { db, store }
     }
 
     async fn drop(self) {
         self.store.pool().close().await;
-        std::fs::remove_dir_all(&self.dir).unwrap();
+        self.db.drop().await;
     }
 }
 

@@ -21,7 +21,7 @@ use sessionview_store::{
     BUILD_VERSION, Compatibility, MigrationId, MigrationState, PgStore, SCHEMA_COMPATIBILITY,
     SqliteStore, Store, StoreError,
 };
-use sqlx::Connection;
+use sessionview_testkit::{PgDatabase, SqliteDatabase, admin_exec};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use uuid::Uuid;
@@ -44,21 +44,14 @@ trait Db: Sized {
     async fn drop(self);
 }
 
-fn admin_url() -> String {
-    std::env::var("SESSIONVIEW_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
 struct PgDb {
-    admin: String,
-    name: String,
+    db: PgDatabase,
     store: PgStore,
 }
 
 impl PgDb {
     fn url(&self) -> String {
-        let base = self.admin.rsplit_once('/').map_or(&*self.admin, |(b, _)| b);
-        format!("{base}/{}", self.name)
+        self.db.url.clone()
     }
 }
 
@@ -67,20 +60,9 @@ impl Db for PgDb {
     const BLOB_LITERAL: &'static str = "'\\x00'::bytea";
 
     async fn fresh() -> Self {
-        let admin = admin_url();
-        let name = format!("sv_test_{}", Uuid::new_v4().simple());
-        let mut conn = sqlx::PgConnection::connect(&admin)
-            .await
-            .expect("connect admin");
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        let base = admin.rsplit_once('/').map_or(&*admin, |(b, _)| b);
-        let store = PgStore::connect(&format!("{base}/{name}"), 4)
-            .await
-            .unwrap();
-        Self { admin, name, store }
+        let db = PgDatabase::new().await;
+        let store = PgStore::connect(&db.url, 4).await.unwrap();
+        Self { db, store }
     }
 
     fn store(&self) -> &PgStore {
@@ -112,19 +94,12 @@ impl Db for PgDb {
 
     async fn drop(self) {
         self.store.close().await;
-        let mut conn = sqlx::PgConnection::connect(&self.admin).await.unwrap();
-        sqlx::query(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ))
-        .execute(&mut conn)
-        .await
-        .unwrap();
+        self.db.drop().await;
     }
 }
 
 struct SqliteDb {
-    dir: std::path::PathBuf,
+    db: SqliteDatabase,
     store: SqliteStore,
 }
 
@@ -133,11 +108,9 @@ impl Db for SqliteDb {
     const BLOB_LITERAL: &'static str = "X'00'";
 
     async fn fresh() -> Self {
-        let dir = std::env::temp_dir().join(format!("sv-test-{}", Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let url = format!("sqlite://{}", dir.join("sessionview.db").display());
-        let store = SqliteStore::connect(&url, 4).await.unwrap();
-        Self { dir, store }
+        let db = SqliteDatabase::new();
+        let store = SqliteStore::connect(&db.url, 4).await.unwrap();
+        Self { db, store }
     }
 
     fn store(&self) -> &SqliteStore {
@@ -169,7 +142,7 @@ impl Db for SqliteDb {
 
     async fn drop(self) {
         self.store.pool().close().await;
-        std::fs::remove_dir_all(&self.dir).unwrap();
+        self.db.drop().await;
     }
 }
 
@@ -413,16 +386,11 @@ async fn postgres_a_select_only_role_checks_the_schema() {
         "GRANT USAGE ON SCHEMA public TO {role}; \
          GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role};"
     );
-    {
-        let mut admin = sqlx::PgConnection::connect(&db.admin).await.unwrap();
-        sqlx::raw_sql(&format!(
-            "CREATE ROLE {role} LOGIN; \
-             ALTER ROLE {role} SET default_transaction_read_only = on"
-        ))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    }
+    admin_exec(&format!("CREATE ROLE {role} LOGIN")).await;
+    admin_exec(&format!(
+        "ALTER ROLE {role} SET default_transaction_read_only = on"
+    ))
+    .await;
     db.execute(&grant).await;
     let options = PgConnectOptions::from_str(&db.url())
         .unwrap()
@@ -461,11 +429,7 @@ async fn postgres_a_select_only_role_checks_the_schema() {
 
     reader.close().await;
     db.drop().await;
-    let mut admin = sqlx::PgConnection::connect(&admin_url()).await.unwrap();
-    sqlx::query(&format!("DROP ROLE {role}"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    admin_exec(&format!("DROP ROLE {role}")).await;
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }

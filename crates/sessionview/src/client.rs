@@ -2,7 +2,7 @@
 
 use anyhow::{Context, bail};
 use clap::Args;
-use sessionview_query::auth::{API_VERSION, SigningInput, sign};
+use sessionview_query::auth::signed_headers;
 
 /// Options of `sessionview query`.
 #[derive(Debug, Args)]
@@ -44,18 +44,7 @@ pub(crate) async fn query(args: QueryArgs) -> anyhow::Result<()> {
         _ => bail!("--endpoint {:?} has no host", args.endpoint),
     };
     let path = "/admin/graphql";
-    let date = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, false);
-    let signature = sign(
-        &args.secret_key,
-        &SigningInput {
-            method: "POST",
-            path_and_query: path,
-            date: &date,
-            host: &host,
-            content_type: "application/json",
-            version: API_VERSION,
-        },
-    )?;
+    let headers = signed_headers(&args.access_key, &args.secret_key, "POST", path, &host)?;
     let body = serde_json::json!({"query": args.query, "variables": variables});
     let mut client = reqwest::Client::builder();
     if let Some(ca) = &args.ca_cert {
@@ -66,18 +55,11 @@ pub(crate) async fn query(args: QueryArgs) -> anyhow::Result<()> {
         client = client.add_root_certificate(cert);
     }
     let client = client.build().context("building the HTTP client")?;
-    let resp = client
-        .post(base.join(path)?)
-        .header("Content-Type", "application/json")
-        .header("Date", &date)
-        .header("X-BackendAI-Version", API_VERSION)
-        .header(
-            "Authorization",
-            format!(
-                "BackendAI signMethod=HMAC-SHA256, credential={}:{signature}",
-                args.access_key
-            ),
-        )
+    let mut request = client.post(base.join(path)?);
+    for (name, value) in headers {
+        request = request.header(name, value);
+    }
+    let resp = request
         .body(body.to_string())
         .send()
         .await

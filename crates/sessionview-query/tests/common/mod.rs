@@ -12,14 +12,14 @@ use sessionview_simulator::{SimConfig, Simulator};
 use sessionview_store::{
     Advance, Commit, CommitOutcome, KeyPair, KeyPairAdmin, PgStore, Role, Store,
 };
-use sqlx::Connection;
+use sessionview_testkit::PgDatabase;
 use uuid::Uuid;
 
 pub const SEED_SESSION: &str = "12c45b55-ce3c-418d-9c58-223bbba307f1";
 pub const SEED_USER_AK: &str = "AKIASEEDUSER00000001";
 
 pub struct Fixture {
-    db_name: String,
+    db: PgDatabase,
     pub url: String,
     pub store: PgStore,
     /// Every session in the database, by id.
@@ -30,11 +30,6 @@ pub struct Fixture {
     /// A user of the "default" domain who owns sessions.
     pub user: KeyPair,
     pub inactive: KeyPair,
-}
-
-fn admin_url() -> String {
-    std::env::var("SESSIONVIEW_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 fn keypair(ak: &str, role: Role, domain: &str, email: &str, active: bool) -> KeyPair {
@@ -120,17 +115,8 @@ fn seed_session_events() -> Vec<Vec<u8>> {
 
 impl Fixture {
     pub async fn new() -> Self {
-        let admin = admin_url();
-        let db_name = format!("sv_test_{}", Uuid::new_v4().simple());
-        let mut conn = sqlx::PgConnection::connect(&admin)
-            .await
-            .unwrap_or_else(|e| panic!("PostgreSQL at {admin} is needed for this test: {e}"));
-        sqlx::query(&format!("CREATE DATABASE {db_name}"))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
-        let url = format!("{base}/{db_name}");
+        let db = PgDatabase::new().await;
+        let url = db.url.clone();
         let store = PgStore::connect(&url, 8).await.unwrap();
         store.migrate().await.unwrap();
 
@@ -213,7 +199,7 @@ impl Fixture {
             store.insert_keypair(kp).await.unwrap();
         }
         Self {
-            db_name,
+            db,
             url,
             store,
             sessions,
@@ -226,13 +212,6 @@ impl Fixture {
 
     pub async fn drop(self) {
         self.store.close().await;
-        let mut conn = sqlx::PgConnection::connect(&admin_url()).await.unwrap();
-        sqlx::query(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.db_name
-        ))
-        .execute(&mut conn)
-        .await
-        .unwrap();
+        self.db.drop().await;
     }
 }
