@@ -83,7 +83,11 @@ const ONLY: &[(&str, &[&str])] = &[
     // test harness creates databases. (The binary links sqlx through the store only.)
     (
         "sqlx",
-        &["sessionview-store", "sessionview-bench", "sessionview-testkit"],
+        &[
+            "sessionview-store",
+            "sessionview-bench",
+            "sessionview-testkit",
+        ],
     ),
     // The test harness is a dev-dependency, never a normal one.
     ("sessionview-testkit", &[]),

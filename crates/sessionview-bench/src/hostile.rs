@@ -16,7 +16,7 @@ use sessionview_simulator::{SimConfig, SimMessage, Simulator};
 use sqlx::Connection;
 use tokio::io::AsyncWriteExt;
 
-use crate::harness::{self, Bench, ProcStat, measure, table, thousands};
+use crate::harness::{self, Bench, ProcStat, table, thousands};
 use crate::load::Signer;
 use crate::{kafka, scenarios};
 
@@ -217,18 +217,8 @@ async fn project(
     events: usize,
 ) -> anyhow::Result<(i64, String)> {
     let max = MAX_EVENT_BYTES.to_string();
-    let mut cmd = bench.sessionview();
-    cmd.args([
-        "project",
-        "--database-url",
-        url,
-        "--source",
-        source,
-        "--exit-at-end",
-    ])
-    .args(["--max-event-bytes", max.as_str()]);
-    let status = match measure(cmd, "sessionview project").await {
-        Ok((m, _, _)) => {
+    let status = match scenarios::project(bench, url, source, &["--max-event-bytes", &max]).await {
+        Ok(m) => {
             rows.push(vec![
                 what.to_owned(),
                 "0".into(),

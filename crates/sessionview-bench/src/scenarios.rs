@@ -203,7 +203,7 @@ const PROJECT_HEADER: &[&str] = &[
 ];
 
 /// Projects the file with the real binary into `url`; returns its measurement.
-async fn project(
+pub(crate) async fn project(
     bench: &Bench,
     url: &str,
     source: &str,
