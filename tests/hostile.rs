@@ -293,42 +293,47 @@ async fn a_database_refusal_is_isolated_to_its_event() {
         lines.push(line(&enqueue(id(1000 + i), name, "1", &[])));
     }
     let (_dir, path) = archive(&lines);
-    for db in Db::both().await {
-        let what = db.backend();
-        let out = Command::new(BIN)
-            .args(["migrate", "--database-url", db.url()])
-            .output()
-            .await
-            .unwrap();
-        check("migrate", &out);
-        match &db {
-            Db::Postgres(_) => {
-                db.exec(
+    // One batch; and batches of 50, where the batch folded on top of the refused one while it
+    // was committing must be folded again (its messages must not be skipped).
+    for batch_size in ["20000", "50"] {
+        for db in Db::both().await {
+            let what = format!("{} with batches of {batch_size}", db.backend());
+            let out = Command::new(BIN)
+                .args(["migrate", "--database-url", db.url()])
+                .output()
+                .await
+                .unwrap();
+            check("migrate", &out);
+            match &db {
+                Db::Postgres(_) => {
+                    db.exec(
                     "ALTER TABLE sessions ADD CONSTRAINT no_forbidden CHECK (name <> 'forbidden')",
                 )
                 .await;
-            }
-            Db::Sqlite(_) => {
-                db.exec(
-                    "CREATE TRIGGER no_forbidden BEFORE INSERT ON sessions \
+                }
+                Db::Sqlite(_) => {
+                    db.exec(
+                        "CREATE TRIGGER no_forbidden BEFORE INSERT ON sessions \
                      WHEN NEW.name = 'forbidden' BEGIN SELECT RAISE(ABORT, 'no_forbidden'); END",
-                )
-                .await;
+                    )
+                    .await;
+                }
             }
+            let out = project(&db, &path, &["--batch-size", batch_size]).await;
+            check(&format!("project ({what})"), &out);
+            let (sessions, letters, counts) = contents(&db).await;
+            assert_eq!(sessions.len(), 299, "{what}: every other session applied");
+            assert_eq!(counts.seen_events, 300, "{what}: every event accounted for");
+            assert_eq!(letters.len(), 1, "{what}: {letters:?}");
+            let l = &letters[0];
+            assert_eq!(
+                (l.label.as_str(), l.session_id, l.offset),
+                ("refused", Some(id(1137)), 137),
+                "{what}"
+            );
+            assert!(l.reason.contains("no_forbidden"), "{what}: {}", l.reason);
+            db.drop().await;
         }
-        let out = project(&db, &path, &[]).await;
-        check(&format!("project ({what})"), &out);
-        let (sessions, letters, _) = contents(&db).await;
-        assert_eq!(sessions.len(), 299, "{what}: every other session applied");
-        assert_eq!(letters.len(), 1, "{what}: {letters:?}");
-        let l = &letters[0];
-        assert_eq!(
-            (l.label.as_str(), l.session_id, l.offset),
-            ("refused", Some(id(1137)), 137),
-            "{what}"
-        );
-        assert!(l.reason.contains("no_forbidden"), "{what}: {}", l.reason);
-        db.drop().await;
     }
 }
 

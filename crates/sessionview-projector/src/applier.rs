@@ -479,6 +479,15 @@ impl<S: Store> Applier<S> {
             // The batch folded on top of the refused one goes too; it is folded again after.
             let next = folded?;
             if !self.isolate(p.batch, &mut owned, shutdown).await? {
+                // Its messages were taken from the source: read them again from the stored
+                // positions, or they would be skipped.
+                if let Some(n) = next {
+                    let partitions: BTreeSet<i32> = n.epochs.keys().copied().collect();
+                    for partition in &partitions {
+                        owned.remove(partition);
+                    }
+                    shared.request_reseek(partitions);
+                }
                 return Ok(None);
             }
             return match next {
