@@ -16,8 +16,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 use uuid::Uuid;
 
+use crate::keypair::generate;
 use crate::limits::ApiArgs;
-use crate::serve::{ApiListeners, generate, serve_api};
+use crate::serve::{ApiListeners, serve_api};
 use crate::{DbArgs, telemetry, with_store};
 
 /// Options of `sessionview run`.
