@@ -103,17 +103,27 @@ pub fn text_nesting(query: &str, max: usize) -> Result<(), String> {
 pub fn json_nesting(value: &Value, max: usize) -> Result<(), String> {
     let mut stack = vec![(value, 0usize)];
     while let Some((v, depth)) = stack.pop() {
-        let children: Box<dyn Iterator<Item = &Value>> = match v {
-            Value::Array(a) => Box::new(a.iter()),
-            Value::Object(o) => Box::new(o.values()),
-            _ => continue,
+        let deeper = depth + 1;
+        let fits = || {
+            if deeper > max {
+                Err(format!(
+                    "the variables are nested deeper than {max} levels (limit: max nesting {max})"
+                ))
+            } else {
+                Ok(())
+            }
         };
-        if depth + 1 > max {
-            return Err(format!(
-                "the variables are nested deeper than {max} levels (limit: max nesting {max})"
-            ));
+        match v {
+            Value::Array(a) => {
+                fits()?;
+                stack.extend(a.iter().map(|c| (c, deeper)));
+            }
+            Value::Object(o) => {
+                fits()?;
+                stack.extend(o.values().map(|c| (c, deeper)));
+            }
+            _ => {}
         }
-        stack.extend(children.map(|c| (c, depth + 1)));
     }
     Ok(())
 }
