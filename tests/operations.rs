@@ -14,7 +14,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::json;
-use sessionview_store::Store;
+use sessionview_store::prelude::*;
 use sessionview_testkit::admin_exec;
 use sqlx::Connection;
 use support::*;

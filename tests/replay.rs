@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sessionview_projection::{Fold, Position, SessionState};
 use sessionview_simulator::SimConfig;
-use sessionview_store::Store;
+use sessionview_store::prelude::*;
 use support::*;
 use tokio::process::Command;
 

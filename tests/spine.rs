@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use rand::Rng;
 use sessionview_simulator::SimConfig;
-use sessionview_store::{DeadLetterFilter, Store};
+use sessionview_store::DeadLetterFilter;
+use sessionview_store::prelude::*;
 use support::*;
 
 /// Acceptance 1: 2,000 sessions with the full event mix through a 4-partition topic.

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use sessionview_projection::{DeadLetter, Fold, Position, SessionState};
 use sessionview_simulator::{SimConfig, SimMessage, Simulator};
-use sessionview_store::{PgStore, Store};
+use sessionview_store::PgStore;
+use sessionview_store::prelude::*;
 use tokio::process::{Child, Command};
 
 /// The path of the binary under test.

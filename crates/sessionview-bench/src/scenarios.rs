@@ -7,7 +7,8 @@ use anyhow::{Context, bail};
 use futures_util::StreamExt;
 use rdkafka::producer::FutureRecord;
 use sessionview_projection::{Changes, Fold, Position};
-use sessionview_store::{Commit, PgStore, Store};
+use sessionview_store::prelude::*;
+use sessionview_store::{Commit, PgStore};
 use sqlx::Connection;
 use tokio::sync::Mutex;
 

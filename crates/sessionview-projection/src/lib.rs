@@ -5,6 +5,7 @@
 
 mod apply;
 mod fold;
+mod overlay;
 mod rows;
 
 pub use apply::{Effect, Reject, apply};
@@ -12,6 +13,7 @@ pub use fold::{
     Changes, CountDelta, DeadLetter, DirtyRows, Fold, LoadRequest, Loaded, MAX_REASON_BYTES,
     Outcome, ParkedEvent, Position, plan, plan_limited, storable_reason,
 };
+pub use overlay::Pending;
 pub use rows::{
     KernelRow, RESULT_FAILURE, RESULT_SUCCESS, RESULT_UNDEFINED, SessionRow, SessionState,
 };

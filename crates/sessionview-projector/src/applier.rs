@@ -1,6 +1,6 @@
 //! The applier task: gathers bounded batches from a source, folds them and commits them exactly once.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -8,13 +8,12 @@ use std::time::{Duration, Instant};
 use backon::{ExponentialBuilder, Retryable};
 use sessionview_events::Event;
 use sessionview_projection::{
-    Changes, DeadLetter, Fold, LoadRequest, Loaded, Outcome, Position, SessionState, plan_limited,
+    Changes, DeadLetter, Fold, LoadRequest, Loaded, Outcome, Pending, Position, plan_limited,
 };
-use sessionview_store::{Advance, Commit, CommitOutcome, Store, StoreError};
+use sessionview_store::{Advance, Commit, CommitOutcome, ProjectorStore, StoreError};
 use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
-use uuid::Uuid;
 
 use crate::health::Health;
 use crate::metrics;
@@ -170,7 +169,7 @@ where
 /// Loads what `req` asks for as it will be once `pending` has committed: `pending`'s rows, seen
 /// ids and parked events come from memory (its transaction may still be running), the rest from
 /// the store.
-async fn load_over<S: Store>(
+async fn load_over<S: ProjectorStore>(
     store: &S,
     req: &LoadRequest,
     pending: Option<&Folded>,
@@ -178,50 +177,9 @@ async fn load_over<S: Store>(
     let Some(p) = pending else {
         return store.load(req).await;
     };
-    let changes = &p.changes;
-    let overlay: HashMap<Uuid, &SessionState> =
-        changes.sessions.iter().map(|s| (s.session.id, s)).collect();
-    let mut rest = req.clone();
-    rest.session_ids.retain(|id| !overlay.contains_key(id));
-    let mut loaded = store.load(&rest).await?;
-    for id in &req.session_ids {
-        if let Some(s) = overlay.get(id) {
-            loaded.sessions.insert(*id, (*s).clone());
-        }
-    }
-    // Kernels of sessions the pending batch created are not stored yet, but taken.
-    let wanted_kernels: HashSet<Uuid> = req.kernel_ids.iter().copied().collect();
-    for s in &changes.sessions {
-        for k in &s.kernels {
-            if wanted_kernels.contains(&k.id) {
-                loaded.kernel_owners.insert(k.id, s.session.id);
-            }
-        }
-    }
-    let pending_seen: HashSet<Uuid> = changes.seen.iter().map(|(e, _)| *e).collect();
-    loaded.seen.extend(
-        req.event_ids
-            .iter()
-            .filter(|e| pending_seen.contains(e))
-            .copied(),
-    );
-    let released: HashSet<(&str, Position)> = changes
-        .released
-        .iter()
-        .map(|(s, p)| (s.as_str(), *p))
-        .collect();
-    loaded
-        .parked
-        .retain(|e| !released.contains(&(e.source.as_str(), e.position)));
-    let wanted: HashSet<Uuid> = req.parked_for.iter().copied().collect();
-    loaded.parked.extend(
-        changes
-            .parked
-            .iter()
-            .filter(|e| wanted.contains(&e.session_id))
-            .cloned(),
-    );
-    Ok(loaded)
+    let pending = Pending::new(&p.changes);
+    let loaded = store.load(&pending.rest(req)).await?;
+    Ok(pending.complete(req, loaded))
 }
 
 /// Folds and commits batches for one source.
@@ -253,7 +211,7 @@ fn advance(owned: &mut HashMap<i32, PartitionState>, advances: &[Advance]) {
     }
 }
 
-impl<S: Store> Applier<S> {
+impl<S: ProjectorStore> Applier<S> {
     pub(crate) fn new(
         store: S,
         source: String,
@@ -825,6 +783,9 @@ impl<S: Store> Applier<S> {
 mod tests {
     //! The pipeline's overlay against a real (SQLite) store: folding batch N+1 on top of a batch N
     //! that has not committed yet must give exactly what folding it after N's commit gives.
+
+    use sessionview_store::prelude::*;
+    use uuid::Uuid;
 
     use super::*;
     use sessionview_simulator::{SimConfig, Simulator};

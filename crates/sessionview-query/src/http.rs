@@ -20,7 +20,7 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use crate::auth::{self, API_VERSION, AuthError, SigningInput};
 use crate::precheck::{self, DocumentLimits};
-use crate::schema::{Caller, Limits, QuerySchema, UNAVAILABLE, build_schema, prepare};
+use crate::schema::{Caller, Db, Limits, QuerySchema, UNAVAILABLE, build_schema, prepare};
 
 pub const REQUESTS: &str = "sessionview_query_requests_total";
 pub const REQUEST_SECONDS: &str = "sessionview_query_request_seconds";
@@ -63,7 +63,7 @@ pub fn describe_metrics() {
 
 /// Sets the read-connection gauges from `store` (call before rendering the metrics). Stores
 /// without a separate read pool (SQLite) report nothing.
-pub fn record_read_connections<R: ReadModel>(store: &R) {
+pub fn record_read_connections(store: &dyn ReadModel) {
     if let Some(c) = store.read_connections() {
         gauge!(DB_CONNECTIONS, "state" => "in_use").set(c.in_use as f64);
         gauge!(DB_CONNECTIONS, "state" => "idle").set(c.idle as f64);
@@ -109,9 +109,9 @@ impl Default for ServerConfig {
     }
 }
 
-struct AppState<R> {
+struct AppState {
     schema: QuerySchema,
-    store: R,
+    store: Db,
     keys: KeyCache,
     documents: DocumentCache,
     turns: KeyTurns,
@@ -246,10 +246,10 @@ impl KeyCache {
 
 /// The query service's routes. Operational routes (`/metrics`, `/healthz`, `/readyz`) are merged
 /// in by the binary.
-pub fn router<R: ReadModel>(store: R, cfg: ServerConfig) -> Router {
+pub fn router(store: impl ReadModel, cfg: ServerConfig) -> Router {
     let state = Arc::new(AppState {
         schema: build_schema(cfg.limits),
-        store,
+        store: Arc::new(store),
         keys: KeyCache::new(cfg.keypair_cache),
         documents: DocumentCache::new(),
         turns: KeyTurns::new(cfg.per_key_concurrency),
@@ -259,8 +259,8 @@ pub fn router<R: ReadModel>(store: R, cfg: ServerConfig) -> Router {
         .route("/", get(version))
         .route("/manager/announcement", get(announcement))
         .route("/graphiql", get(graphiql))
-        .route("/admin/graphql", post(handle::<R>))
-        .route("/admin/gql", post(handle::<R>))
+        .route("/admin/graphql", post(handle))
+        .route("/admin/gql", post(handle))
         .with_state(state)
 }
 
@@ -338,8 +338,8 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 /// Authenticates a signed request against the stored keypairs.
-async fn authenticate<R: ReadModel>(
-    store: &R,
+async fn authenticate(
+    store: &dyn ReadModel,
     keys: &KeyCache,
     method: &Method,
     uri: &Uri,
@@ -453,8 +453,8 @@ enum Flavor {
 
 /// `POST /admin/graphql` (bare data, problems on errors) and `POST /admin/gql` (the standard
 /// envelope): the same request, answered in the endpoint's shape.
-async fn handle<R: ReadModel>(
-    State(state): State<Arc<AppState<R>>>,
+async fn handle(
+    State(state): State<Arc<AppState>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -473,7 +473,7 @@ async fn handle<R: ReadModel>(
         outcome = tracing::field::Empty
     );
     let (response, operation, outcome) = async {
-        let caller = match authenticate(&state.store, &state.keys, &method, &uri, &headers).await {
+        let caller = match authenticate(&*state.store, &state.keys, &method, &uri, &headers).await {
             Ok(c) => c,
             Err(e) => {
                 debug!(error = %e, "request refused");

@@ -7,8 +7,6 @@
 //! statements.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use async_graphql::dataloader::{DataLoader, Loader};
@@ -18,9 +16,8 @@ use async_graphql::{
 use sessionview_events::Status;
 use sessionview_projection::{KernelRow, SessionRow};
 use sessionview_store::{
-    CONTAINER_ORDER_KEYS, ContainerListQuery, KernelFields, KeyPair, Order, Page,
-    PageWithContainers, ReadModel, Role, SESSION_ORDER_KEYS, Scope, SessionListQuery,
-    SessionWithContainers, StoreError,
+    CONTAINER_ORDER_KEYS, ContainerListQuery, KernelFields, KeyPair, Order, ReadModel, Role,
+    SESSION_ORDER_KEYS, Scope, SessionListQuery, StoreError,
 };
 use uuid::Uuid;
 
@@ -29,108 +26,8 @@ use crate::scalars::{BigInt, DateTime, JsonString};
 /// The schema type served by this crate.
 pub type QuerySchema = Schema<Queries, EmptyMutation, EmptySubscription>;
 
-type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// The store's read side with its generics erased, so that GraphQL objects need no type parameter.
-pub(crate) trait Reads: Send + Sync {
-    fn list_sessions<'a>(
-        &'a self,
-        q: &'a SessionListQuery,
-    ) -> BoxFuture<'a, Result<Page<SessionRow>, StoreError>>;
-    fn list_sessions_with_containers<'a>(
-        &'a self,
-        q: &'a SessionListQuery,
-        fields: KernelFields,
-    ) -> BoxFuture<'a, Result<PageWithContainers, StoreError>>;
-    fn session_with_containers<'a>(
-        &'a self,
-        id: Uuid,
-        scope: &'a Scope,
-        fields: KernelFields,
-    ) -> BoxFuture<'a, Result<Option<SessionWithContainers>, StoreError>>;
-    fn sessions_by_ids<'a>(
-        &'a self,
-        ids: &'a [Uuid],
-        scope: &'a Scope,
-    ) -> BoxFuture<'a, Result<Vec<SessionRow>, StoreError>>;
-    fn containers_of<'a>(
-        &'a self,
-        ids: &'a [Uuid],
-    ) -> BoxFuture<'a, Result<Vec<KernelRow>, StoreError>>;
-    fn dependencies_of<'a>(
-        &'a self,
-        ids: &'a [Uuid],
-        scope: &'a Scope,
-    ) -> BoxFuture<'a, Result<Vec<(Uuid, SessionRow)>, StoreError>>;
-    fn list_containers<'a>(
-        &'a self,
-        q: &'a ContainerListQuery,
-    ) -> BoxFuture<'a, Result<Page<KernelRow>, StoreError>>;
-    fn container<'a>(
-        &'a self,
-        id: Uuid,
-        scope: &'a Scope,
-    ) -> BoxFuture<'a, Result<Option<KernelRow>, StoreError>>;
-}
-
-impl<R: ReadModel> Reads for R {
-    fn list_sessions<'a>(
-        &'a self,
-        q: &'a SessionListQuery,
-    ) -> BoxFuture<'a, Result<Page<SessionRow>, StoreError>> {
-        Box::pin(ReadModel::list_sessions(self, q))
-    }
-    fn list_sessions_with_containers<'a>(
-        &'a self,
-        q: &'a SessionListQuery,
-        fields: KernelFields,
-    ) -> BoxFuture<'a, Result<PageWithContainers, StoreError>> {
-        Box::pin(ReadModel::list_sessions_with_containers(self, q, fields))
-    }
-    fn session_with_containers<'a>(
-        &'a self,
-        id: Uuid,
-        scope: &'a Scope,
-        fields: KernelFields,
-    ) -> BoxFuture<'a, Result<Option<SessionWithContainers>, StoreError>> {
-        Box::pin(ReadModel::session_with_containers(self, id, scope, fields))
-    }
-    fn sessions_by_ids<'a>(
-        &'a self,
-        ids: &'a [Uuid],
-        scope: &'a Scope,
-    ) -> BoxFuture<'a, Result<Vec<SessionRow>, StoreError>> {
-        Box::pin(ReadModel::sessions_by_ids(self, ids, scope))
-    }
-    fn containers_of<'a>(
-        &'a self,
-        ids: &'a [Uuid],
-    ) -> BoxFuture<'a, Result<Vec<KernelRow>, StoreError>> {
-        Box::pin(ReadModel::containers_of(self, ids))
-    }
-    fn dependencies_of<'a>(
-        &'a self,
-        ids: &'a [Uuid],
-        scope: &'a Scope,
-    ) -> BoxFuture<'a, Result<Vec<(Uuid, SessionRow)>, StoreError>> {
-        Box::pin(ReadModel::dependencies_of(self, ids, scope))
-    }
-    fn list_containers<'a>(
-        &'a self,
-        q: &'a ContainerListQuery,
-    ) -> BoxFuture<'a, Result<Page<KernelRow>, StoreError>> {
-        Box::pin(ReadModel::list_containers(self, q))
-    }
-    fn container<'a>(
-        &'a self,
-        id: Uuid,
-        scope: &'a Scope,
-    ) -> BoxFuture<'a, Result<Option<KernelRow>, StoreError>> {
-        Box::pin(ReadModel::container(self, id, scope))
-    }
-}
-
-pub(crate) type Db = Arc<dyn Reads>;
+/// The store's read side, whatever the backend.
+pub(crate) type Db = Arc<dyn ReadModel>;
 
 /// The authenticated caller of a request (from its keypair).
 #[derive(Debug, Clone)]
@@ -191,8 +88,7 @@ pub fn build_schema(limits: Limits) -> QuerySchema {
 }
 
 /// Attaches what resolvers need to a request: the store, the caller and per-request loaders.
-pub fn prepare<R: ReadModel>(request: Request, store: R, caller: Caller) -> Request {
-    let db: Db = Arc::new(store);
+pub fn prepare(request: Request, db: Arc<dyn ReadModel>, caller: Caller) -> Request {
     let scope = caller.scope();
     request
         .data(DataLoader::new(

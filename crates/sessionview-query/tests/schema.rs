@@ -33,7 +33,7 @@ async fn run_with(
     schema
         .execute(prepare(
             req,
-            fx.store.clone(),
+            std::sync::Arc::new(fx.store.clone()),
             Caller {
                 keypair: kp.clone(),
             },

@@ -1,4 +1,6 @@
-//! The store: all SQL of sessionview, behind one interface that every backend implements.
+//! The store: all SQL of sessionview, behind traits that both backends (`postgres/`, `sqlite/`,
+//! mirrored file for file) implement; the row shapes (`columns`), the projector's protocol
+//! (`protocol`) and the shared statements (`sql`) are written once.
 //!
 //! Architecture invariant: no other crate holds SQL. A batch's rows, its bookkeeping (seen event
 //! ids, parked events, dead letters) and its source positions are written in one transaction, and
@@ -12,23 +14,20 @@ use chrono::{DateTime, Utc};
 use sessionview_projection::{Changes, LoadRequest, Loaded, SessionState};
 use uuid::Uuid;
 
+mod columns;
 mod error;
 mod postgres;
-mod postgres_admin;
-mod postgres_commit;
-mod postgres_read;
-mod postgres_reads;
+mod protocol;
 mod read;
 mod schema;
 mod sql;
 mod sqlite;
 
 pub use error::StoreError;
-pub use postgres::{PgSettings, PgStore, PlanCache};
-pub use postgres_admin::{Freeze, LIVE_SCHEMA, READ_MODEL_TABLES, SESSION_COUNTS_TABLE};
+pub use postgres::{Freeze, LIVE_SCHEMA, PgSettings, PgStore, PlanCache, SESSION_COUNTS_TABLE};
 pub use read::{
     CONTAINER_ORDER_KEYS, ContainerListQuery, KernelFields, KeyPair, KeyPairAdmin, Order, Page,
-    PageWithContainers, ReadConnections, ReadModel, Role, SESSION_ORDER_KEYS, Scope,
+    PageWithContainers, ReadConnections, ReadFuture, ReadModel, Role, SESSION_ORDER_KEYS, Scope,
     SessionListQuery, SessionWithContainers,
 };
 pub use schema::{
@@ -37,20 +36,24 @@ pub use schema::{
 };
 pub use sqlite::SqliteStore;
 
-/// Every column of a comma-separated list, prefixed by a table alias (`s.id, s.name, ...`).
-pub(crate) fn prefixed(alias: &str, columns: &str) -> String {
-    columns
-        .split(',')
-        .map(|c| format!("{alias}.{}", c.trim()))
-        .collect::<Vec<_>>()
-        .join(", ")
+/// The store's traits, for callers of their methods on a concrete store:
+/// `use sessionview_store::prelude::*;`.
+pub mod prelude {
+    pub use crate::{KeyPairAdmin, OperationsStore, ProjectorStore, ReadModel, SchemaStore, Store};
 }
 
-/// Row counts of the read model's tables (same SQL on every backend).
-pub(crate) const COUNTS_SQL: &str = "SELECT (SELECT count(*) FROM sessions) AS sessions, \
-    (SELECT count(*) FROM kernels) AS kernels, (SELECT count(*) FROM seen_events) AS seen_events, \
-    (SELECT count(*) FROM parked_events) AS parked_events, \
-    (SELECT count(*) FROM dead_letters) AS dead_letters";
+/// The read model's tables: what a rebuild replaces. (`keypairs` and the migration history are
+/// not part of it and stay where they are.)
+pub const READ_MODEL_TABLES: &[&str] = &[
+    "sessions",
+    SESSION_COUNTS_TABLE,
+    "kernels",
+    "session_dependencies",
+    "seen_events",
+    "parked_events",
+    "dead_letters",
+    "source_positions",
+];
 
 /// One partition's position move within a commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,12 +137,10 @@ pub const PARKED_EXPIRED: &str = "parked_expired";
 pub const PARKED_EXPIRED_REASON: &str =
     "waited longer than --park-retention for its session_enqueued, which never came";
 
-/// The interface the projector (and later the query service and replay) needs from a backend.
-///
-/// Every method is one round of work against the database; implementations must make
-/// [`Store::commit`] a single transaction.
-pub trait Store: Clone + Send + Sync + 'static {
-    /// Creates or upgrades the schema, like [`Store::apply_migrations`]. Idempotent.
+/// A store's schema: its migrations and whether this build can use it. Called by `migrate`, and by
+/// every command at start-up.
+pub trait SchemaStore: Clone + Send + Sync + 'static {
+    /// Creates or upgrades the schema, like [`SchemaStore::apply_migrations`]. Idempotent.
     fn migrate(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
         async { self.apply_migrations().await.map(drop) }
     }
@@ -159,11 +160,15 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// Ok when this build can use the database without migrating (for `--no-migrate`): every
     /// migration it knows is applied and the compatibility level is one it supports; otherwise
     /// [`StoreError::MissingMigrations`], [`StoreError::IncompatibleSchema`] or
-    /// [`StoreError::DivergedMigrations`]. Only reads, like [`Store::schema_status`].
+    /// [`StoreError::DivergedMigrations`]. Only reads, like [`SchemaStore::schema_status`].
     fn check_schema(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
         async { self.schema_status().await?.check() }
     }
+}
 
+/// What the projector's applier calls: positions, loads and commits. Every method is one round of
+/// work against the database; [`ProjectorStore::commit`] is a single transaction.
+pub trait ProjectorStore: Clone + Send + Sync + 'static {
     /// Stored next offsets of a source, by partition.
     fn positions(
         &self,
@@ -189,6 +194,18 @@ pub trait Store: Clone + Send + Sync + 'static {
         cutoff: DateTime<Utc>,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
+    /// Refreshes the query planner's statistics of read-model tables that have grown since they
+    /// were last gathered, and names them. PostgreSQL: `ANALYZE` of every table now more than
+    /// twice its size at its last `ANALYZE` (autovacuum's first pass over a new table comes a
+    /// minute or more late, and generic plans cached while a table was small keep scanning it
+    /// whole until statistics change). SQLite plans with its indexes without statistics:
+    /// nothing to do.
+    fn refresh_statistics(&self) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+}
+
+/// What operators and their commands call: readiness, counts, dead letters, whole-model reads
+/// for verification, and the in-place reset of a rebuild.
+pub trait OperationsStore: Clone + Send + Sync + 'static {
     /// Dead letters, oldest first.
     fn dead_letters(
         &self,
@@ -207,12 +224,10 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// Empties the read model (rows, bookkeeping, positions; keypairs stay), for an in-place
     /// rebuild.
     fn reset_read_model(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// Refreshes the query planner's statistics of read-model tables that have grown since they
-    /// were last gathered, and names them. PostgreSQL: `ANALYZE` of every table now more than
-    /// twice its size at its last `ANALYZE` (autovacuum's first pass over a new table comes a
-    /// minute or more late, and generic plans cached while a table was small keep scanning it
-    /// whole until statistics change). SQLite plans with its indexes without statistics:
-    /// nothing to do.
-    fn refresh_statistics(&self) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
 }
+
+/// Everything a backend offers its callers besides the query side ([`ReadModel`]): what a
+/// command that both projects and operates (`project`, `run`, `replay`) takes.
+pub trait Store: SchemaStore + ProjectorStore + OperationsStore {}
+
+impl<T: SchemaStore + ProjectorStore + OperationsStore> Store for T {}

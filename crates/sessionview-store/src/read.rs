@@ -1,6 +1,7 @@
 //! The query side's interface: scoped, filtered, ordered, paginated reads and keypairs.
 
 use std::future::Future;
+use std::pin::Pin;
 
 use chrono::{DateTime, Utc};
 use sessionview_events::{JsonObject, ResourceSlots, Status};
@@ -183,23 +184,25 @@ pub type PageWithContainers = (Page<SessionRow>, Vec<KernelRow>);
 /// A session and its containers, master first.
 pub type SessionWithContainers = (SessionRow, Vec<KernelRow>);
 
-/// Reads the query service makes. Implementations never write the read model.
-pub trait ReadModel: Clone + Send + Sync + 'static {
+/// A future a [`ReadModel`] method returns: boxed, so that the trait is object-safe and the query
+/// service holds one `Arc<dyn ReadModel>` whatever the backend.
+pub type ReadFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// Reads the query service makes. Implementations never write the read model. Object-safe: a
+/// read costs a database round trip, beside which its future's one allocation is nothing.
+pub trait ReadModel: Send + Sync + 'static {
     /// One page of sessions and the count of the whole set.
-    fn list_sessions(
-        &self,
-        q: &SessionListQuery,
-    ) -> impl Future<Output = Result<Page<SessionRow>, StoreError>> + Send;
+    fn list_sessions<'a>(&'a self, q: &'a SessionListQuery) -> ReadFuture<'a, Page<SessionRow>>;
 
     /// [`ReadModel::list_sessions`] with every container of the page's sessions (by session,
     /// master first), decoded as `fields` says: what a list whose containers are selected needs.
     /// The default reads the page, then its containers; a backend may do it in one statement.
-    fn list_sessions_with_containers(
-        &self,
-        q: &SessionListQuery,
+    fn list_sessions_with_containers<'a>(
+        &'a self,
+        q: &'a SessionListQuery,
         fields: KernelFields,
-    ) -> impl Future<Output = Result<PageWithContainers, StoreError>> + Send {
-        async move {
+    ) -> ReadFuture<'a, PageWithContainers> {
+        Box::pin(async move {
             let page = self.list_sessions(q).await?;
             let ids: Vec<Uuid> = page.items.iter().map(|s| s.id).collect();
             let containers = if ids.is_empty() {
@@ -209,69 +212,56 @@ pub trait ReadModel: Clone + Send + Sync + 'static {
                 rows.into_iter().map(|k| fields.keep(k)).collect()
             };
             Ok((page, containers))
-        }
+        })
     }
 
     /// One session by id inside `scope`, with its containers (master first); `None` when it
     /// does not exist or lies outside the scope. Containers decoded as `fields` says.
-    fn session_with_containers(
-        &self,
+    fn session_with_containers<'a>(
+        &'a self,
         id: Uuid,
-        scope: &Scope,
+        scope: &'a Scope,
         fields: KernelFields,
-    ) -> impl Future<Output = Result<Option<SessionWithContainers>, StoreError>> + Send {
-        async move {
+    ) -> ReadFuture<'a, Option<SessionWithContainers>> {
+        Box::pin(async move {
             let Some(session) = self.sessions_by_ids(&[id], scope).await?.pop() else {
                 return Ok(None);
             };
             let rows = self.containers_of(&[id]).await?;
             let containers = rows.into_iter().map(|k| fields.keep(k)).collect();
             Ok(Some((session, containers)))
-        }
+        })
     }
 
     /// Sessions by id, inside `scope` (missing and out-of-scope ids are left out).
-    fn sessions_by_ids(
-        &self,
-        ids: &[Uuid],
-        scope: &Scope,
-    ) -> impl Future<Output = Result<Vec<SessionRow>, StoreError>> + Send;
+    fn sessions_by_ids<'a>(
+        &'a self,
+        ids: &'a [Uuid],
+        scope: &'a Scope,
+    ) -> ReadFuture<'a, Vec<SessionRow>>;
 
     /// The containers of many sessions, each session's ordered master first.
-    fn containers_of(
-        &self,
-        session_ids: &[Uuid],
-    ) -> impl Future<Output = Result<Vec<KernelRow>, StoreError>> + Send;
+    fn containers_of<'a>(&'a self, session_ids: &'a [Uuid]) -> ReadFuture<'a, Vec<KernelRow>>;
 
     /// `(session, dependency)` pairs for many sessions, dependencies in scope and existing only,
     /// in the order the session listed them.
-    fn dependencies_of(
-        &self,
-        session_ids: &[Uuid],
-        scope: &Scope,
-    ) -> impl Future<Output = Result<Vec<(Uuid, SessionRow)>, StoreError>> + Send;
+    fn dependencies_of<'a>(
+        &'a self,
+        session_ids: &'a [Uuid],
+        scope: &'a Scope,
+    ) -> ReadFuture<'a, Vec<(Uuid, SessionRow)>>;
 
     /// One page of one session's containers (empty when the session is out of scope).
-    fn list_containers(
-        &self,
-        q: &ContainerListQuery,
-    ) -> impl Future<Output = Result<Page<KernelRow>, StoreError>> + Send;
+    fn list_containers<'a>(&'a self, q: &'a ContainerListQuery) -> ReadFuture<'a, Page<KernelRow>>;
 
     /// One container, if it exists and its session is in scope.
-    fn container(
-        &self,
-        id: Uuid,
-        scope: &Scope,
-    ) -> impl Future<Output = Result<Option<KernelRow>, StoreError>> + Send;
+    fn container<'a>(&'a self, id: Uuid, scope: &'a Scope) -> ReadFuture<'a, Option<KernelRow>>;
 
     /// A keypair by access key (active or not).
-    fn keypair(
-        &self,
-        access_key: &str,
-    ) -> impl Future<Output = Result<Option<KeyPair>, StoreError>> + Send;
+    fn keypair<'a>(&'a self, access_key: &'a str) -> ReadFuture<'a, Option<KeyPair>>;
 
     /// Whether the database answers (readiness).
-    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn ping(&self) -> ReadFuture<'_, ()>;
 
     /// Statements executed so far by this store handle (for tests and metrics).
     fn statements_executed(&self) -> u64;

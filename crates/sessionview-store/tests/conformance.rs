@@ -16,6 +16,7 @@ use std::collections::HashSet;
 use sessionview_events::Status;
 use sessionview_projection::{Fold, Position, SessionState, plan};
 use sessionview_simulator::{SimConfig, Simulator};
+use sessionview_store::prelude::*;
 use sessionview_store::{
     Advance, Commit, CommitOutcome, ContainerListQuery, DeadLetterFilter, KernelFields, KeyPair,
     KeyPairAdmin, Order, PgStore, ReadModel, Role, Scope, SessionListQuery, SqliteStore, Store,
@@ -256,7 +257,7 @@ fn stream(sessions: u64, seed: u64, faults: bool) -> Vec<Vec<u8>> {
 async fn migrate_is_idempotent<S: Backend>(store: &S) {
     store.migrate().await.unwrap();
     assert_eq!(store.counts().await.unwrap().sessions, 0);
-    Store::ping(store).await.unwrap();
+    OperationsStore::ping(store).await.unwrap();
     ReadModel::ping(store).await.unwrap();
 }
 

@@ -17,6 +17,7 @@ use std::str::FromStr;
 
 use futures_util::FutureExt;
 
+use sessionview_store::prelude::*;
 use sessionview_store::{
     BUILD_VERSION, Compatibility, MigrationId, MigrationState, PgStore, SCHEMA_COMPATIBILITY,
     SqliteStore, Store, StoreError,

@@ -11,6 +11,7 @@ use clap::Args;
 use rand::Rng;
 use sessionview_projector::{BatchConfig, RunOptions, SourceConfig};
 use sessionview_simulator::{SimConfig, Simulator};
+use sessionview_store::prelude::*;
 use sessionview_store::{KeyPairAdmin, ReadModel, Role, Store};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};

@@ -14,6 +14,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use sessionview_projector::{BatchConfig, RunOptions, SourceConfig, Until};
+use sessionview_store::prelude::*;
 use sessionview_store::{LIVE_SCHEMA, PgStore, Store, StoreCounts};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -302,7 +303,7 @@ pub(crate) async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             handle,
             move || {
                 let probe = probe.clone();
-                async move { telemetry::db_ready(probe.ping()).await }
+                async move { telemetry::db_ready(OperationsStore::ping(&probe)).await }
             },
             || {},
             ops_stop.clone(),

@@ -9,9 +9,8 @@
 
 use sessionview_projection::{Fold, Position, SessionState};
 use sessionview_simulator::{SimConfig, Simulator};
-use sessionview_store::{
-    Advance, Commit, CommitOutcome, KeyPair, KeyPairAdmin, PgStore, Role, Store,
-};
+use sessionview_store::prelude::*;
+use sessionview_store::{Advance, Commit, CommitOutcome, KeyPair, KeyPairAdmin, PgStore, Role};
 use sessionview_testkit::PgDatabase;
 use uuid::Uuid;
 

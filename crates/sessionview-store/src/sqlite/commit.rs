@@ -1,0 +1,220 @@
+//! The projector's commit on SQLite: positions by compare-and-set, then multi-row
+//! `INSERT ... ON CONFLICT` upserts of [`CHUNK`] rows each, in the batch's one transaction.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use sessionview_projection::SessionRow;
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
+use uuid::Uuid;
+
+use super::CHUNK;
+use crate::columns::{
+    DEAD_LETTERS, KERNELS, PARKED_EVENTS, SESSIONS, Value, dead_letter_values, kernel_values,
+    parked_values, session_values,
+};
+use crate::protocol::Write;
+use crate::sql::{Dialect, insert};
+use crate::{Advance, Commit, StoreError};
+
+impl Write for Sqlite {
+    async fn advance(
+        conn: &mut SqliteConnection,
+        source: &str,
+        advances: &[Advance],
+    ) -> Result<Vec<i32>, StoreError> {
+        let mut conflicts = Vec::new();
+        for a in advances {
+            let affected = match a.expected {
+                Some(expected) => sqlx::query(
+                    "UPDATE source_positions SET next_offset = ?, \
+                     updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
+                     WHERE source = ? AND partition = ? AND next_offset = ?",
+                )
+                .bind(a.next)
+                .bind(source)
+                .bind(a.partition)
+                .bind(expected)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected(),
+                None => sqlx::query(
+                    "INSERT INTO source_positions (source, partition, next_offset) VALUES (?, ?, ?) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(source)
+                .bind(a.partition)
+                .bind(a.next)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected(),
+            };
+            if affected != 1 {
+                conflicts.push(a.partition);
+            }
+        }
+        Ok(conflicts)
+    }
+
+    async fn rows(conn: &mut SqliteConnection, commit: Commit<'_>) -> Result<bool, StoreError> {
+        if !record_seen(conn, &commit.changes.seen).await? {
+            return Ok(false);
+        }
+        write_rows(conn, commit).await?;
+        Ok(true)
+    }
+
+    async fn rare(conn: &mut SqliteConnection, commit: Commit<'_>) -> Result<(), StoreError> {
+        write_rare(conn, commit).await
+    }
+}
+
+/// Records the batch's event ids as seen; `false` when one is recorded already.
+async fn record_seen(
+    conn: &mut SqliteConnection,
+    seen: &[(Uuid, Uuid)],
+) -> Result<bool, StoreError> {
+    for chunk in seen.chunks(CHUNK) {
+        let mut qb =
+            QueryBuilder::<Sqlite>::new("INSERT INTO seen_events (event_id, session_id) VALUES ");
+        for (i, (event, session)) in chunk.iter().enumerate() {
+            qb.push(if i == 0 { "(" } else { ", (" });
+            Sqlite::push_value(&mut qb, Value::Uuid(Some(*event)));
+            qb.push(", ");
+            Sqlite::push_value(&mut qb, Value::Uuid(Some(*session)));
+            qb.push(")");
+        }
+        match qb.build().execute(&mut *conn).await {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(true)
+}
+
+/// Sessions, kernels (whole or their statistics alike: an upsert) and dependencies.
+async fn write_rows(conn: &mut SqliteConnection, commit: Commit<'_>) -> Result<(), StoreError> {
+    let changes = commit.changes;
+    let sessions: Vec<&SessionRow> = changes.session_rows().collect();
+    for chunk in sessions.chunks(CHUNK) {
+        let mut qb = insert::<Sqlite, 28>(&SESSIONS, chunk.iter().map(|r| session_values(r)));
+        qb.push(format!(
+            " ON CONFLICT (id) DO UPDATE SET {}",
+            SESSIONS.upsert_assignments()
+        ));
+        qb.build().execute(&mut *conn).await?;
+    }
+    let kernels: Vec<_> = changes.kernel_rows().collect();
+    for chunk in kernels.chunks(CHUNK) {
+        let mut qb = insert::<Sqlite, 18>(&KERNELS, chunk.iter().map(|k| kernel_values(k)));
+        qb.push(format!(
+            " ON CONFLICT (id) DO UPDATE SET {}",
+            KERNELS.upsert_assignments()
+        ));
+        qb.build().execute(&mut *conn).await?;
+    }
+    // Dependencies never change after the enqueue: written once, for sessions created here.
+    let created: HashSet<Uuid> = changes.created.iter().copied().collect();
+    let deps: Vec<(Uuid, i32, Uuid)> = changes
+        .sessions
+        .iter()
+        .filter(|s| created.contains(&s.session.id))
+        .flat_map(|s| {
+            s.session
+                .dependencies
+                .iter()
+                .zip(0i32..)
+                .map(move |(d, i)| (s.session.id, i, *d))
+        })
+        .collect();
+    for chunk in deps.chunks(CHUNK) {
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO session_dependencies (session_id, ordinal, depends_on) VALUES ",
+        );
+        for (i, (session, ordinal, on)) in chunk.iter().enumerate() {
+            qb.push(if i == 0 { "(" } else { ", (" });
+            Sqlite::push_value(&mut qb, Value::Uuid(Some(*session)));
+            qb.push(", ");
+            Sqlite::push_value(&mut qb, Value::Int4(Some(*ordinal)));
+            qb.push(", ");
+            Sqlite::push_value(&mut qb, Value::Uuid(Some(*on)));
+            qb.push(")");
+        }
+        qb.push(" ON CONFLICT DO NOTHING");
+        qb.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Released and newly parked events, retired and new dead letters.
+async fn write_rare(conn: &mut SqliteConnection, commit: Commit<'_>) -> Result<(), StoreError> {
+    let changes = commit.changes;
+    for (source, p) in &changes.released {
+        sqlx::query(
+            "DELETE FROM parked_events WHERE source = ? AND partition = ? AND \"offset\" = ?",
+        )
+        .bind(source)
+        .bind(p.partition)
+        .bind(p.offset)
+        .execute(&mut *conn)
+        .await?;
+    }
+    for chunk in changes.parked.chunks(CHUNK) {
+        let mut qb = insert::<Sqlite, 6>(&PARKED_EVENTS, chunk.iter().map(parked_values));
+        qb.push(" ON CONFLICT DO NOTHING");
+        qb.build().execute(&mut *conn).await?;
+    }
+    for chunk in commit.retire.chunks(CHUNK) {
+        let mut qb = QueryBuilder::<Sqlite>::new("DELETE FROM dead_letters WHERE id");
+        Sqlite::push_in(
+            &mut qb,
+            chunk.iter().map(|id| Value::Int8(Some(*id))).collect(),
+        );
+        qb.build().execute(&mut *conn).await?;
+    }
+    for chunk in changes.dead_letters.chunks(CHUNK) {
+        let mut qb = insert::<Sqlite, 9>(&DEAD_LETTERS, chunk.iter().map(dead_letter_values));
+        qb.push(" ON CONFLICT DO NOTHING");
+        qb.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// See [`crate::ProjectorStore::expire_parked`].
+pub(super) async fn expire_parked(
+    pool: &SqlitePool,
+    source: &str,
+    partitions: &[i32],
+    cutoff: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    // The format of parked_at's default, so that text order is time order.
+    let cutoff = cutoff.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+    let mut tx = pool.begin().await?;
+    let mut moved = 0;
+    for p in partitions {
+        moved += sqlx::query(
+            "INSERT INTO dead_letters (source, partition, \"offset\", event_id, session_id, label, reason, payload) \
+             SELECT source, partition, \"offset\", event_id, session_id, ?, ?, payload FROM parked_events \
+             WHERE source = ? AND partition = ? AND parked_at < ? ON CONFLICT DO NOTHING",
+        )
+        .bind(crate::PARKED_EXPIRED)
+        .bind(crate::PARKED_EXPIRED_REASON)
+        .bind(source)
+        .bind(p)
+        .bind(&cutoff)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query(
+            "DELETE FROM parked_events WHERE source = ? AND partition = ? AND parked_at < ?",
+        )
+        .bind(source)
+        .bind(p)
+        .bind(&cutoff)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(moved)
+}
