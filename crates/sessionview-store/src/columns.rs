@@ -469,6 +469,39 @@ pub(crate) trait Cells {
     }
 }
 
+/// The cells of a backend's row from column `next` on; each backend implements [`Cells`] for its
+/// row type, decoding each kind as it stores it.
+pub(crate) struct RowCells<'r, R> {
+    row: &'r R,
+    next: usize,
+    table: &'static str,
+}
+
+impl<'r, R: sqlx::Row> RowCells<'r, R> {
+    pub(crate) fn at(row: &'r R, first: usize, table: &'static str) -> Self {
+        Self {
+            row,
+            next: first,
+            table,
+        }
+    }
+
+    pub(crate) fn table_name(&self) -> &'static str {
+        self.table
+    }
+
+    /// The next cell, as the driver decodes `T`.
+    pub(crate) fn get<T>(&mut self) -> Result<T, StoreError>
+    where
+        T: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        usize: sqlx::ColumnIndex<R>,
+    {
+        let v = self.row.try_get(self.next)?;
+        self.next += 1;
+        Ok(v)
+    }
+}
+
 /// A session from the next [`SESSIONS`] cells; its dependencies empty.
 pub(crate) fn session_from(c: &mut impl Cells) -> Result<SessionRow, StoreError> {
     Ok(SessionRow {

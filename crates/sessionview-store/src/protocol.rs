@@ -132,3 +132,99 @@ pub(crate) async fn commit<D: Write>(
     tx.commit().await?;
     Ok(CommitOutcome::Committed)
 }
+
+/// The store traits of a backend, written once for both: each method one call into the shared
+/// protocol or into the backend's module of the same role (`connect::migrator`,
+/// `load::positions`, `commit::expire_parked`, `admin::{refresh_statistics, dead_letters, counts,
+/// reset_read_model}`), on the backend's `pool` field.
+macro_rules! store_traits {
+    ($store:ty) => {
+        impl $crate::SchemaStore for $store {
+            async fn apply_migrations(
+                &self,
+            ) -> Result<Vec<$crate::MigrationId>, $crate::StoreError> {
+                let mut conn = self.pool.acquire().await?;
+                let applied = $crate::schema::migrate(&mut *conn, &connect::migrator()).await;
+                if applied.is_err() {
+                    // It may still hold the migration lock, or be inside a failed migration.
+                    conn.close_on_drop();
+                }
+                applied
+            }
+
+            async fn schema_status(&self) -> Result<$crate::SchemaStatus, $crate::StoreError> {
+                let mut conn = self.pool.acquire().await?;
+                $crate::schema::status(&mut *conn, &connect::migrator()).await
+            }
+        }
+
+        impl $crate::ProjectorStore for $store {
+            async fn positions(
+                &self,
+                source: &str,
+            ) -> Result<std::collections::BTreeMap<i32, i64>, $crate::StoreError> {
+                load::positions(&self.pool, source).await
+            }
+
+            #[tracing::instrument(skip_all, fields(sessions = req.session_ids.len(), events = req.event_ids.len()))]
+            async fn load(
+                &self,
+                req: &sessionview_projection::LoadRequest,
+            ) -> Result<sessionview_projection::Loaded, $crate::StoreError> {
+                $crate::protocol::load(&self.pool, req).await
+            }
+
+            #[tracing::instrument(skip_all, fields(source = commit.source, sessions = commit.changes.sessions.len()))]
+            async fn commit(
+                &self,
+                commit: $crate::Commit<'_>,
+            ) -> Result<$crate::CommitOutcome, $crate::StoreError> {
+                $crate::protocol::commit(&self.pool, commit).await
+            }
+
+            async fn expire_parked(
+                &self,
+                source: &str,
+                partitions: &[i32],
+                cutoff: chrono::DateTime<chrono::Utc>,
+            ) -> Result<u64, $crate::StoreError> {
+                commit::expire_parked(&self.pool, source, partitions, cutoff).await
+            }
+
+            #[tracing::instrument(skip_all)]
+            async fn refresh_statistics(&self) -> Result<Vec<String>, $crate::StoreError> {
+                admin::refresh_statistics(&self.pool).await
+            }
+        }
+
+        impl $crate::OperationsStore for $store {
+            async fn dead_letters(
+                &self,
+                filter: &$crate::DeadLetterFilter,
+            ) -> Result<Vec<$crate::StoredDeadLetter>, $crate::StoreError> {
+                admin::dead_letters(&self.pool, filter).await
+            }
+
+            async fn all_sessions(
+                &self,
+            ) -> Result<Vec<sessionview_projection::SessionState>, $crate::StoreError> {
+                $crate::protocol::all_sessions(&self.pool).await
+            }
+
+            async fn counts(&self) -> Result<$crate::StoreCounts, $crate::StoreError> {
+                admin::counts(&self.pool).await
+            }
+
+            async fn ping(&self) -> Result<(), $crate::StoreError> {
+                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn reset_read_model(&self) -> Result<(), $crate::StoreError> {
+                admin::reset_read_model(&self.pool).await
+            }
+        }
+    };
+}
+
+pub(crate) use store_traits;

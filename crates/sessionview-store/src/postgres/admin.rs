@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{Postgres, Row, Transaction};
 use uuid::Uuid;
 
@@ -48,18 +48,11 @@ impl PgStore {
         schema: &str,
     ) -> Result<Self, StoreError> {
         let schema = checked(schema)?;
-        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            return Err(StoreError::UnsupportedUrl(url.to_owned()));
-        }
+        super::connect::check_url(url)?;
         let options = PgConnectOptions::from_str(url)?
             .application_name("sessionview-replay")
             .options([("search_path", schema)]);
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(10))
-            // No ping before every acquire: it doubles the round trips of short statements; a
-            // broken connection fails its statement (a transient error) and is discarded.
-            .test_before_acquire(false)
+        let pool = super::connect::write_pool(max_connections)
             .connect_with(options)
             .await?;
         Ok(Self::from_pool(pool))
@@ -189,6 +182,14 @@ impl PgStore {
 pub(super) async fn counts(pool: &PgPool) -> Result<StoreCounts, StoreError> {
     let r = sqlx::query(&counts_sql("")).fetch_one(pool).await?;
     counts_from(&mut PgCells::at(&r, 0, "counts"))
+}
+
+/// Empties the read model's tables.
+pub(super) async fn reset_read_model(pool: &PgPool) -> Result<(), StoreError> {
+    sqlx::query(&format!("TRUNCATE {}", crate::READ_MODEL_TABLES.join(", ")))
+        .execute(pool)
+        .await?;
+    Ok(())
 }
 
 /// Dead letters, oldest first.

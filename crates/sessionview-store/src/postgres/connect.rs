@@ -25,6 +25,25 @@ schema::schema_connection!(
     "UPDATE schema_compatibility SET written_by = $1, level = GREATEST(level, $2)"
 );
 
+/// Refuses a URL that is not PostgreSQL's.
+pub(super) fn check_url(url: &str) -> Result<(), StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(())
+    } else {
+        Err(StoreError::UnsupportedUrl(url.to_owned()))
+    }
+}
+
+/// The write pool's options: at most `max_connections`, opened as they are needed.
+pub(super) fn write_pool(max_connections: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        // No ping before every acquire: it doubles the round trips of short statements; a
+        // broken connection fails its statement (a transient error) and is discarded.
+        .test_before_acquire(false)
+}
+
 /// Server-side settings for every connection of a [`PgStore`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PgSettings {
@@ -94,9 +113,7 @@ impl PgStore {
         max_connections: u32,
         settings: &PgSettings,
     ) -> Result<Self, StoreError> {
-        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            return Err(StoreError::UnsupportedUrl(url.to_owned()));
-        }
+        check_url(url)?;
         let mut options = PgConnectOptions::from_str(url)?.application_name("sessionview");
         let mut session = Vec::new();
         if let Some(t) = settings.statement_timeout {
@@ -126,14 +143,7 @@ impl PgStore {
         if !session.is_empty() {
             options = options.options(session);
         }
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(10))
-            // No ping before every acquire: it doubles the round trips of short statements; a
-            // broken connection fails its statement (a transient error) and is discarded.
-            .test_before_acquire(false)
-            .connect_with(options)
-            .await?;
+        let pool = write_pool(max_connections).connect_with(options).await?;
         let reads = ReadPool::new(Arc::new(read_options), max_connections as usize);
         Ok(Self {
             pool,

@@ -3,6 +3,7 @@
 use std::sync::atomic::Ordering;
 
 use sessionview_projection::{KernelRow, SessionRow};
+use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Sqlite};
 use uuid::Uuid;
 
@@ -24,6 +25,24 @@ impl SqliteStore {
     fn count_statements(&self, n: u64) {
         self.statements.fetch_add(n, Ordering::Relaxed);
     }
+
+    /// A page: the rows of `items` (ordered; its `LIMIT` and `OFFSET` are added here) decoded by
+    /// `decode`, and the total that `count` counts.
+    async fn page<T>(
+        &self,
+        mut items: QueryBuilder<'_, Sqlite>,
+        mut count: QueryBuilder<'_, Sqlite>,
+        (limit, offset): (i64, i64),
+        decode: impl Fn(&SqliteRow) -> Result<T, StoreError>,
+    ) -> Result<Page<T>, StoreError> {
+        items.push(" LIMIT ").push_bind(limit);
+        items.push(" OFFSET ").push_bind(offset);
+        let rows = items.build().fetch_all(&self.pool).await?;
+        let items = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+        let total_count: i64 = count.build_query_scalar().fetch_one(&self.pool).await?;
+        self.count_statements(2);
+        Ok(Page { items, total_count })
+    }
 }
 
 impl ReadModel for SqliteStore {
@@ -33,22 +52,12 @@ impl ReadModel for SqliteStore {
                 QueryBuilder::new(format!("SELECT {} FROM sessions s", SESSIONS.prefixed("s")));
             push_session_filters(&mut qb, q);
             push_order(&mut qb, "s", q.order, SESSION_ORDER_KEYS)?;
-            qb.push(" LIMIT ")
-                .push_bind(q.limit)
-                .push(" OFFSET ")
-                .push_bind(q.offset);
-            let items = qb
-                .build()
-                .fetch_all(&self.pool)
-                .await?
-                .iter()
-                .map(|r| session_from(&mut SqliteCells::at(r, 0, SESSIONS.name)))
-                .collect::<Result<Vec<_>, _>>()?;
             let mut count = QueryBuilder::new("SELECT count(*) FROM sessions s");
             push_session_filters(&mut count, q);
-            let total_count: i64 = count.build_query_scalar().fetch_one(&self.pool).await?;
-            self.count_statements(2);
-            Ok(Page { items, total_count })
+            self.page(qb, count, (q.limit, q.offset), |r| {
+                session_from(&mut SqliteCells::at(r, 0, SESSIONS.name))
+            })
+            .await
         })
     }
 
@@ -130,22 +139,12 @@ impl ReadModel for SqliteStore {
                 QueryBuilder::new(format!("SELECT {} FROM kernels k", KERNELS.prefixed("k")));
             push_container_filters(&mut qb, q);
             push_order(&mut qb, "k", q.order, CONTAINER_ORDER_KEYS)?;
-            qb.push(" LIMIT ")
-                .push_bind(q.limit)
-                .push(" OFFSET ")
-                .push_bind(q.offset);
-            let items = qb
-                .build()
-                .fetch_all(&self.pool)
-                .await?
-                .iter()
-                .map(|r| kernel_from(&mut SqliteCells::at(r, 0, KERNELS.name), false))
-                .collect::<Result<Vec<_>, _>>()?;
             let mut count = QueryBuilder::new("SELECT count(*) FROM kernels k");
             push_container_filters(&mut count, q);
-            let total_count: i64 = count.build_query_scalar().fetch_one(&self.pool).await?;
-            self.count_statements(2);
-            Ok(Page { items, total_count })
+            self.page(qb, count, (q.limit, q.offset), |r| {
+                kernel_from(&mut SqliteCells::at(r, 0, KERNELS.name), false)
+            })
+            .await
         })
     }
 
