@@ -4,11 +4,13 @@
 //! the projector moves bytes and offsets; everything the event contract's rules decide happens here.
 
 mod apply;
+mod batch;
 mod fold;
 mod overlay;
 mod rows;
 
 pub use apply::{Effect, Reject, apply};
+pub use batch::{Batch, FoldedBatch};
 pub use fold::{
     Changes, CountDelta, DeadLetter, DirtyRows, Fold, LoadRequest, Loaded, MAX_REASON_BYTES,
     Outcome, ParkedEvent, Position, plan, plan_limited, storable_reason,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use backon::{ExponentialBuilder, Retryable};
 use sessionview_events::Event;
 use sessionview_projection::{
-    Changes, DeadLetter, Fold, LoadRequest, Loaded, Outcome, Pending, Position, plan_limited,
+    Batch, Changes, DeadLetter, LoadRequest, Loaded, Outcome, Pending, Position,
 };
 use sessionview_store::{Advance, Commit, CommitOutcome, ProjectorStore, StoreError};
 use tokio::sync::{Mutex, mpsc};
@@ -30,6 +30,16 @@ pub struct SourceMessage {
     pub payload: Option<Vec<u8>>,
     /// Milliseconds since the Unix epoch at which the source recorded the message, if known.
     pub timestamp_ms: Option<i64>,
+}
+
+impl SourceMessage {
+    /// Where the message is in its source.
+    pub fn position(&self) -> Position {
+        Position {
+            partition: self.partition,
+            offset: self.offset,
+        }
+    }
 }
 
 /// What a source sends the applier.
@@ -613,30 +623,24 @@ impl<S: ProjectorStore> Applier<S> {
                 epochs.insert(m.partition, st.epoch);
             }
         }
-        let payloads: Vec<&[u8]> = batch.iter().filter_map(|m| m.payload.as_deref()).collect();
-        let (decoded, req) = plan_limited(&payloads, self.cfg.max_event_bytes);
-        let Some(loaded) = with_retries(|| load_over(&self.store, &req, pending), shutdown).await?
-        else {
+        let events = batch
+            .iter()
+            .filter_map(|m| Some((m.position(), m.payload.as_deref()?)))
+            .collect();
+        let planned = Batch::plan(&self.source, events, self.cfg.max_event_bytes);
+        let loaded = with_retries(
+            || load_over(&self.store, planned.request(), pending),
+            shutdown,
+        );
+        let Some(loaded) = loaded.await? else {
             return Ok(None);
         };
-        let mut fold = Fold::from_loaded(loaded);
-        let mut decoded = decoded.into_iter();
-        for m in &batch {
-            let Some(bytes) = m.payload.as_deref() else {
-                continue;
-            };
-            let Some(d) = decoded.next() else { break };
-            let position = Position {
-                partition: m.partition,
-                offset: m.offset,
-            };
-            fold.apply_decoded(&self.source, position, bytes, d);
-        }
+        let changes = planned.fold(loaded).changes;
         // The folded batch keeps its payloads until it commits: should the database refuse it,
         // its events are folded again in parts to find the one it refuses.
         metrics::fold(started.elapsed());
         Ok(Some(Folded {
-            changes: fold.finish(),
+            changes,
             batch,
             epochs,
         }))
@@ -807,17 +811,19 @@ mod tests {
         batch: &[(i64, Vec<u8>)],
         pending: Option<&Folded>,
     ) -> Changes {
-        let payloads: Vec<&[u8]> = batch.iter().map(|(_, b)| b.as_slice()).collect();
-        let (decoded, req) = sessionview_projection::plan(&payloads);
-        let mut fold = Fold::from_loaded(load_over(store, &req, pending).await.unwrap());
-        for ((offset, bytes), d) in batch.iter().zip(decoded) {
-            let position = Position {
-                partition: 0,
-                offset: *offset,
-            };
-            fold.apply_decoded(SOURCE, position, bytes, d);
-        }
-        fold.finish()
+        let events = batch
+            .iter()
+            .map(|(offset, bytes)| {
+                let position = Position {
+                    partition: 0,
+                    offset: *offset,
+                };
+                (position, bytes.as_slice())
+            })
+            .collect();
+        let planned = Batch::plan(SOURCE, events, sessionview_events::DEFAULT_MAX_EVENT_BYTES);
+        let loaded = load_over(store, planned.request(), pending).await.unwrap();
+        planned.fold(loaded).changes
     }
 
     async fn commit(store: &SqliteStore, changes: &Changes, expected: Option<i64>, next: i64) {

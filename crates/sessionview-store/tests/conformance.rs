@@ -13,8 +13,8 @@
 
 use std::collections::HashSet;
 
-use sessionview_events::Status;
-use sessionview_projection::{Fold, Position, SessionState, plan};
+use sessionview_events::{DEFAULT_MAX_EVENT_BYTES, Status};
+use sessionview_projection::{Batch, Fold, Position, SessionState};
 use sessionview_simulator::{SimConfig, Simulator};
 use sessionview_store::prelude::*;
 use sessionview_store::{
@@ -184,17 +184,14 @@ async fn fold_at<S: Store>(
     partition: i32,
     first: i64,
 ) -> sessionview_projection::Changes {
-    let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
-    let (decoded, req) = plan(&refs);
-    let mut fold = Fold::from_loaded(store.load(&req).await.unwrap());
-    for (i, (b, d)) in refs.iter().zip(decoded).enumerate() {
-        let at = Position {
-            partition,
-            offset: first + i as i64,
-        };
-        fold.apply_decoded(SOURCE, at, b, d);
-    }
-    fold.finish()
+    let events = messages
+        .iter()
+        .zip(first..)
+        .map(|(b, offset)| (Position { partition, offset }, b.as_slice()))
+        .collect();
+    let planned = Batch::plan(SOURCE, events, DEFAULT_MAX_EVENT_BYTES);
+    let loaded = store.load(planned.request()).await.unwrap();
+    planned.fold(loaded).changes
 }
 
 /// Folds and commits `messages` (partition 0, from `first_offset`) in batches of `size`.

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use sessionview_projection::{Fold, Outcome, Position, plan};
+use sessionview_events::DEFAULT_MAX_EVENT_BYTES;
+use sessionview_projection::{Batch, FoldedBatch, Outcome, Position};
 use sessionview_store::{
     Advance, Commit, CommitOutcome, DeadLetterFilter, Store, StoredDeadLetter,
 };
@@ -259,30 +260,39 @@ async fn retry_source<'a, S: Store>(
                 })
             })
             .collect();
-        let payloads: Vec<&[u8]> = letters.iter().map(|d| d.payload.as_slice()).collect();
-        let (decoded, req) = plan(&payloads);
-        let mut loaded = store.load(&req).await?;
+        let events = letters
+            .iter()
+            .map(|d| {
+                let position = Position {
+                    partition: d.partition,
+                    offset: d.offset,
+                };
+                (position, d.payload.as_slice())
+            })
+            .collect();
+        let planned = Batch::plan(source, events, DEFAULT_MAX_EVENT_BYTES);
+        let mut loaded = store.load(planned.request()).await?;
         // A dead-lettered event's id was recorded as seen; this is its second chance.
         for id in &retried {
             loaded.seen.remove(id);
         }
-        let mut fold = Fold::from_loaded(loaded);
-        let mut outcomes = Vec::with_capacity(letters.len());
-        for (d, event) in letters.iter().zip(decoded) {
-            let position = Position {
-                partition: d.partition,
-                offset: d.offset,
-            };
-            let outcome = fold.apply_decoded(source, position, &d.payload, event);
-            let reason = fold
-                .dead_letters()
-                .iter()
-                .rev()
-                .find(|n| n.position == position)
-                .map(|n| format!("{}: {}", n.label, n.reason));
-            outcomes.push((*d, outcome, reason));
-        }
-        let mut changes = fold.finish();
+        let FoldedBatch {
+            mut changes,
+            outcomes,
+        } = planned.fold(loaded);
+        let outcomes: Vec<_> = letters
+            .iter()
+            .zip(outcomes)
+            .map(|(d, outcome)| {
+                let reason = changes
+                    .dead_letters
+                    .iter()
+                    .rev()
+                    .find(|n| n.position.partition == d.partition && n.position.offset == d.offset)
+                    .map(|n| format!("{}: {}", n.label, n.reason));
+                (*d, outcome, reason)
+            })
+            .collect();
         // Their ids are recorded already (a store records each id once).
         changes.seen.retain(|(id, _)| !retried.contains(id));
         if dry_run {

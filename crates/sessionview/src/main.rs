@@ -15,6 +15,7 @@ mod migrate;
 mod project;
 mod reference;
 mod replay;
+mod run;
 mod serve;
 mod simulate;
 mod telemetry;
@@ -73,7 +74,7 @@ enum Command {
     #[command(hide = true)]
     Reference,
     /// Projector and GraphQL server in one process (a single-node deployment).
-    Run(demo::RunArgs),
+    Run(run::RunArgs),
     /// The whole system on this machine: a simulated cluster, the projector and the GraphQL
     /// server on SQLite.
     Demo(demo::DemoArgs),
@@ -285,7 +286,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Run(args) => demo::run(args).await,
+        Command::Run(args) => run::run(args).await,
         Command::Demo(args) => demo::demo(args).await,
     }
 }
