@@ -304,7 +304,7 @@ mod tests {
     }
 
     /// The flag (the variable, `SESSIONVIEW_MIGRATE=false`, is exercised through the binary in
-    /// tests/security.rs).
+    /// crates/sessionview/tests/e2e/security.rs).
     #[test]
     fn no_migrate_flag() {
         let parse = |argv: &[&str]| Schema::try_parse_from(argv).unwrap().schema.migrate;

@@ -5,9 +5,6 @@
 //! PostgreSQL (`SESSIONVIEW_TEST_DATABASE_URL`, an administrative URL, default
 //! `postgres://postgres@127.0.0.1:5432/postgres`). `scripts/test` starts both.
 
-#![allow(dead_code, reason = "each test binary uses a different subset")]
-#![allow(unreachable_pub, reason = "a module shared by test binaries")]
-
 use std::process::Output;
 use std::time::Duration;
 
@@ -18,16 +15,16 @@ use sessionview_store::prelude::*;
 use tokio::process::{Child, Command};
 
 /// The path of the binary under test.
-pub const BIN: &str = env!("CARGO_BIN_EXE_sessionview");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_sessionview");
 
-pub fn brokers() -> String {
+pub(crate) fn brokers() -> String {
     std::env::var("SESSIONVIEW_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
 
-pub use sessionview_testkit::PgDatabase as TestDb;
+pub(crate) use sessionview_testkit::PgDatabase as TestDb;
 
 /// The store of a test database.
-pub trait StoreOf {
+pub(crate) trait StoreOf {
     async fn store(&self) -> PgStore;
 }
 
@@ -38,12 +35,12 @@ impl StoreOf for TestDb {
 }
 
 /// A topic name no other test uses.
-pub fn unique_topic(hint: &str) -> String {
+pub(crate) fn unique_topic(hint: &str) -> String {
     format!("sv-test-{hint}-{}", uuid::Uuid::new_v4().simple())
 }
 
 /// The simulator configuration `sessionview simulate` uses for these flags.
-pub fn sim_config(sessions: u64, seed: u64) -> SimConfig {
+pub(crate) fn sim_config(sessions: u64, seed: u64) -> SimConfig {
     SimConfig {
         sessions,
         seed,
@@ -67,7 +64,7 @@ fn sim_args(cfg: &SimConfig) -> Vec<String> {
 }
 
 /// Asserts that a command succeeded, showing its output when it did not.
-pub fn check(what: &str, out: &Output) {
+pub(crate) fn check(what: &str, out: &Output) {
     assert!(
         out.status.success(),
         "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
@@ -78,7 +75,7 @@ pub fn check(what: &str, out: &Output) {
 }
 
 /// Publishes the stream of `cfg` to a new 4-partition `topic` with `sessionview simulate`.
-pub async fn publish(topic: &str, cfg: &SimConfig) {
+pub(crate) async fn publish(topic: &str, cfg: &SimConfig) {
     let out = Command::new(BIN)
         .arg("simulate")
         .args(sim_args(cfg))
@@ -91,7 +88,7 @@ pub async fn publish(topic: &str, cfg: &SimConfig) {
 }
 
 /// The `sessionview project` command for `topic` into `db` (add `--exit-at-end` to stop at the end).
-pub fn project_command(db: &TestDb, topic: &str, group: &str, extra: &[&str]) -> Command {
+pub(crate) fn project_command(db: &TestDb, topic: &str, group: &str, extra: &[&str]) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.arg("project")
         .args(["--database-url", &db.url])
@@ -105,7 +102,7 @@ pub fn project_command(db: &TestDb, topic: &str, group: &str, extra: &[&str]) ->
 }
 
 /// Runs `sessionview project` to the end of the topic.
-pub async fn project_to_end(db: &TestDb, topic: &str, extra: &[&str]) -> Output {
+pub(crate) async fn project_to_end(db: &TestDb, topic: &str, extra: &[&str]) -> Output {
     let mut extra = extra.to_vec();
     extra.push("--exit-at-end");
     let mut cmd = project_command(
@@ -123,7 +120,7 @@ pub async fn project_to_end(db: &TestDb, topic: &str, extra: &[&str]) -> Output 
 }
 
 /// Runs `sessionview project` on the NDJSON archive at `path` into `db` (to its end).
-pub async fn project_file(db: &TestDb, path: &std::path::Path) -> Output {
+pub(crate) async fn project_file(db: &TestDb, path: &std::path::Path) -> Output {
     let out = Command::new(BIN)
         .args(["project", "--database-url", &db.url, "--source"])
         .arg(format!("file://{}", path.display()))
@@ -135,7 +132,7 @@ pub async fn project_file(db: &TestDb, path: &std::path::Path) -> Output {
 }
 
 /// Starts `sessionview project` in the background.
-pub fn spawn_project(db: &TestDb, topic: &str, group: &str, extra: &[&str]) -> Child {
+pub(crate) fn spawn_project(db: &TestDb, topic: &str, group: &str, extra: &[&str]) -> Child {
     // Its log goes to $SESSIONVIEW_TEST_LOG_DIR/project-<group>.log when that is set.
     let stderr = match std::env::var_os("SESSIONVIEW_TEST_LOG_DIR") {
         Some(dir) => std::fs::File::create(std::path::Path::new(&dir).join(format!(
@@ -154,12 +151,12 @@ pub fn spawn_project(db: &TestDb, topic: &str, group: &str, extra: &[&str]) -> C
 }
 
 /// The messages `cfg` generates, in publishing order.
-pub fn messages(cfg: &SimConfig) -> Vec<SimMessage> {
+pub(crate) fn messages(cfg: &SimConfig) -> Vec<SimMessage> {
     Simulator::new(cfg.clone()).collect()
 }
 
 /// What the pure fold makes of the stream of `cfg`: sessions ordered by id, and dead letters.
-pub fn model(cfg: &SimConfig) -> (Vec<SessionState>, Vec<DeadLetter>) {
+pub(crate) fn model(cfg: &SimConfig) -> (Vec<SessionState>, Vec<DeadLetter>) {
     let mut fold = Fold::new();
     for (i, m) in messages(cfg).iter().enumerate() {
         fold.apply_bytes(
@@ -178,7 +175,7 @@ pub fn model(cfg: &SimConfig) -> (Vec<SessionState>, Vec<DeadLetter>) {
 }
 
 /// Asserts that the database holds exactly `expected`, row by row.
-pub async fn assert_tables_equal(store: &PgStore, expected: &[SessionState]) {
+pub(crate) async fn assert_tables_equal(store: &PgStore, expected: &[SessionState]) {
     let got = store.all_sessions().await.unwrap();
     assert_eq!(got.len(), expected.len(), "number of sessions");
     for (g, e) in got.iter().zip(expected) {
@@ -197,7 +194,7 @@ pub async fn assert_tables_equal(store: &PgStore, expected: &[SessionState]) {
 }
 
 /// The running session counts (list totals) equal the sessions counted row by row.
-pub async fn assert_counts_match_rows(store: &PgStore) {
+pub(crate) async fn assert_counts_match_rows(store: &PgStore) {
     let drift = store.session_count_drift("public").await.unwrap();
     assert!(
         drift.is_empty(),
@@ -206,7 +203,7 @@ pub async fn assert_counts_match_rows(store: &PgStore) {
 }
 
 /// Sum of stored next offsets of a source (progress indicator).
-pub async fn progress(store: &PgStore, source: &str) -> i64 {
+pub(crate) async fn progress(store: &PgStore, source: &str) -> i64 {
     store
         .positions(source)
         .await
@@ -221,7 +218,7 @@ pub async fn progress(store: &PgStore, source: &str) -> i64 {
 /// bind, and never the same port twice in this process. (A port picked by binding port 0 and
 /// releasing it was sometimes handed out again: the child then failed at start, since listeners
 /// are bound before anything else.)
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     use rand::Rng;
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut given = GIVEN.lock().unwrap();
@@ -236,7 +233,7 @@ pub fn free_port() -> u16 {
 }
 
 /// A GraphQL request to `POST /admin/graphql`, signed as Backend.AI clients sign it.
-pub async fn signed_graphql(
+pub(crate) async fn signed_graphql(
     host: &str,
     ak: &str,
     sk: &str,
@@ -252,7 +249,7 @@ pub async fn signed_graphql(
 }
 
 /// `sessionview keypair create` (superadmin) against `database_url`: the access and secret key.
-pub async fn create_superadmin(database_url: &str) -> (String, String) {
+pub(crate) async fn create_superadmin(database_url: &str) -> (String, String) {
     let out = Command::new(BIN)
         .args([
             "keypair",

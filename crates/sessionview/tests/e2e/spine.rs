@@ -1,23 +1,14 @@
 //! End-to-end tests of the spine: `sessionview simulate` → Kafka-protocol broker →
 //! `sessionview project` → PostgreSQL, compared row by row with the pure fold of the same stream.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    reason = "a panic is a failed test"
-)]
-
-#[path = "support/mod.rs"]
-mod support;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
+use crate::support::*;
 use rand::Rng;
 use sessionview_simulator::SimConfig;
 use sessionview_store::DeadLetterFilter;
 use sessionview_store::prelude::*;
-use support::*;
 
 /// Acceptance 1: 2,000 sessions with the full event mix through a 4-partition topic.
 #[tokio::test(flavor = "multi_thread")]

@@ -1,19 +1,10 @@
 //! End-to-end tests of the query service through the `sessionview` binary: the SDL snapshot, and
 //! `keypair create` → `serve` → a signed request over HTTP → metrics → `keypair deactivate`.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    reason = "a panic is a failed test"
-)]
-
-#[path = "support/mod.rs"]
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::{Value, json};
-use support::*;
 use tokio::process::Command;
 
 /// Acceptance 2: `sessionview schema` prints exactly the committed SDL snapshot, which spells the
@@ -23,11 +14,11 @@ async fn schema_sdl_matches_the_snapshot() {
     let out = Command::new(BIN).arg("schema").output().await.unwrap();
     assert!(out.status.success());
     let sdl = String::from_utf8(out.stdout).unwrap();
-    let snapshot = include_str!("snapshots/schema.graphql");
+    let snapshot = include_str!("../snapshots/schema.graphql");
     assert!(
         sdl == snapshot,
         "the GraphQL schema changed. If that is intended, review the contract and run\n  \
-         cargo run -q -- schema > tests/snapshots/schema.graphql\n--- got ---\n{sdl}"
+         cargo run -q -- schema > crates/sessionview/tests/snapshots/schema.graphql\n--- got ---\n{sdl}"
     );
     // Spot checks against the contract, so the snapshot cannot drift silently with it.
     for line in [

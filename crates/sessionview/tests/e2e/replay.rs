@@ -1,24 +1,15 @@
 //! End-to-end tests of `sessionview replay`: a zero-downtime rebuild under live load, verification,
 //! and interruption.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    reason = "a panic is a failed test"
-)]
-
-#[path = "support/mod.rs"]
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::{Value, json};
 use sessionview_projection::{Fold, Position, SessionState};
 use sessionview_simulator::SimConfig;
 use sessionview_store::prelude::*;
-use support::*;
 use tokio::process::Command;
 
 /// The fold of several streams published one after the other (sessions are independent, so the

@@ -2,12 +2,6 @@
 //! which crate may depend on which of ours, and on rdkafka, sqlx, anyhow and the async runtime.
 //! A new dependency that breaks one fails this test, naming the crate, the dependency and the rule.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    reason = "a panic is a failed test"
-)]
-
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;

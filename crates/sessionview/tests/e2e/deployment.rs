@@ -4,12 +4,6 @@
 //! `docs/operations.md` is exactly what the binary generates. (No Docker engine is needed: the
 //! binary under test parses what the files would run, with `--check-args`.)
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    reason = "a panic is a failed test"
-)]
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -253,7 +247,7 @@ const BEGIN: &str = "<!-- BEGIN generated: sessionview reference -->";
 const END: &str = "<!-- END generated: sessionview reference -->";
 
 /// docs/operations.md embeds the reference the binary generates, byte for byte. To update it:
-/// `SESSIONVIEW_UPDATE_DOCS=1 cargo test -p sessionview --test deployment`.
+/// `SESSIONVIEW_UPDATE_DOCS=1 cargo test -p sessionview --test e2e deployment::`.
 #[test]
 fn the_configuration_reference_is_current() {
     let path = repo().join("docs/operations.md");
@@ -270,7 +264,7 @@ fn the_configuration_reference_is_current() {
         } else {
             panic!(
                 "docs/operations.md's configuration reference is out of date; run \
-                 SESSIONVIEW_UPDATE_DOCS=1 cargo test -p sessionview --test deployment"
+                 SESSIONVIEW_UPDATE_DOCS=1 cargo test -p sessionview --test e2e deployment::"
             );
         }
     }

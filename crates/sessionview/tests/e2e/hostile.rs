@@ -1,19 +1,11 @@
 //! Hostile input, end to end through the real binary: what a buggy producer or an attacker sends
 //! must become a dead letter (projection goes on) or a clear refusal, on both backends.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    reason = "a panic is a failed test"
-)]
-
-#[path = "support/mod.rs"]
-mod support;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use crate::support::*;
 use rand::Rng;
 use serde_json::{Value, json};
 use sessionview_projection::SessionState;
@@ -22,7 +14,6 @@ use sessionview_store::{
 };
 use sessionview_testkit::TestDatabase as Db;
 use sessionview_testkit::admin_exec;
-use support::*;
 use tokio::process::Command;
 use uuid::Uuid;
 

@@ -8,23 +8,14 @@
 //! for 127.0.0.1 and localhost, `postgres.crt` for localhost only) and gives the local PostgreSQL
 //! the `postgres.crt` certificate.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    reason = "a panic is a failed test"
-)]
-
-#[path = "support/mod.rs"]
-mod support;
-
 use std::path::PathBuf;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use serde_json::{Value, json};
 use sessionview_testkit::admin_exec;
 use sqlx::Connection;
-use support::*;
 use tokio::process::Command;
 
 fn var(name: &str) -> String {

@@ -1,12 +1,6 @@
 //! End-to-end test of `sessionview demo`: the whole system in one process on SQLite, queried over
 //! HTTP with the keypair it prints.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    reason = "a panic is a failed test"
-)]
-
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -14,10 +8,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
-#[path = "support/mod.rs"]
-mod support;
-
-use support::{BIN, free_port, signed_graphql};
+use crate::support::{BIN, free_port, signed_graphql};
 
 async fn sessions(host: &str, ak: &str, sk: &str) -> (u64, HashMap<String, String>) {
     let body = json!({"query": "{ compute_session_list(limit: 1000, offset: 0) { total_count items { id status } } }"});

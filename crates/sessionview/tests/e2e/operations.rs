@@ -2,22 +2,13 @@
 //! metrics and probes answer, a database outage is retried without losing or doubling anything,
 //! two instances share a topic through a consumer group, and `run` serves what it projects.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    reason = "a panic is a failed test"
-)]
-
-#[path = "support/mod.rs"]
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::json;
 use sessionview_store::prelude::*;
 use sessionview_testkit::admin_exec;
 use sqlx::Connection;
-use support::*;
 use tokio::process::Command;
 
 async fn wait_for(what: &str, secs: u64, mut ok: impl AsyncFnMut() -> bool) {
