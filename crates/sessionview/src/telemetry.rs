@@ -199,12 +199,16 @@ pub(crate) async fn bind(
         .set_nonblocking(true)
         .with_context(|| format!("binding {what} on {addr}"))?;
     let addr = listener.local_addr()?;
-    Ok(Bound {
+    let bound = Bound {
         listener,
         addr,
         tls,
         what: what.to_owned(),
-    })
+    };
+    // The address bound, port 0 resolved: what an operator (or a test, or a supervisor that
+    // passed port 0) connects to.
+    eprintln!("listening on {}: {what}", bound.origin());
+    Ok(bound)
 }
 
 /// Serves `app` on `bound` until `shutdown`, then lets requests in flight finish (up to 10 s).

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
-use crate::support::{BIN, free_port, signed_graphql};
+use crate::support::{BIN, Listening, signed_graphql};
 
 async fn sessions(host: &str, ak: &str, sk: &str) -> (u64, HashMap<String, String>) {
     let body = json!({"query": "{ compute_session_list(limit: 1000, offset: 0) { total_count items { id status } } }"});
@@ -36,22 +36,24 @@ async fn sessions(host: &str, ak: &str, sk: &str) -> (u64, HashMap<String, Strin
 async fn demo_shows_sessions_appearing_and_changing_status() {
     let dir = std::env::temp_dir().join(format!("sv-demo-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
-    let host = format!("127.0.0.1:{}", free_port());
     let db = format!("sqlite://{}", dir.join("demo.db").display());
-    let mut demo = Command::new(BIN)
-        .args(["demo", "--listen", &host, "--speed", "200"])
-        // The demo's own variable; an operator's exported SESSIONVIEW_DATABASE_URL (here one that
-        // would fail) is never the demo's database.
-        .env("SESSIONVIEW_DEMO_DATABASE_URL", &db)
-        .env(
-            "SESSIONVIEW_DATABASE_URL",
-            "postgres://nobody@127.0.0.1:1/must_not_be_touched",
-        )
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let serving = Listening::spawn(
+        Command::new(BIN)
+            .args(["demo", "--listen", "127.0.0.1:0", "--speed", "200"])
+            // The demo's own variable; an operator's exported SESSIONVIEW_DATABASE_URL (here one that
+            // would fail) is never the demo's database.
+            .env("SESSIONVIEW_DEMO_DATABASE_URL", &db)
+            .env(
+                "SESSIONVIEW_DATABASE_URL",
+                "postgres://nobody@127.0.0.1:1/must_not_be_touched",
+            )
+            .stdout(std::process::Stdio::piped()),
+        1,
+        "demo",
+    )
+    .await;
+    let host = serving.host("API");
+    let mut demo = serving.child;
     // The printed keypair.
     let mut lines = BufReader::new(demo.stdout.take().unwrap()).lines();
     let (mut ak, mut sk) = (None, None);

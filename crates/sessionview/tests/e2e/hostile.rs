@@ -436,6 +436,8 @@ async fn exit_at_end_waits_for_partitions_a_dead_member_holds() {
 /// `sessionview serve` on a fresh database with a superadmin keypair, until dropped.
 struct Served {
     host: String,
+    /// Where /readyz and /metrics are (the API's listener unless --metrics-listen).
+    ops: String,
     ak: String,
     sk: String,
     _child: tokio::process::Child,
@@ -443,22 +445,34 @@ struct Served {
 
 async fn serve(db: &TestDb, extra: &[&str]) -> Served {
     let (ak, sk) = create_superadmin(&db.url).await;
-    let host = format!("127.0.0.1:{}", free_port());
-    let child = Command::new(BIN)
-        .args(["serve", "--database-url", &db.url, "--listen", &host])
-        .args(extra)
-        .env("SESSIONVIEW_LOG", "error")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let separate_ops = extra.contains(&"--metrics-listen");
+    let serving = Listening::spawn(
+        Command::new(BIN)
+            .args([
+                "serve",
+                "--database-url",
+                &db.url,
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .args(extra)
+            .env("SESSIONVIEW_LOG", "error"),
+        if separate_ops { 2 } else { 1 },
+        "serve",
+    )
+    .await;
+    let host = serving.host("API");
     // /readyz is on the operational listener when there is one.
-    let ops = extra
-        .iter()
-        .position(|a| *a == "--metrics-listen")
-        .map_or(host.as_str(), |i| extra[i + 1]);
+    let ops = if separate_ops {
+        serving.host("metrics")
+    } else {
+        host.clone()
+    };
     wait_ready(&format!("http://{ops}/readyz")).await;
+    let child = serving.child;
     Served {
         host,
+        ops,
         ak,
         sk,
         _child: child,
@@ -640,12 +654,17 @@ async fn slow_and_half_open_clients_are_cut_off() {
 #[tokio::test(flavor = "multi_thread")]
 async fn metric_labels_stay_bounded() {
     let db = TestDb::new().await;
-    let ops = format!("127.0.0.1:{}", free_port());
     let srv = serve(
         &db,
-        &["--metrics-operation", "Dashboard", "--metrics-listen", &ops],
+        &[
+            "--metrics-operation",
+            "Dashboard",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
     )
     .await;
+    let ops = &srv.ops;
     for i in 0..50 {
         let q = format!(
             "query Op{i} {{ compute_session_list(limit: 1, offset: 0) {{ total_count }} }}"

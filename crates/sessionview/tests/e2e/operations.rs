@@ -43,17 +43,9 @@ async fn sigterm_drains_and_metrics_and_probes_answer() {
     publish(&topic, &cfg).await;
     let db = TestDb::new().await;
     let store = db.store().await;
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let mut live = project_command(
-        &db,
-        &topic,
-        "term",
-        &["--batch-size", "200", "--metrics-listen", &metrics],
-    )
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::null())
-    .spawn()
-    .unwrap();
+    let listening = spawn_project_listening(&db, &topic, "term", &["--batch-size", "200"]).await;
+    let metrics = listening.host("metrics");
+    let mut live = listening.child;
     wait_for("progress", 60, async || progress(&store, &topic).await > 0).await;
 
     let client = reqwest::Client::new();
@@ -229,13 +221,9 @@ async fn paused_then_killed_instance_is_fenced(protocol: &str) {
     publish(&topic, &cfg).await;
     let db = TestDb::new().await;
     let store = db.store().await;
-    let (ma, mb) = (
-        format!("127.0.0.1:{}", free_port()),
-        format!("127.0.0.1:{}", free_port()),
-    );
     let group = format!("shared-{}", uuid::Uuid::new_v4().simple());
-    let spawn = |metrics: &str| {
-        spawn_project(
+    let spawn = async || {
+        let listening = spawn_project_listening(
             &db,
             &topic,
             &group,
@@ -246,17 +234,17 @@ async fn paused_then_killed_instance_is_fenced(protocol: &str) {
                 "50",
                 "--db-idle-transaction-timeout-secs",
                 "3",
-                "--metrics-listen",
-                metrics,
             ],
         )
+        .await;
+        (listening.host("metrics"), listening.child)
     };
-    let mut a = spawn(&ma);
+    let (ma, mut a) = spawn().await;
     wait_for("the first instance to start", 60, async || {
         progress(&store, &topic).await > 0
     })
     .await;
-    let b = spawn(&mb);
+    let (mb, b) = spawn().await;
     wait_for("the second instance to apply batches", 90, async || {
         reqwest::get(format!("http://{mb}/metrics")).await.is_ok()
             && events_counted(&mb).await.0 > 0
@@ -322,22 +310,24 @@ async fn run_projects_and_serves_in_one_process() {
         .unwrap();
     assert!(out.status.success());
     let (ak, sk) = create_superadmin(&db).await;
-    let host = format!("127.0.0.1:{}", free_port());
-    let mut run = Command::new(BIN)
-        .args([
-            "run",
-            "--database-url",
-            &db,
-            "--source",
-            &archive,
-            "--listen",
-            &host,
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let serving = Listening::spawn(
+        Command::new(BIN)
+            .args([
+                "run",
+                "--database-url",
+                &db,
+                "--source",
+                &archive,
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .stdout(std::process::Stdio::null()),
+        1,
+        "run",
+    )
+    .await;
+    let host = serving.host("API");
+    let mut run = serving.child;
     let body = json!({"query": "{ compute_session_list(limit: 1, offset: 0) { total_count } }"});
     wait_for("all 120 sessions to be served", 60, async || {
         if !reqwest::get(format!("http://{host}/readyz"))
@@ -429,7 +419,7 @@ async fn replay_on_sqlite_refuses_shadow_modes_and_rebuilds_in_place() {
 async fn missing_topic_and_unreachable_broker_are_clear_errors() {
     let db = TestDb::new().await;
     let missing = format!("kafka://{}/{}", brokers(), unique_topic("missing"));
-    let unreachable = format!("kafka://127.0.0.1:{}/anything", free_port());
+    let unreachable = format!("kafka://127.0.0.1:{}/anything", closed_port());
     for (source, expect) in [
         (&missing, "does not exist"),
         (&unreachable, "is the broker reachable"),
@@ -585,13 +575,10 @@ async fn readiness_fails_on_a_stall_not_on_lag() {
     publish(&topic, &first).await;
     let db = TestDb::new().await;
     let store = db.store().await;
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let mut live = spawn_project(
-        &db,
-        &topic,
-        "stall",
-        &["--metrics-listen", &metrics, "--stall-after-secs", "2"],
-    );
+    let listening =
+        spawn_project_listening(&db, &topic, "stall", &["--stall-after-secs", "2"]).await;
+    let metrics = listening.host("metrics");
+    let mut live = listening.child;
     let client = reqwest::Client::new();
     let readyz = async || {
         let r = client

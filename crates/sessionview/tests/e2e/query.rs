@@ -81,12 +81,20 @@ async fn keypair_serve_and_query_through_the_binary() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown role \"root\""));
 
-    let host = format!("127.0.0.1:{}", free_port());
-    let mut server = Command::new(BIN)
-        .args(["serve", "--database-url", &db.url, "--listen", &host])
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let serving = Listening::spawn(
+        Command::new(BIN).args([
+            "serve",
+            "--database-url",
+            &db.url,
+            "--listen",
+            "127.0.0.1:0",
+        ]),
+        1,
+        "serve",
+    )
+    .await;
+    let host = serving.host("API");
+    let mut server = serving.child;
     let client = reqwest::Client::new();
     let mut up = false;
     for _ in 0..100 {

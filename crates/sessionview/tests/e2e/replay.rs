@@ -86,13 +86,20 @@ async fn zero_downtime_rebuild_under_live_load() {
     .await;
 
     let (ak, sk) = create_superadmin(&db.url).await;
-    let host = format!("127.0.0.1:{}", free_port());
-    let mut server = Command::new(BIN)
-        .args(["serve", "--database-url", &db.url, "--listen", &host])
-        .kill_on_drop(true)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let serving = Listening::spawn(
+        Command::new(BIN).args([
+            "serve",
+            "--database-url",
+            &db.url,
+            "--listen",
+            "127.0.0.1:0",
+        ]),
+        1,
+        "serve",
+    )
+    .await;
+    let host = serving.host("API");
+    let mut server = serving.child;
     wait_for("serve", 30, async || {
         reqwest::get(format!("http://{host}/readyz"))
             .await

@@ -255,12 +255,20 @@ async fn postgres_over_tls_require_and_verify_full() {
     assert_tables_equal(&db.store().await, &expected).await;
 
     let (ak, sk) = create_superadmin(&verify).await;
-    let host = format!("127.0.0.1:{}", free_port());
-    let mut server = Command::new(BIN)
-        .args(["serve", "--database-url", &verify, "--listen", &host])
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let serving = Listening::spawn(
+        Command::new(BIN).args([
+            "serve",
+            "--database-url",
+            &verify,
+            "--listen",
+            "127.0.0.1:0",
+        ]),
+        1,
+        "serve",
+    )
+    .await;
+    let host = serving.host("API");
+    let mut server = serving.child;
     wait_ready(&reqwest::Client::new(), &format!("http://{host}")).await;
     let v = seed_example_query(&host, &ak, &sk).await;
     assert_eq!(v["compute_session_list"]["total_count"], 100, "{v}");
@@ -354,15 +362,27 @@ async fn serve_terminates_tls() {
         .await,
     );
     let (ak, sk) = create_superadmin(&db.url).await;
-    let port = free_port();
-    let mut server = Command::new(BIN)
-        .args(["serve", "--database-url", &db.url, "--listen"])
-        .arg(format!("127.0.0.1:{port}"))
-        .args(["--tls-cert", &tls_file("broker.crt")])
-        .args(["--tls-key", &tls_file("broker.key")])
-        .kill_on_drop(true)
-        .spawn()
+    let serving = Listening::spawn(
+        Command::new(BIN)
+            .args([
+                "serve",
+                "--database-url",
+                &db.url,
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--tls-cert", &tls_file("broker.crt")])
+            .args(["--tls-key", &tls_file("broker.key")]),
+        1,
+        "serve-tls",
+    )
+    .await;
+    let port = serving
+        .host("API")
+        .rsplit_once(':')
+        .map(|(_, p)| p.to_owned())
         .unwrap();
+    let mut server = serving.child;
     let ca = reqwest::Certificate::from_pem(&std::fs::read(tls_file("ca.pem")).unwrap()).unwrap();
     let https = reqwest::Client::builder()
         .add_root_certificate(ca)
@@ -428,12 +448,17 @@ async fn serve_no_migrate_answers_from_a_select_only_role() {
     };
     // Before the schema exists, --no-migrate refuses.
     admin_exec(&format!("CREATE ROLE {role} LOGIN")).await;
-    let port = free_port();
     let serve = |url: &str| {
         let mut cmd = Command::new(BIN);
-        cmd.args(["serve", "--no-migrate", "--database-url", url, "--listen"])
-            .arg(format!("127.0.0.1:{port}"))
-            .kill_on_drop(true);
+        cmd.args([
+            "serve",
+            "--no-migrate",
+            "--database-url",
+            url,
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .kill_on_drop(true);
         cmd
     };
     let out = tokio::time::timeout(Duration::from_secs(60), serve(&db.url).output())
@@ -445,8 +470,13 @@ async fn serve_no_migrate_answers_from_a_select_only_role() {
     assert!(stderr.contains("sessionview migrate"), "{stderr}");
     // The variable does the same as the flag.
     let out = Command::new(BIN)
-        .args(["serve", "--database-url", &db.url, "--listen"])
-        .arg(format!("127.0.0.1:{port}"))
+        .args([
+            "serve",
+            "--database-url",
+            &db.url,
+            "--listen",
+            "127.0.0.1:0",
+        ])
         .env("SESSIONVIEW_MIGRATE", "false")
         .output()
         .await
@@ -508,8 +538,9 @@ async fn serve_no_migrate_answers_from_a_select_only_role() {
     assert!(write.is_err(), "the reader role must not be able to write");
     drop(as_reader);
 
-    let mut server = serve(&reader_url).spawn().unwrap();
-    let host = format!("127.0.0.1:{port}");
+    let serving = Listening::spawn(&mut serve(&reader_url), 1, "serve-reader").await;
+    let host = serving.host("API");
+    let mut server = serving.child;
     wait_ready(&reqwest::Client::new(), &format!("http://{host}")).await;
     let v = seed_example_query(&host, &ak, &sk).await;
     let (expected, _) = model(&cfg);

@@ -101,6 +101,24 @@ pub(crate) fn project_command(db: &TestDb, topic: &str, group: &str, extra: &[&s
     cmd
 }
 
+/// `sessionview project` with its operational listener (`--metrics-listen`) at port 0.
+pub(crate) async fn spawn_project_listening(
+    db: &TestDb,
+    topic: &str,
+    group: &str,
+    extra: &[&str],
+) -> Listening {
+    let mut extra = extra.to_vec();
+    extra.extend(["--metrics-listen", "127.0.0.1:0"]);
+    let mut cmd = project_command(db, topic, group, &extra);
+    Listening::spawn(
+        cmd.stdout(std::process::Stdio::null()),
+        1,
+        &format!("project-{group}"),
+    )
+    .await
+}
+
 /// Runs `sessionview project` to the end of the topic.
 pub(crate) async fn project_to_end(db: &TestDb, topic: &str, extra: &[&str]) -> Output {
     let mut extra = extra.to_vec();
@@ -211,24 +229,83 @@ pub(crate) async fn progress(store: &PgStore, source: &str) -> i64 {
         .unwrap_or(0)
 }
 
-/// A free local TCP port for a child process to listen on (checked by binding it, then released).
-///
-/// Taken below Linux's ephemeral range (32768–60999), so that no outgoing connection — the
-/// projectors' own, to Kafka and PostgreSQL — can be given it between this check and the child's
-/// bind, and never the same port twice in this process. (A port picked by binding port 0 and
-/// releasing it was sometimes handed out again: the child then failed at start, since listeners
-/// are bound before anything else.)
-pub(crate) fn free_port() -> u16 {
-    use rand::Rng;
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap();
-    let mut rng = rand::rng();
-    loop {
-        let port = rng.random_range(20_000..32_000);
-        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            given.push(port);
-            return port;
+/// A local port nothing listens on (bound, then released): for a connection that must be
+/// refused. Servers under test bind port 0 instead ([`Listening`]).
+pub(crate) fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+/// A child process that listens: started with its listen flags at port 0, it bound what the
+/// kernel gave it and said so on stderr (`listening on ORIGIN: WHAT`, one line per listener).
+/// Nothing is picked and released before the child binds, so no other process can take the port.
+pub(crate) struct Listening {
+    pub(crate) child: Child,
+    /// `(what, host:port)` of each listener, in the order the child bound them.
+    pub(crate) listeners: Vec<(String, String)>,
+}
+
+impl Listening {
+    /// Spawns `cmd` and waits (60 s at most) for it to name `count` listeners. Its stderr goes on,
+    /// line by line, for as long as it runs: to `$SESSIONVIEW_TEST_LOG_DIR/<label>-*.log` when
+    /// that is set, else to the test's stderr.
+    pub(crate) async fn spawn(cmd: &mut Command, count: usize, label: &str) -> Self {
+        use std::io::Write;
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let mut log = std::env::var_os("SESSIONVIEW_TEST_LOG_DIR").and_then(|dir| {
+            let name = format!(
+                "{label}-{}.log",
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            );
+            std::fs::File::create(std::path::Path::new(&dir).join(name)).ok()
+        });
+        let mut child = cmd
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                match &mut log {
+                    Some(f) => {
+                        let _ = writeln!(f, "{line}");
+                    }
+                    None => eprintln!("{line}"),
+                }
+                if let Some((origin, what)) = line
+                    .strip_prefix("listening on ")
+                    .and_then(|rest| rest.split_once(": "))
+                {
+                    let host = origin.split_once("://").map_or(origin, |(_, h)| h);
+                    let _ = tx.send((what.to_owned(), host.to_owned()));
+                }
+            }
+        });
+        let mut listeners = Vec::with_capacity(count);
+        while listeners.len() < count {
+            match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {
+                Ok(Some(l)) => listeners.push(l),
+                Ok(None) => panic!(
+                    "the child exited before naming {count} listeners (it named {listeners:?})"
+                ),
+                Err(_) => panic!("the child named {listeners:?} of {count} listeners in 60 s"),
+            }
         }
+        Self { child, listeners }
+    }
+
+    /// The `host:port` of the listener whose description contains `what`.
+    pub(crate) fn host(&self, what: &str) -> String {
+        self.listeners
+            .iter()
+            .find(|(w, _)| w.contains(what))
+            .map(|(_, h)| h.clone())
+            .unwrap_or_else(|| panic!("no listener for {what:?} in {:?}", self.listeners))
     }
 }
 
