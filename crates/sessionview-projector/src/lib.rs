@@ -25,6 +25,7 @@ mod file;
 mod health;
 mod kafka;
 pub mod metrics;
+pub mod replay;
 mod statistics;
 
 pub use applier::{REFUSED, SourceMessage};

@@ -4,7 +4,6 @@
 //! `project`, catch up with the live projector's positions, freeze the live positions (the live
 //! projector waits; readers do not), verify, and swap the tables in one transaction.
 
-use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,19 +12,18 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use sessionview_projector::{BatchConfig, RunOptions, SourceConfig, Until};
+use sessionview_projector::replay::{
+    Rebuild, Rebuilt, ReplayError, ReplayMode, SHADOW_SCHEMA, Verification, rebuild_in_place,
+    rebuild_in_shadow,
+};
+use sessionview_projector::{BatchConfig, SourceConfig};
 use sessionview_store::prelude::*;
-use sessionview_store::{LIVE_SCHEMA, PgStore, Store, StoreCounts};
+use sessionview_store::{PgStore, Store};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::{Backend, DbArgs, redact, telemetry};
-
-const SHADOW: &str = "sessionview_shadow";
-const RETIRED: &str = "sessionview_retired";
-/// The largest gap (events) the shadow closes while the live projector is frozen.
-const FROZEN_CATCH_UP_MAX: i64 = 20_000;
 
 /// Options of `sessionview replay`.
 #[derive(Debug, Args)]
@@ -70,83 +68,46 @@ pub(crate) struct ReplayArgs {
     metrics_listen: Option<std::net::SocketAddr>,
 }
 
-/// How the shadow compares with the live tables.
-#[derive(Debug, Default)]
-pub(crate) struct Verification {
-    pub(crate) live: StoreCounts,
-    pub(crate) shadow: StoreCounts,
-    /// Sessions whose content differs, or that exist on one side only.
-    pub(crate) differing: Vec<Uuid>,
-    /// Live list totals that disagree with the live sessions: `(access_key, status, counted,
-    /// kept)` (a rebuild recomputes them).
-    pub(crate) count_drift: Vec<(String, String, i64, i64)>,
-}
-
-impl Verification {
-    fn is_clean(&self) -> bool {
-        self.differing.is_empty() && self.live == self.shadow && self.count_drift.is_empty()
-    }
-
-    fn print(&self) {
-        println!(
-            "live:   {} sessions, {} containers, {} events seen, {} parked, {} dead letters",
-            self.live.sessions,
-            self.live.kernels,
-            self.live.seen_events,
-            self.live.parked_events,
-            self.live.dead_letters
-        );
-        println!(
-            "shadow: {} sessions, {} containers, {} events seen, {} parked, {} dead letters",
-            self.shadow.sessions,
-            self.shadow.kernels,
-            self.shadow.seen_events,
-            self.shadow.parked_events,
-            self.shadow.dead_letters
-        );
-        if self.differing.is_empty() {
-            println!("content: identical");
-        } else {
-            println!("content: {} sessions differ:", self.differing.len());
-            for id in self.differing.iter().take(50) {
-                println!("  {id}");
-            }
-            if self.differing.len() > 50 {
-                println!("  ... and {} more", self.differing.len() - 50);
-            }
+/// Prints how the shadow compared with the live tables.
+fn print_verification(v: &Verification) {
+    println!(
+        "live:   {} sessions, {} containers, {} events seen, {} parked, {} dead letters",
+        v.live.sessions,
+        v.live.kernels,
+        v.live.seen_events,
+        v.live.parked_events,
+        v.live.dead_letters
+    );
+    println!(
+        "shadow: {} sessions, {} containers, {} events seen, {} parked, {} dead letters",
+        v.shadow.sessions,
+        v.shadow.kernels,
+        v.shadow.seen_events,
+        v.shadow.parked_events,
+        v.shadow.dead_letters
+    );
+    if v.differing.is_empty() {
+        println!("content: identical");
+    } else {
+        println!("content: {} sessions differ:", v.differing.len());
+        for id in v.differing.iter().take(50) {
+            println!("  {id}");
         }
-        if self.count_drift.is_empty() {
-            println!("list totals: consistent with the sessions");
-        } else {
-            println!(
-                "list totals: session_counts disagrees with the sessions for {} access key and status pairs (counted, kept):",
-                self.count_drift.len()
-            );
-            for (key, status, counted, kept) in self.count_drift.iter().take(50) {
-                println!("  {key} {status}: {counted}, {kept}");
-            }
+        if v.differing.len() > 50 {
+            println!("  ... and {} more", v.differing.len() - 50);
         }
     }
-}
-
-async fn verify(live: &PgStore) -> anyhow::Result<Verification> {
-    let (a, b) = tokio::try_join!(
-        live.session_digests(LIVE_SCHEMA),
-        live.session_digests(SHADOW)
-    )?;
-    let mut differing: Vec<Uuid> = a
-        .iter()
-        .filter(|(id, d)| b.get(*id) != Some(*d))
-        .map(|(id, _)| *id)
-        .chain(b.keys().filter(|id| !a.contains_key(*id)).copied())
-        .collect();
-    differing.sort();
-    Ok(Verification {
-        live: live.counts_in(LIVE_SCHEMA).await?,
-        shadow: live.counts_in(SHADOW).await?,
-        differing,
-        count_drift: live.session_count_drift(LIVE_SCHEMA).await?,
-    })
+    if v.count_drift.is_empty() {
+        println!("list totals: consistent with the sessions");
+    } else {
+        println!(
+            "list totals: session_counts disagrees with the sessions for {} access key and status pairs (counted, kept):",
+            v.count_drift.len()
+        );
+        for (key, status, counted, kept) in v.count_drift.iter().take(50) {
+            println!("  {key} {status}: {counted}, {kept}");
+        }
+    }
 }
 
 /// Progress: a bar on a terminal, log lines otherwise, and gauges for /metrics.
@@ -332,97 +293,56 @@ pub(crate) async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         max_events: args.batch_size.max(1),
         ..BatchConfig::default()
     });
-    let run_to = |store: PgStore, until: Until| {
-        let opts = RunOptions {
-            batch,
-            until,
-            progress: Some(Arc::clone(&done)),
-            standalone: true,
-            ..RunOptions::default()
-        };
-        sessionview_projector::run(source.clone(), store, opts, shutdown.clone())
+    let rebuild = Rebuild {
+        source: source.clone(),
+        batch,
+        progress: Arc::clone(&done),
     };
     let started = Instant::now();
-
-    let result = async {
-        if args.in_place {
-            live.reset_read_model().await?;
-            let summary = run_to(live.clone(), Until::End).await?;
-            return Ok::<_, anyhow::Error>(format!("rebuilt the live tables in place from {} events", summary.messages));
+    let result = if args.in_place {
+        rebuild_in_place(live.clone(), &rebuild, &shutdown)
+            .await
+            .map(|summary| {
+                format!(
+                    "rebuilt the live tables in place from {} events",
+                    summary.messages
+                )
+            })
+            .map_err(anyhow::Error::from)
+    } else {
+        let mode = if args.verify_only {
+            ReplayMode::VerifyOnly
+        } else {
+            ReplayMode::Swap
+        };
+        let (url, max) = (args.db.database_url.clone(), args.db.db_max_connections);
+        let connect_shadow =
+            || async move { PgStore::connect_in_schema(&url, max, SHADOW_SCHEMA).await };
+        let align = Duration::from_secs(args.align_timeout_s);
+        match rebuild_in_shadow(&live, connect_shadow, &rebuild, mode, align, &shutdown).await {
+            Ok(Rebuilt::Verified(v)) => {
+                print_verification(&v);
+                Ok("verified: the live tables equal a fresh rebuild".to_owned())
+            }
+            Ok(Rebuilt::Swapped {
+                verification,
+                positions,
+            }) => {
+                print_verification(&verification);
+                Ok(format!(
+                    "swapped in the rebuilt tables at positions {positions:?}"
+                ))
+            }
+            Err(ReplayError::Differs(v)) => {
+                print_verification(&v);
+                Err(anyhow::Error::new(Differs {
+                    sessions: v.differing.len(),
+                    totals: v.count_drift.len(),
+                }))
+            }
+            Err(e) => Err(e.into()),
         }
-        live.reset_schema(SHADOW).await?;
-        let shadow = PgStore::connect_in_schema(&args.db.database_url, args.db.db_max_connections, SHADOW).await?;
-        shadow.migrate().await.context("creating the shadow tables")?;
-        // Phase 1: the bulk, up to the live projector's positions as they are now (or the end).
-        let first = if live_positions.is_empty() { Until::End } else { Until::Positions(live_positions.clone()) };
-        run_to(shadow.clone(), first).await?;
-        if shutdown.is_cancelled() {
-            bail!("interrupted: the live tables are untouched; run replay again to start over");
-        }
-        // Phase 2: follow the live projector without stopping it, until the gap is small.
-        for _ in 0..8 {
-            let l = live.positions(&source_name).await?;
-            let s = shadow.positions(&source_name).await?;
-            let gap: i64 = l.iter().map(|(p, n)| (n - s.get(p).copied().unwrap_or(0)).max(0)).sum();
-            if gap <= FROZEN_CATCH_UP_MAX {
-                break;
-            }
-            run_to(shadow.clone(), Until::Positions(l)).await?;
-            if shutdown.is_cancelled() {
-                bail!("interrupted: the live tables are untouched; run replay again to start over");
-            }
-        }
-        // Phase 3: freeze the live positions (the live projector waits, readers do not), apply
-        // the last few events to the shadow, verify, swap.
-        let mut last_live: Option<BTreeMap<i32, i64>> = None;
-        let mut idle_since = Instant::now();
-        loop {
-            let mut freeze = live.freeze_live(Duration::from_secs(5)).await?;
-            let l = freeze.live_positions(&source_name).await?;
-            let s = shadow.positions(&source_name).await?;
-            let ahead = l.iter().any(|(p, n)| s.get(p).is_some_and(|sn| sn > n));
-            if ahead {
-                // The shadow is ahead of a lagging live projector: let it catch up.
-                freeze.release().await?;
-                if last_live.as_ref() != Some(&l) {
-                    last_live = Some(l);
-                    idle_since = Instant::now();
-                } else if idle_since.elapsed() > Duration::from_secs(args.align_timeout_s) {
-                    bail!("the live projector is behind the rebuilt tables and has not advanced for {} s; start it, or use --in-place", args.align_timeout_s);
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            }
-            if l.iter().any(|(p, n)| s.get(p).is_none_or(|sn| sn < n)) {
-                run_to(shadow.clone(), Until::Positions(l.clone())).await?;
-                if shutdown.is_cancelled() {
-                    freeze.release().await?;
-                    bail!("interrupted: the live tables are untouched; run replay again to start over");
-                }
-            }
-            let report = verify(&live).await?;
-            report.print();
-            if args.verify_only {
-                freeze.release().await?;
-                live.drop_schema(SHADOW).await?;
-                if report.is_clean() {
-                    return Ok("verified: the live tables equal a fresh rebuild".to_owned());
-                }
-                return Err(anyhow::Error::new(Differs {
-                    sessions: report.differing.len(),
-                    totals: report.count_drift.len(),
-                }));
-            }
-            freeze.swap_and_commit(SHADOW, RETIRED).await?;
-            live.drop_schema(RETIRED).await?;
-            live.drop_schema(SHADOW).await?;
-            // The rebuilt tables' positions (the live ones, or the end of the log when nothing
-            // was live).
-            let now = live.positions(&source_name).await?;
-            return Ok(format!("swapped in the rebuilt tables at positions {now:?}"));
-        }
-    }
-    .await;
+    };
     progress_stop.cancel();
     let _ = progress.await;
     ops_stop.cancel();
@@ -469,18 +389,15 @@ async fn in_place<S: Store>(
     let stop = CancellationToken::new();
     let progress = spawn_progress(Arc::clone(&done), total, stop.clone());
     let started = Instant::now();
-    store.reset_read_model().await?;
-    let opts = RunOptions {
+    let rebuild = Rebuild {
+        source,
         batch: args.events.apply(BatchConfig {
             max_events: args.batch_size.max(1),
             ..BatchConfig::default()
         }),
-        until: Until::End,
-        progress: Some(Arc::clone(&done)),
-        standalone: true,
-        ..RunOptions::default()
+        progress: Arc::clone(&done),
     };
-    let result = sessionview_projector::run(source, store, opts, shutdown).await;
+    let result = rebuild_in_place(store, &rebuild, &shutdown).await;
     stop.cancel();
     let _ = progress.await;
     let summary = result?;
