@@ -11,101 +11,13 @@ use sessionview_projection::{
     Batch, Changes, DeadLetter, LoadRequest, Loaded, Outcome, Pending, Position,
 };
 use sessionview_store::{Advance, Commit, CommitOutcome, ProjectorStore, StoreError};
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::health::Health;
 use crate::metrics;
+use crate::source::{Item, PartitionState, Shared, SourceMessage};
 use crate::{BatchConfig, ProjectorError, Summary, Until};
-
-/// One message from a source, tagged with the assignment epoch it was read under.
-#[derive(Debug, Clone)]
-pub struct SourceMessage {
-    pub partition: i32,
-    pub offset: i64,
-    /// The assignment epoch of the partition when the message was read; stale epochs are dropped.
-    pub epoch: u64,
-    /// The message value; `None` when there is nothing to apply (a blank archive line).
-    pub payload: Option<Vec<u8>>,
-    /// Milliseconds since the Unix epoch at which the source recorded the message, if known.
-    pub timestamp_ms: Option<i64>,
-}
-
-impl SourceMessage {
-    /// Where the message is in its source.
-    pub fn position(&self) -> Position {
-        Position {
-            partition: self.partition,
-            offset: self.offset,
-        }
-    }
-}
-
-/// What a source sends the applier.
-#[derive(Debug)]
-pub(crate) enum Item {
-    Message(SourceMessage),
-    /// Every partition has reached the end it had at start (`--exit-at-end`), or the file ended;
-    /// `Err` names what did not (`--exit-at-end` gave up waiting for partitions another member
-    /// holds).
-    End(Result<(), String>),
-}
-
-/// What the applier knows about one owned partition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct PartitionState {
-    pub epoch: u64,
-    /// The stored next offset (`None`: nothing stored yet).
-    pub next: Option<i64>,
-}
-
-/// State shared between a source and the applier.
-///
-/// The source (re)assigns partitions under the lock; the applier holds the lock while it filters,
-/// folds and commits a batch, so a revocation waits for an in-flight commit and a batch is never
-/// applied for a partition the instance no longer owns.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) owned: Mutex<HashMap<i32, PartitionState>>,
-    epochs: AtomicU64,
-    /// Partitions whose commit conflicted: the source must re-read the stored position and re-seek.
-    reseek: std::sync::Mutex<Vec<i32>>,
-    /// Stored positions, high watermarks and the time of the last commit (lag and readiness).
-    pub(crate) health: Health,
-}
-
-impl Shared {
-    pub(crate) fn new(health: Health) -> Self {
-        Self {
-            owned: Mutex::default(),
-            epochs: AtomicU64::default(),
-            reseek: std::sync::Mutex::default(),
-            health,
-        }
-    }
-
-    /// A fresh epoch number for an assignment or a re-seek.
-    pub(crate) fn next_epoch(&self) -> u64 {
-        self.epochs.fetch_add(1, Ordering::Relaxed) + 1
-    }
-
-    /// Partitions waiting for a re-seek, emptied.
-    pub(crate) fn take_reseeks(&self) -> Vec<i32> {
-        match self.reseek.lock() {
-            Ok(mut v) => std::mem::take(&mut *v),
-            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
-        }
-    }
-
-    pub(crate) fn request_reseek(&self, partitions: impl IntoIterator<Item = i32>) {
-        let mut v = match self.reseek.lock() {
-            Ok(v) => v,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        v.extend(partitions);
-    }
-}
 
 /// A batch folded and not yet committed.
 #[derive(Debug)]
@@ -792,6 +704,7 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
+    use crate::health::Health;
     use sessionview_simulator::{SimConfig, Simulator};
     use sessionview_store::SqliteStore;
 

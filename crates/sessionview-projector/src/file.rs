@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::ProjectorError;
-use crate::applier::{Item, PartitionState, Shared, SourceMessage};
+use crate::source::{Item, Shared, SourceMessage};
 
 /// The source name under which a file's positions are stored.
 pub fn source_name(path: &std::path::Path) -> String {
@@ -32,12 +32,7 @@ pub(crate) async fn read<S: Store>(
     let source = source_name(&path);
     'restart: loop {
         let next = store.positions(&source).await?.get(&0).copied();
-        let epoch = shared.next_epoch();
-        shared
-            .owned
-            .lock()
-            .await
-            .insert(0, PartitionState { epoch, next });
+        let epoch = shared.owning().await.assign(0, next);
         let file = File::open(&path).await.map_err(|e| ProjectorError::Io {
             path: path.clone(),
             source: e,

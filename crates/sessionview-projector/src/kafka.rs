@@ -23,8 +23,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::applier::{Item, PartitionState, Shared, SourceMessage};
 use crate::client::{ClientErrors, metadata_or_cause};
+use crate::source::{Item, Shared, SourceMessage};
 use crate::{GroupProtocol, KafkaSourceConfig, ProjectorError, metrics};
 
 /// Reads stored positions from the store, blocking the consumer thread (with retries).
@@ -118,7 +118,7 @@ impl<S: Store> Context<S> {
             .map(|e| e.partition())
             .collect();
         let stored = stored.unwrap_or_else(|| self.positions.read().unwrap_or_default());
-        let mut owned = self.shared.owned.blocking_lock();
+        let mut owning = self.shared.owning_blocking();
         let mut epochs = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
         for p in &partitions {
             let next = stored.get(p).copied();
@@ -126,10 +126,7 @@ impl<S: Store> Context<S> {
             if let Err(e) = tpl.set_partition_offset(&self.topic, *p, offset) {
                 warn!(partition = p, error = %e, "cannot set the start offset");
             }
-            let epoch = self.shared.next_epoch();
-            owned.insert(*p, PartitionState { epoch, next });
-            epochs.insert(*p, epoch);
-            self.shared.health.assigned(*p, next);
+            epochs.insert(*p, owning.assign(*p, next));
             info!(topic = %self.topic, partition = p, next_offset = ?next, "partition assigned; seeking to the stored position");
         }
         let result = match consumer.rebalance_protocol() {
@@ -149,12 +146,11 @@ impl<S: Store> Context<S> {
         {
             // Waits for a batch that is being committed; later batches will not see these
             // partitions as owned.
-            let mut owned = self.shared.owned.blocking_lock();
+            let mut owning = self.shared.owning_blocking();
             let mut epochs = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
             for p in &partitions {
-                owned.remove(p);
+                owning.revoke(*p);
                 epochs.remove(p);
-                self.shared.health.revoked(*p);
             }
         }
         info!(topic = %self.topic, ?partitions, "partitions revoked");
@@ -517,7 +513,7 @@ fn reseek<S: Store>(consumer: &BaseConsumer<Context<S>>, topic: &str, shared: &S
     }
     let ctx = consumer.context();
     let stored = ctx.positions.read().unwrap_or_default();
-    let mut owned = shared.owned.blocking_lock();
+    let mut owning = shared.owning_blocking();
     let mut epochs = ctx.epochs.lock().unwrap_or_else(|p| p.into_inner());
     for p in partitions {
         if !epochs.contains_key(&p) {
@@ -527,10 +523,7 @@ fn reseek<S: Store>(consumer: &BaseConsumer<Context<S>>, topic: &str, shared: &S
         let offset = next.map_or(Offset::Beginning, Offset::Offset);
         match consumer.seek(topic, p, offset, Duration::from_secs(5)) {
             Ok(()) => {
-                let epoch = shared.next_epoch();
-                owned.insert(p, PartitionState { epoch, next });
-                epochs.insert(p, epoch);
-                shared.health.assigned(p, next);
+                epochs.insert(p, owning.assign(p, next));
                 info!(partition = p, next_offset = ?next, "re-seeked to the stored position");
             }
             Err(e) => {

@@ -26,12 +26,14 @@ mod health;
 mod kafka;
 pub mod metrics;
 pub mod replay;
+mod source;
 mod statistics;
 
-pub use applier::{REFUSED, SourceMessage};
+pub use applier::REFUSED;
 pub use client::{BadKafkaOption, KafkaOptions};
 pub use file::source_name as file_source_name;
 pub use health::{Health, Progress};
+pub use source::SourceMessage;
 
 /// Batch bounds.
 #[derive(Debug, Clone, Copy)]
@@ -272,7 +274,7 @@ pub async fn run<S: Store>(
     opts: RunOptions,
     shutdown: CancellationToken,
 ) -> Result<Summary, ProjectorError> {
-    let shared = Arc::new(applier::Shared::new(opts.health.unwrap_or_default()));
+    let shared = Arc::new(source::Shared::new(opts.health.unwrap_or_default()));
     let (tx, rx) = mpsc::channel(opts.batch.channel_capacity);
     // The source stops when the applier is done, whatever the reason.
     let source_stop = shutdown.child_token();

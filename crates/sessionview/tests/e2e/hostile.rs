@@ -468,7 +468,7 @@ async fn serve(db: &TestDb, extra: &[&str]) -> Served {
     } else {
         host.clone()
     };
-    wait_ready(&format!("http://{ops}/readyz")).await;
+    wait_ready(&reqwest::Client::new(), &format!("http://{ops}/readyz")).await;
     let child = serving.child;
     Served {
         host,
@@ -477,18 +477,6 @@ async fn serve(db: &TestDb, extra: &[&str]) -> Served {
         sk,
         _child: child,
     }
-}
-
-async fn wait_ready(url: &str) {
-    for _ in 0..100 {
-        if let Ok(r) = reqwest::get(url).await
-            && r.status().is_success()
-        {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    panic!("{url} never became ready");
 }
 
 impl Served {

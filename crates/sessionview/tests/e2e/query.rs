@@ -81,32 +81,8 @@ async fn keypair_serve_and_query_through_the_binary() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown role \"root\""));
 
-    let serving = Listening::spawn(
-        Command::new(BIN).args([
-            "serve",
-            "--database-url",
-            &db.url,
-            "--listen",
-            "127.0.0.1:0",
-        ]),
-        1,
-        "serve",
-    )
-    .await;
-    let host = serving.host("API");
-    let mut server = serving.child;
+    let (mut server, host) = serve_ready(&db.url).await;
     let client = reqwest::Client::new();
-    let mut up = false;
-    for _ in 0..100 {
-        if let Ok(r) = client.get(format!("http://{host}/readyz")).send().await
-            && r.status().is_success()
-        {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(up, "sessionview serve did not become ready");
 
     let body = json!({"query": "{ compute_session_list(limit: 5, offset: 0) { total_count items { id containers { id agent } } } }"});
     let resp = signed_graphql(&host, &ak, &sk, &body).await;

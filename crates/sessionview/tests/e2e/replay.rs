@@ -86,26 +86,7 @@ async fn zero_downtime_rebuild_under_live_load() {
     .await;
 
     let (ak, sk) = create_superadmin(&db.url).await;
-    let serving = Listening::spawn(
-        Command::new(BIN).args([
-            "serve",
-            "--database-url",
-            &db.url,
-            "--listen",
-            "127.0.0.1:0",
-        ]),
-        1,
-        "serve",
-    )
-    .await;
-    let host = serving.host("API");
-    let mut server = serving.child;
-    wait_for("serve", 30, async || {
-        reqwest::get(format!("http://{host}/readyz"))
-            .await
-            .is_ok_and(|r| r.status().is_success())
-    })
-    .await;
+    let (mut server, host) = serve_ready(&db.url).await;
 
     // Queries in a loop: every one must succeed and never see fewer sessions than before.
     let stop = Arc::new(AtomicBool::new(false));

@@ -255,21 +255,7 @@ async fn postgres_over_tls_require_and_verify_full() {
     assert_tables_equal(&db.store().await, &expected).await;
 
     let (ak, sk) = create_superadmin(&verify).await;
-    let serving = Listening::spawn(
-        Command::new(BIN).args([
-            "serve",
-            "--database-url",
-            &verify,
-            "--listen",
-            "127.0.0.1:0",
-        ]),
-        1,
-        "serve",
-    )
-    .await;
-    let host = serving.host("API");
-    let mut server = serving.child;
-    wait_ready(&reqwest::Client::new(), &format!("http://{host}")).await;
+    let (mut server, host) = serve_ready(&verify).await;
     let v = seed_example_query(&host, &ak, &sk).await;
     assert_eq!(v["compute_session_list"]["total_count"], 100, "{v}");
     server.kill().await.unwrap();
@@ -315,18 +301,6 @@ async fn postgres_verify_full_refuses_a_wrong_host_and_an_unknown_ca() {
         assert!(stderr.contains(cause), "{url}: expected {cause}:\n{stderr}");
     }
     db.drop().await;
-}
-
-async fn wait_ready(client: &reqwest::Client, origin: &str) {
-    for _ in 0..150 {
-        if let Ok(r) = client.get(format!("{origin}/readyz")).send().await
-            && r.status().is_success()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{origin} did not become ready");
 }
 
 /// The seed document's query example, signed, over plain HTTP.
@@ -389,7 +363,7 @@ async fn serve_terminates_tls() {
         .build()
         .unwrap();
     let origin = format!("https://127.0.0.1:{port}");
-    wait_ready(&https, &origin).await;
+    wait_ready(&https, &format!("{origin}/readyz")).await;
     let query = |extra: &[&str]| {
         let mut args: Vec<String> = [
             "query",
@@ -541,7 +515,7 @@ async fn serve_no_migrate_answers_from_a_select_only_role() {
     let serving = Listening::spawn(&mut serve(&reader_url), 1, "serve-reader").await;
     let host = serving.host("API");
     let mut server = serving.child;
-    wait_ready(&reqwest::Client::new(), &format!("http://{host}")).await;
+    wait_ready(&reqwest::Client::new(), &format!("http://{host}/readyz")).await;
     let v = seed_example_query(&host, &ak, &sk).await;
     let (expected, _) = model(&cfg);
     assert_eq!(

@@ -309,6 +309,38 @@ impl Listening {
     }
 }
 
+/// Waits (15 s at most) until `url` (a `/readyz`) answers with a success.
+pub(crate) async fn wait_ready(client: &reqwest::Client, url: &str) {
+    for _ in 0..150 {
+        if let Ok(r) = client.get(url).send().await
+            && r.status().is_success()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{url} did not become ready");
+}
+
+/// `sessionview serve` of `database_url` at port 0, ready: the child and its `host:port`.
+pub(crate) async fn serve_ready(database_url: &str) -> (Child, String) {
+    let serving = Listening::spawn(
+        Command::new(BIN).args([
+            "serve",
+            "--database-url",
+            database_url,
+            "--listen",
+            "127.0.0.1:0",
+        ]),
+        1,
+        "serve",
+    )
+    .await;
+    let host = serving.host("API");
+    wait_ready(&reqwest::Client::new(), &format!("http://{host}/readyz")).await;
+    (serving.child, host)
+}
+
 /// A GraphQL request to `POST /admin/graphql`, signed as Backend.AI clients sign it.
 pub(crate) async fn signed_graphql(
     host: &str,
