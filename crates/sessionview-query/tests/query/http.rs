@@ -1,16 +1,8 @@
 //! End-to-end HTTP tests: the real router on a real socket, requests signed as Backend.AI clients
 //! sign them, against a real PostgreSQL read model.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    reason = "a panic is a failed test"
-)]
-
-mod common;
-
+use crate::common::{Fixture, SEED_USER_AK};
 use chrono::{SecondsFormat, TimeDelta, Utc};
-use common::{Fixture, SEED_USER_AK};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sessionview_query::auth::{API_VERSION, SigningInput, sign};
@@ -421,7 +413,7 @@ async fn unauthenticated_endpoints_and_body_cap() {
 /// same Web Crypto API) and compare with the server's algorithm.
 #[tokio::test]
 async fn graphiql_page_signs_like_the_server_expects() {
-    let page = include_str!("../src/graphiql.html");
+    let page = include_str!("../../src/graphiql.html");
     let start = page.find("// BEGIN sign").unwrap();
     let end = page.find("// END sign").unwrap();
     let code = &page[start..end];

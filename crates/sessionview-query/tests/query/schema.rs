@@ -1,18 +1,10 @@
 //! Schema tests: the GraphQL schema executed directly (no HTTP) against a real PostgreSQL read
 //! model, one caller per role.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    reason = "a panic is a failed test"
-)]
-
-mod common;
-
 use std::collections::HashSet;
 
+use crate::common::Fixture;
 use async_graphql::{Request, Variables};
-use common::Fixture;
 use serde_json::{Value, json};
 use sessionview_query::{Caller, Limits, build_schema, prepare};
 use sessionview_store::{KeyPair, ReadModel};
@@ -443,7 +435,13 @@ async fn keypair_returns_the_callers_own_with_secret() {
 async fn scalars_are_serialized_as_the_seed_shows() {
     let fx = Fixture::new().await;
     let q = "query($id: UUID!) { compute_session(id: $id) { id status_changed created_at terminated_at occupied_slots resource_opts service_ports mounts num_queries created_user_uuid created_user_id } }";
-    let d = data(&fx, &fx.superadmin, q, json!({"id": common::SEED_SESSION})).await;
+    let d = data(
+        &fx,
+        &fx.superadmin,
+        q,
+        json!({"id": crate::common::SEED_SESSION}),
+    )
+    .await;
     let s = &d["compute_session"];
     assert_eq!(s["status_changed"], "2020-02-16T15:47:28.997335+00:00");
     assert_eq!(s["terminated_at"], Value::Null);
@@ -500,7 +498,7 @@ async fn container_fields_are_whole_on_every_path() {
     );
     // A single session, through a fragment.
     let q = "query($id: UUID!) { compute_session(id: $id) { containers { id ...J } } } fragment J on ComputeContainer { occupied_slots last_stat }";
-    let d = data(&fx, su, q, json!({"id": common::SEED_SESSION})).await;
+    let d = data(&fx, su, q, json!({"id": crate::common::SEED_SESSION})).await;
     for c in d["compute_session"]["containers"].as_array().unwrap() {
         let alone = data(&fx, su, one, json!({"id": c["id"]})).await;
         assert_eq!(

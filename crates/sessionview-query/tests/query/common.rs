@@ -1,12 +1,6 @@
 //! Shared set-up for the query service's tests: a fresh PostgreSQL database holding a simulated
 //! cluster plus the seed's example session, and keypairs for every role.
 
-#![allow(
-    dead_code,
-    unreachable_pub,
-    reason = "each test binary uses a different subset"
-)]
-
 use sessionview_projection::{Fold, Position, SessionState};
 use sessionview_simulator::{SimConfig, Simulator};
 use sessionview_store::prelude::*;
@@ -14,10 +8,10 @@ use sessionview_store::{Advance, Commit, CommitOutcome, KeyPair, KeyPairAdmin, P
 use sessionview_testkit::PgDatabase;
 use uuid::Uuid;
 
-pub const SEED_SESSION: &str = "12c45b55-ce3c-418d-9c58-223bbba307f1";
-pub const SEED_USER_AK: &str = "AKIASEEDUSER00000001";
+pub(crate) const SEED_SESSION: &str = "12c45b55-ce3c-418d-9c58-223bbba307f1";
+pub(crate) const SEED_USER_AK: &str = "AKIASEEDUSER00000001";
 
-pub struct Fixture {
+pub(crate) struct Fixture {
     db: PgDatabase,
     pub url: String,
     pub store: PgStore,
@@ -113,7 +107,7 @@ fn seed_session_events() -> Vec<Vec<u8>> {
 }
 
 impl Fixture {
-    pub async fn new() -> Self {
+    pub(crate) async fn new() -> Self {
         let db = PgDatabase::new().await;
         let url = db.url.clone();
         let store = PgStore::connect(&url, 8).await.unwrap();
@@ -209,7 +203,7 @@ impl Fixture {
         }
     }
 
-    pub async fn drop(self) {
+    pub(crate) async fn drop(self) {
         self.store.close().await;
         self.db.drop().await;
     }
