@@ -1,0 +1,336 @@
+//! The HTTP surface (axum): Backend.AI's endpoints, the request pipeline (authenticate → the
+//! key's turn → body → precheck → execute) and its answer in the endpoint's shape. Errors are
+//! `problem`, callers `keys`, parsed documents `documents`, metrics `telemetry`.
+
+mod documents;
+mod keys;
+mod problem;
+mod telemetry;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_graphql::{Request, ServerError, Variables};
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use metrics::{counter, histogram};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sessionview_store::ReadModel;
+use tracing::{Instrument, debug, info_span};
+
+use crate::auth::API_VERSION;
+use crate::precheck::{self, DocumentLimits};
+use crate::schema::{Db, Limits, QuerySchema, UNAVAILABLE, build_schema, prepare};
+
+pub use telemetry::{
+    DB_CONNECTIONS, DB_CONNECTIONS_MAX, DB_WAITING, REQUEST_SECONDS, REQUEST_SECONDS_BUCKETS,
+    REQUESTS, describe_metrics, record_read_connections,
+};
+
+use documents::DocumentCache;
+use keys::{KeyCache, KeyTurns, authenticate};
+use problem::{auth_problem, bad_params, graphql_problem, problem, unavailable};
+
+/// Options of the HTTP service.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub limits: Limits,
+    /// What a GraphQL document may hold (checked before async-graphql parses or validates it).
+    pub document: DocumentLimits,
+    /// Largest request body in bytes, enforced while it is read.
+    pub body_limit: usize,
+    /// Longest time to receive a request's body once its headers are in.
+    pub body_timeout: Duration,
+    /// Longest time from a request's arrival to its answer (queueing, validation, reads).
+    pub request_timeout: Duration,
+    /// How many requests of one keypair run at once; more wait for their turn (within the
+    /// request deadline), behind their own keypair's requests only.
+    pub per_key_concurrency: usize,
+    /// How long a keypair read from the database is reused for signature checks (zero: read it
+    /// for every request). A deactivation takes effect within this time.
+    pub keypair_cache: Duration,
+    /// Operation names that get their own metrics label; every other name is `other`.
+    pub metric_operations: Arc<[String]>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            document: DocumentLimits::default(),
+            body_limit: 1 << 20,
+            body_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+            per_key_concurrency: 8,
+            keypair_cache: Duration::ZERO,
+            metric_operations: Arc::from([]),
+        }
+    }
+}
+
+struct AppState {
+    schema: QuerySchema,
+    store: Db,
+    keys: KeyCache,
+    documents: DocumentCache,
+    turns: KeyTurns,
+    cfg: ServerConfig,
+}
+
+/// The query service's routes. Operational routes (`/metrics`, `/healthz`, `/readyz`) are merged
+/// in by the binary.
+pub fn router(store: impl ReadModel, cfg: ServerConfig) -> Router {
+    let state = Arc::new(AppState {
+        schema: build_schema(cfg.limits),
+        store: Arc::new(store),
+        keys: KeyCache::new(cfg.keypair_cache),
+        documents: DocumentCache::new(),
+        turns: KeyTurns::new(cfg.per_key_concurrency),
+        cfg,
+    });
+    Router::new()
+        .route("/", get(version))
+        .route("/manager/announcement", get(announcement))
+        .route("/graphiql", get(graphiql))
+        .route("/admin/graphql", post(handle))
+        .route("/admin/gql", post(handle))
+        .with_state(state)
+}
+
+async fn version() -> Json<Value> {
+    Json(json!({"version": API_VERSION, "manager": env!("CARGO_PKG_VERSION")}))
+}
+
+async fn announcement() -> Json<Value> {
+    Json(json!({"enabled": false, "message": ""}))
+}
+
+async fn graphiql() -> Html<&'static str> {
+    Html(include_str!("../graphiql.html"))
+}
+
+#[derive(Deserialize)]
+struct GraphQlBody {
+    query: Option<String>,
+    #[serde(default)]
+    variables: Option<Value>,
+    #[serde(default, alias = "operationName")]
+    operation_name: Option<String>,
+}
+
+/// A label for metrics: the client's operation name when it is on the allow-list (labels stay
+/// bounded whatever clients send), `other` for any other name.
+fn operation_label(name: Option<&str>, allowed: &[String]) -> String {
+    match name {
+        Some(n) if allowed.iter().any(|a| a == n) => n.to_owned(),
+        Some(_) => "other".to_owned(),
+        None => "anonymous".to_owned(),
+    }
+}
+
+/// Reads a body of at most `limit` bytes within `timeout`.
+async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Bytes, Response> {
+    use http_body_util::BodyExt;
+    let limited = http_body_util::Limited::new(body, limit);
+    match tokio::time::timeout(timeout, limited.collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid-api-params",
+            "Missing or invalid API parameters.",
+            Some((
+                "msg",
+                Value::String(format!(
+                    "the request body is larger than {limit} bytes (limit: --body-limit-bytes)"
+                )),
+            )),
+        )),
+        Ok(Err(e)) => Err(bad_params(format!("cannot read the request body: {e}"))),
+        Err(_) => Err(problem(
+            StatusCode::REQUEST_TIMEOUT,
+            "request-timeout",
+            "Request timeout.",
+            Some((
+                "msg",
+                Value::String(format!(
+                    "the request body did not arrive within {timeout:?} (limit: --body-timeout)"
+                )),
+            )),
+        )),
+    }
+}
+
+/// A GraphQL refusal naming its limit, answered in the endpoint's shape.
+fn refusal(msg: String) -> async_graphql::Response {
+    async_graphql::Response::from_errors(vec![ServerError::new(msg, None)])
+}
+
+enum Flavor {
+    /// `/admin/graphql`: bare data on success, 400 problem+json on any GraphQL error.
+    Bare,
+    /// `/admin/gql`: the standard `{data, errors}` envelope.
+    Standard,
+}
+
+/// `POST /admin/graphql` (bare data, problems on errors) and `POST /admin/gql` (the standard
+/// envelope): the same request, answered in the endpoint's shape.
+async fn handle(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let (flavor, endpoint) = if uri.path() == "/admin/gql" {
+        (Flavor::Standard, "/admin/gql")
+    } else {
+        (Flavor::Bare, "/admin/graphql")
+    };
+    let started = Instant::now();
+    let span = info_span!(
+        "graphql",
+        endpoint,
+        operation = tracing::field::Empty,
+        outcome = tracing::field::Empty
+    );
+    let (response, operation, outcome) = async {
+        let caller = match authenticate(&*state.store, &state.keys, &method, &uri, &headers).await {
+            Ok(c) => c,
+            Err(e) => {
+                debug!(error = %e, "request refused");
+                return (auth_problem(&e), "anonymous".to_owned(), "auth_failed");
+            }
+        };
+        let cfg = &state.cfg;
+        let deadline = cfg.request_timeout;
+        // Everything from here (reading, parsing, checking, executing) waits behind this
+        // keypair's own requests only.
+        let turns = state.turns.semaphore(&caller.keypair.access_key);
+        let Ok(Ok(_turn)) = tokio::time::timeout(deadline, turns.acquire_owned()).await else {
+            let msg = format!(
+                "the request waited {deadline:?} for its turn (limit: --request-timeout; a \
+                 keypair runs at most --per-key-concurrency requests at once)"
+            );
+            return (
+                respond(&flavor, refusal(msg)),
+                "anonymous".to_owned(),
+                "timeout",
+            );
+        };
+        // Read only once the caller is known, within the cap and the time allowed.
+        let body = match read_body(body, cfg.body_limit, cfg.body_timeout).await {
+            Ok(b) => b,
+            Err(resp) => {
+                let outcome = match resp.status() {
+                    StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+                    StatusCode::REQUEST_TIMEOUT => "timeout",
+                    _ => "bad_request",
+                };
+                return (resp, "anonymous".to_owned(), outcome);
+            }
+        };
+        let parsed: GraphQlBody = match serde_json::from_slice(&body) {
+            Ok(p) => p,
+            Err(e) => {
+                return (
+                    bad_params(format!("the request body is not valid JSON: {e}")),
+                    "anonymous".to_owned(),
+                    "bad_request",
+                );
+            }
+        };
+        let Some(query) = parsed.query else {
+            return (
+                bad_params("the request body has no \"query\"".into()),
+                "anonymous".to_owned(),
+                "bad_request",
+            );
+        };
+        let operation = operation_label(parsed.operation_name.as_deref(), &cfg.metric_operations);
+        let limits = cfg.document;
+        let nested = precheck::text_length(&query, limits.max_query_bytes)
+            .and_then(|()| precheck::text_nesting(&query, limits.max_nesting))
+            .and_then(|()| {
+                parsed
+                    .variables
+                    .as_ref()
+                    .map_or(Ok(()), |v| precheck::json_nesting(v, limits.max_nesting))
+            });
+        if let Err(msg) = nested {
+            return (respond(&flavor, refusal(msg)), operation, "graphql_error");
+        }
+        let mut request = Request::new(query);
+        if let Some(name) = parsed.operation_name {
+            request = request.operation_name(name);
+        }
+        match parsed.variables {
+            None | Some(Value::Null) => {}
+            Some(v @ Value::Object(_)) => request = request.variables(Variables::from_json(v)),
+            Some(_) => {
+                return (
+                    bad_params("\"variables\" must be a JSON object".into()),
+                    operation,
+                    "bad_request",
+                );
+            }
+        }
+        state.documents.attach(&mut request);
+        if let Ok(doc) = request.parsed_query()
+            && let Err(msg) = precheck::document(doc, limits)
+        {
+            return (respond(&flavor, refusal(msg)), operation, "graphql_error");
+        }
+        // Parsing was one uninterrupted stretch of CPU: let other callers' tasks run first.
+        tokio::task::yield_now().await;
+        let run = state
+            .schema
+            .execute(prepare(request, state.store.clone(), caller));
+        let Ok(result) =
+            tokio::time::timeout(deadline.saturating_sub(started.elapsed()), run).await
+        else {
+            let msg = format!(
+                "the request did not finish within {deadline:?} (limit: --request-timeout); \
+                 requests of one keypair beyond --per-key-concurrency wait for their turn"
+            );
+            return (respond(&flavor, refusal(msg)), operation, "timeout");
+        };
+        if result.errors.iter().any(|e| {
+            e.extensions.as_ref().and_then(|x| x.get("code"))
+                == Some(&async_graphql::Value::from(UNAVAILABLE))
+        }) {
+            return (
+                unavailable("the read model's database cannot answer now; retry"),
+                operation,
+                "unavailable",
+            );
+        }
+        let outcome = if result.errors.is_empty() {
+            "ok"
+        } else {
+            "graphql_error"
+        };
+        (respond(&flavor, result), operation, outcome)
+    }
+    .instrument(span.clone())
+    .await;
+    span.record("operation", operation.as_str());
+    span.record("outcome", outcome);
+    counter!(REQUESTS, "endpoint" => endpoint, "operation" => operation, "outcome" => outcome)
+        .increment(1);
+    histogram!(REQUEST_SECONDS, "endpoint" => endpoint).record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// A GraphQL result in the endpoint's shape.
+fn respond(flavor: &Flavor, result: async_graphql::Response) -> Response {
+    match flavor {
+        Flavor::Standard => Json(result).into_response(),
+        Flavor::Bare if result.errors.is_empty() => Json(result.data).into_response(),
+        Flavor::Bare => graphql_problem(&result.errors),
+    }
+}
