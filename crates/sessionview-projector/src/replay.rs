@@ -233,8 +233,17 @@ where
         freeze
             .swap_and_commit(SHADOW_SCHEMA, RETIRED_SCHEMA)
             .await?;
-        live.drop_schema(RETIRED_SCHEMA).await?;
-        live.drop_schema(SHADOW_SCHEMA).await?;
+        // The rebuilt tables are live from here on: what is left behind is cleaned up, and a
+        // failure to is not the replay's (the next replay drops both schemas again).
+        for schema in [RETIRED_SCHEMA, SHADOW_SCHEMA] {
+            if let Err(e) = live.drop_schema(schema).await {
+                tracing::warn!(
+                    schema,
+                    error = %e,
+                    "the rebuilt tables are live, but dropping the schema left behind failed; the next replay drops it"
+                );
+            }
+        }
         // The rebuilt tables' positions (the live ones, or the end of the log when nothing was
         // live).
         let positions = live.positions(&source_name).await?;

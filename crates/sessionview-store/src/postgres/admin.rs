@@ -75,9 +75,27 @@ impl PgStore {
     /// Drops `schema` if it exists.
     pub async fn drop_schema(&self, schema: &str) -> Result<(), StoreError> {
         let schema = checked(schema)?;
+        let mut tx = self.pool().begin().await?;
+        // After a swap the retired schema holds the tables that were live: readers running a
+        // plan cached before the swap still lock them, by id, one by one. Their locks are taken
+        // all at once first (as the swap takes the live ones), so the drop cannot deadlock them.
+        let tables: Vec<String> =
+            sqlx::query_scalar("SELECT tablename::text FROM pg_tables WHERE schemaname = $1")
+                .bind(schema)
+                .fetch_all(&mut *tx)
+                .await?;
+        if !tables.is_empty() {
+            let list = tables
+                .iter()
+                .map(|t| format!("{schema}.\"{}\"", t.replace('"', "\"\"")))
+                .collect::<Vec<_>>()
+                .join(", ");
+            lock_all(&mut tx, &list).await?;
+        }
         sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-            .execute(self.pool())
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -252,6 +270,58 @@ const GROWING_TABLES: &[(&str, &str)] = &[
     ("parked_events", "session_id, source, partition, \"offset\""),
 ];
 
+/// Takes the ACCESS EXCLUSIVE lock of every table in `tables` (a comma-separated list) inside
+/// `conn`'s transaction, all in one statement that waits at most [`SWAP_LOCK_WAIT`], released and tried again
+/// until [`SWAP_LOCK_BUDGET`] has passed (see [`Freeze::lock_live_tables`]: readers lock a
+/// statement's tables one by one, a cached plan by the tables' ids in its own order, so waiting
+/// for each table while holding the others could close a cycle with a reader).
+async fn lock_all(conn: &mut sqlx::PgConnection, tables: &str) -> Result<(), StoreError> {
+    let give_up = std::time::Instant::now() + SWAP_LOCK_BUDGET;
+    loop {
+        sqlx::query("SAVEPOINT swap_locks")
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query(&format!(
+            "SET LOCAL lock_timeout = {}",
+            SWAP_LOCK_WAIT.as_millis()
+        ))
+        .execute(&mut *conn)
+        .await?;
+        let locked = sqlx::query(&format!("LOCK TABLE {tables} IN ACCESS EXCLUSIVE MODE"))
+            .execute(&mut *conn)
+            .await;
+        match locked {
+            Ok(_) => {
+                sqlx::query("RELEASE SAVEPOINT swap_locks")
+                    .execute(&mut *conn)
+                    .await?;
+                // The 50 ms wait would outlive the savepoint (a released savepoint keeps its
+                // SET LOCAL) and apply to the moves that follow, whose only other lockers are
+                // autovacuum workers on the freshly loaded shadow and retired tables: they
+                // yield after `deadlock_timeout` (1 s), so the moves may wait that long.
+                sqlx::query(&format!(
+                    "SET LOCAL lock_timeout = {}",
+                    SWAP_LOCK_BUDGET.as_millis()
+                ))
+                .execute(&mut *conn)
+                .await?;
+                return Ok(());
+            }
+            Err(sqlx::Error::Database(e))
+                if e.code().as_deref() == Some(LOCK_NOT_AVAILABLE)
+                    && std::time::Instant::now() < give_up =>
+            {
+                // Releases what this attempt locked (the freeze's own lock stays).
+                sqlx::query("ROLLBACK TO SAVEPOINT swap_locks")
+                    .execute(&mut *conn)
+                    .await?;
+                tokio::time::sleep(SWAP_LOCK_WAIT / 2).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// How long one attempt of the swap waits for the live tables' locks.
 const SWAP_LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 /// How long the swap keeps trying to lock the live tables before it fails.
@@ -321,50 +391,7 @@ impl Freeze {
             .map(|t| format!("{LIVE_SCHEMA}.{t}"))
             .collect::<Vec<_>>()
             .join(", ");
-        let give_up = std::time::Instant::now() + SWAP_LOCK_BUDGET;
-        loop {
-            sqlx::query("SAVEPOINT swap_locks")
-                .execute(&mut *self.tx)
-                .await?;
-            sqlx::query(&format!(
-                "SET LOCAL lock_timeout = {}",
-                SWAP_LOCK_WAIT.as_millis()
-            ))
-            .execute(&mut *self.tx)
-            .await?;
-            let locked = sqlx::query(&format!("LOCK TABLE {tables} IN ACCESS EXCLUSIVE MODE"))
-                .execute(&mut *self.tx)
-                .await;
-            match locked {
-                Ok(_) => {
-                    sqlx::query("RELEASE SAVEPOINT swap_locks")
-                        .execute(&mut *self.tx)
-                        .await?;
-                    // The 50 ms wait would outlive the savepoint (a released savepoint keeps its
-                    // SET LOCAL) and apply to the moves that follow, whose only other lockers are
-                    // autovacuum workers on the freshly loaded shadow and retired tables: they
-                    // yield after `deadlock_timeout` (1 s), so the moves may wait that long.
-                    sqlx::query(&format!(
-                        "SET LOCAL lock_timeout = {}",
-                        SWAP_LOCK_BUDGET.as_millis()
-                    ))
-                    .execute(&mut *self.tx)
-                    .await?;
-                    return Ok(());
-                }
-                Err(sqlx::Error::Database(e))
-                    if e.code().as_deref() == Some(LOCK_NOT_AVAILABLE)
-                        && std::time::Instant::now() < give_up =>
-                {
-                    // Releases what this attempt locked (the freeze's own lock stays).
-                    sqlx::query("ROLLBACK TO SAVEPOINT swap_locks")
-                        .execute(&mut *self.tx)
-                        .await?;
-                    tokio::time::sleep(SWAP_LOCK_WAIT / 2).await;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        lock_all(&mut self.tx, &tables).await
     }
 
     /// Ends the freeze without changing anything.

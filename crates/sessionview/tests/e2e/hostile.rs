@@ -447,14 +447,7 @@ async fn serve(db: &TestDb, extra: &[&str]) -> Served {
     let (ak, sk) = create_superadmin(&db.url).await;
     let separate_ops = extra.contains(&"--metrics-listen");
     let serving = Listening::spawn(
-        Command::new(BIN)
-            .args([
-                "serve",
-                "--database-url",
-                &db.url,
-                "--listen",
-                "127.0.0.1:0",
-            ])
+        serve_command(&db.url)
             .args(extra)
             .env("SESSIONVIEW_LOG", "error"),
         if separate_ops { 2 } else { 1 },

@@ -337,14 +337,7 @@ async fn serve_terminates_tls() {
     );
     let (ak, sk) = create_superadmin(&db.url).await;
     let serving = Listening::spawn(
-        Command::new(BIN)
-            .args([
-                "serve",
-                "--database-url",
-                &db.url,
-                "--listen",
-                "127.0.0.1:0",
-            ])
+        serve_command(&db.url)
             .args(["--tls-cert", &tls_file("broker.crt")])
             .args(["--tls-key", &tls_file("broker.key")]),
         1,
@@ -443,14 +436,7 @@ async fn serve_no_migrate_answers_from_a_select_only_role() {
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("sessionview migrate"), "{stderr}");
     // The variable does the same as the flag.
-    let out = Command::new(BIN)
-        .args([
-            "serve",
-            "--database-url",
-            &db.url,
-            "--listen",
-            "127.0.0.1:0",
-        ])
+    let out = serve_command(&db.url)
         .env("SESSIONVIEW_MIGRATE", "false")
         .output()
         .await

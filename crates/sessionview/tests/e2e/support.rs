@@ -322,20 +322,22 @@ pub(crate) async fn wait_ready(client: &reqwest::Client, url: &str) {
     panic!("{url} did not become ready");
 }
 
+/// `sessionview serve` of `database_url`, its API at port 0 (see [`Listening`]).
+pub(crate) fn serve_command(database_url: &str) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "serve",
+        "--database-url",
+        database_url,
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    cmd
+}
+
 /// `sessionview serve` of `database_url` at port 0, ready: the child and its `host:port`.
 pub(crate) async fn serve_ready(database_url: &str) -> (Child, String) {
-    let serving = Listening::spawn(
-        Command::new(BIN).args([
-            "serve",
-            "--database-url",
-            database_url,
-            "--listen",
-            "127.0.0.1:0",
-        ]),
-        1,
-        "serve",
-    )
-    .await;
+    let serving = Listening::spawn(&mut serve_command(database_url), 1, "serve").await;
     let host = serving.host("API");
     wait_ready(&reqwest::Client::new(), &format!("http://{host}/readyz")).await;
     (serving.child, host)
