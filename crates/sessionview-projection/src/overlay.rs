@@ -10,22 +10,25 @@ use uuid::Uuid;
 use crate::{Changes, LoadRequest, Loaded, Position, SessionState};
 
 /// A folded batch whose commit has not finished.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Pending<'a> {
     changes: &'a Changes,
+    /// Its sessions by id (built once: both halves of a load look them up).
+    sessions: HashMap<Uuid, &'a SessionState>,
 }
 
 impl<'a> Pending<'a> {
     pub fn new(changes: &'a Changes) -> Self {
-        Self { changes }
+        let sessions = changes.sessions.iter().map(|s| (s.session.id, s)).collect();
+        Self { changes, sessions }
     }
 
     /// What of `req` the store must still be asked for: the pending batch's sessions come from
     /// it whole (the pending batch wrote every row of a session it touched).
     pub fn rest(&self, req: &LoadRequest) -> LoadRequest {
-        let overlay: HashSet<Uuid> = self.changes.sessions.iter().map(|s| s.session.id).collect();
         let mut rest = req.clone();
-        rest.session_ids.retain(|id| !overlay.contains(id));
+        rest.session_ids
+            .retain(|id| !self.sessions.contains_key(id));
         rest
     }
 
@@ -34,10 +37,8 @@ impl<'a> Pending<'a> {
     /// stored yet), its seen ids, its parked events less those it released.
     pub fn complete(&self, req: &LoadRequest, mut loaded: Loaded) -> Loaded {
         let changes = self.changes;
-        let overlay: HashMap<Uuid, &SessionState> =
-            changes.sessions.iter().map(|s| (s.session.id, s)).collect();
         for id in &req.session_ids {
-            if let Some(s) = overlay.get(id) {
+            if let Some(s) = self.sessions.get(id) {
                 loaded.sessions.insert(*id, (*s).clone());
             }
         }

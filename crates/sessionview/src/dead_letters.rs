@@ -260,15 +260,13 @@ async fn retry_source<'a, S: Store>(
                 })
             })
             .collect();
+        let position = |d: &StoredDeadLetter| Position {
+            partition: d.partition,
+            offset: d.offset,
+        };
         let events = letters
             .iter()
-            .map(|d| {
-                let position = Position {
-                    partition: d.partition,
-                    offset: d.offset,
-                };
-                (position, d.payload.as_slice())
-            })
+            .map(|d| (position(d), d.payload.as_slice()))
             .collect();
         let planned = Batch::plan(source, events, DEFAULT_MAX_EVENT_BYTES);
         let mut loaded = store.load(planned.request()).await?;
@@ -288,7 +286,7 @@ async fn retry_source<'a, S: Store>(
                     .dead_letters
                     .iter()
                     .rev()
-                    .find(|n| n.position.partition == d.partition && n.position.offset == d.offset)
+                    .find(|n| n.position == position(d))
                     .map(|n| format!("{}: {}", n.label, n.reason));
                 (*d, outcome, reason)
             })

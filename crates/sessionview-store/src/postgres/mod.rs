@@ -77,40 +77,55 @@ impl Dialect for Postgres {
             Self::push_value(qb, one);
             return;
         }
-        // One array parameter: the statement text is the same for every number of values.
+        // One array parameter (the statement text is the same for every number of values) for
+        // the kinds membership is tested on: text (statuses), ids, int8 (dead-letter ids).
+        let texts: Option<Vec<&str>> = values
+            .iter()
+            .map(|v| {
+                if let Value::Text(Some(t)) = v {
+                    Some(*t)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        let ids: Option<Vec<Uuid>> = values
+            .iter()
+            .map(|v| {
+                if let Value::Uuid(Some(u)) = v {
+                    Some(*u)
+                } else {
+                    None
+                }
+            })
+            .collect();
+        let ints: Option<Vec<i64>> = values
+            .iter()
+            .map(|v| {
+                if let Value::Int8(Some(i)) = v {
+                    Some(*i)
+                } else {
+                    None
+                }
+            })
+            .collect();
         qb.push(" = ANY(");
-        match values.first() {
-            Some(Value::Text(_)) => {
-                let texts: Vec<Option<&str>> = values
-                    .iter()
-                    .map(|v| match v {
-                        Value::Text(t) => *t,
-                        _ => None,
-                    })
-                    .collect();
-                qb.push_bind(texts);
-            }
-            Some(Value::Int8(_)) => {
-                let ints: Vec<Option<i64>> = values
-                    .iter()
-                    .map(|v| match v {
-                        Value::Int8(i) => *i,
-                        _ => None,
-                    })
-                    .collect();
-                qb.push_bind(ints);
-            }
+        match (texts, ids, ints) {
+            (Some(t), _, _) => qb.push_bind(t),
+            (_, Some(u), _) => qb.push_bind(u),
+            (_, _, Some(i)) => qb.push_bind(i),
+            // Any other list: each value bound as itself.
             _ => {
-                let ids: Vec<Option<Uuid>> = values
-                    .iter()
-                    .map(|v| match v {
-                        Value::Uuid(u) => *u,
-                        _ => None,
-                    })
-                    .collect();
-                qb.push_bind(ids);
+                qb.push("ARRAY[");
+                for (i, v) in values.into_iter().enumerate() {
+                    if i > 0 {
+                        qb.push(", ");
+                    }
+                    Self::push_value(qb, v);
+                }
+                qb.push("]")
             }
-        }
+        };
         qb.push(")");
     }
 }

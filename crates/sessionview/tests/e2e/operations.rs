@@ -11,17 +11,6 @@ use sessionview_testkit::admin_exec;
 use sqlx::Connection;
 use tokio::process::Command;
 
-async fn wait_for(what: &str, secs: u64, mut ok: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while !ok().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 fn sigterm(child: &tokio::process::Child) {
     signal(child, "TERM");
 }

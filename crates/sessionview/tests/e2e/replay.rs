@@ -35,17 +35,6 @@ fn model_of(cfgs: &[SimConfig]) -> Vec<SessionState> {
     v
 }
 
-async fn wait_for(what: &str, secs: u64, mut ok: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while !ok().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn query(host: &str, ak: &str, sk: &str) -> Result<usize, String> {
     let body = json!({"query": "{ compute_session_list(limit: 5, offset: 0) { total_count items { id status containers { id } } } }"});
     let resp = signed_graphql(host, ak, sk, &body).await;

@@ -309,17 +309,28 @@ impl Listening {
     }
 }
 
-/// Waits (15 s at most) until `url` (a `/readyz`) answers with a success.
-pub(crate) async fn wait_ready(client: &reqwest::Client, url: &str) {
-    for _ in 0..150 {
-        if let Ok(r) = client.get(url).send().await
-            && r.status().is_success()
-        {
-            return;
-        }
+/// Waits until `ok` holds, checking every 100 ms; fails the test naming `what` after `secs`.
+pub(crate) async fn wait_for(what: &str, secs: u64, mut ok: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !ok().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("{url} did not become ready");
+}
+
+/// Waits (15 s at most) until `url` (a `/readyz`) answers with a success.
+pub(crate) async fn wait_ready(client: &reqwest::Client, url: &str) {
+    wait_for(url, 15, async || {
+        client
+            .get(url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
 }
 
 /// `sessionview serve` of `database_url`, its API at port 0 (see [`Listening`]).
