@@ -11,7 +11,7 @@ mod scalars;
 pub mod schema;
 
 pub use http::{ServerConfig, router};
-pub use schema::{Caller, Limits, QuerySchema, build_schema, prepare};
+pub use schema::{Caller, Limits, QuerySchema, build_schema, execute, prepare};
 
 /// The schema's SDL, as `sessionview schema` prints it.
 pub fn sdl() -> String {

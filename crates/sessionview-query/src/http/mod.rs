@@ -25,7 +25,7 @@ use tracing::{Instrument, debug, info_span};
 
 use crate::auth::API_VERSION;
 use crate::precheck::{self, DocumentLimits};
-use crate::schema::{Db, Limits, QuerySchema, UNAVAILABLE, build_schema, prepare};
+use crate::schema::{Db, Limits, QuerySchema, UNAVAILABLE, build_schema, execute, prepare};
 
 pub use telemetry::{
     DB_CONNECTIONS, DB_CONNECTIONS_MAX, DB_WAITING, REQUEST_SECONDS, REQUEST_SECONDS_BUCKETS,
@@ -287,9 +287,7 @@ async fn handle(
         }
         // Parsing was one uninterrupted stretch of CPU: let other callers' tasks run first.
         tokio::task::yield_now().await;
-        let run = state
-            .schema
-            .execute(prepare(request, state.store.clone(), caller));
+        let run = execute(&state.schema, prepare(request, state.store.clone(), caller));
         let Ok(result) =
             tokio::time::timeout(deadline.saturating_sub(started.elapsed()), run).await
         else {

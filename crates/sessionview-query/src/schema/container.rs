@@ -34,7 +34,7 @@ impl ComputeContainer {
     }
 }
 
-#[Object(rename_fields = "snake_case", rename_args = "snake_case")]
+#[Object(rename_fields = "snake_case", rename_args = "snake_case", serial)]
 impl ComputeContainer {
     async fn id(&self) -> Option<Uuid> {
         Some(self.row.id)

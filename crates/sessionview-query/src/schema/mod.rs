@@ -9,14 +9,16 @@
 use std::sync::Arc;
 
 use async_graphql::dataloader::DataLoader;
-use async_graphql::{EmptyMutation, EmptySubscription, Error, Request, Schema};
+use async_graphql::{EmptyMutation, EmptySubscription, Error, Request, Response, Schema};
 use sessionview_store::{KeyPair, ReadModel, Role, Scope, StoreError};
 
 mod arguments;
 mod container;
 mod loaders;
+mod order;
 mod root;
 mod session;
+mod variables;
 
 pub use arguments::parse_statuses;
 pub use container::ComputeContainer;
@@ -86,6 +88,27 @@ pub fn build_schema(limits: Limits) -> QuerySchema {
         .limit_complexity(limits.max_complexity)
         .data(limits)
         .finish()
+}
+
+/// Executes `request` as the contract requires beyond async-graphql: variables used where their
+/// declared type does not fit are refused (see `variables`), and the answer's root keys follow
+/// the document (see `order`).
+pub async fn execute(schema: &QuerySchema, mut request: Request) -> Response {
+    let operation = request.operation_name.clone();
+    let order = match request.parsed_query() {
+        Ok(doc) => {
+            let refused = variables::SIGNATURES.check(doc, operation.as_deref());
+            if !refused.is_empty() {
+                return Response::from_errors(refused);
+            }
+            order::root_keys(doc, operation.as_deref())
+        }
+        // The schema reports the syntax error itself.
+        Err(_) => Vec::new(),
+    };
+    let mut response = schema.execute(request).await;
+    order::reorder(&mut response.data, &order);
+    response
 }
 
 /// Attaches what resolvers need to a request: the store, the caller and per-request loaders.

@@ -17,7 +17,7 @@ use super::{Caller, Db, Limits, store_error};
 
 /// A page of sessions.
 #[derive(Debug, SimpleObject)]
-#[graphql(rename_fields = "snake_case")]
+#[graphql(rename_fields = "snake_case", serial)]
 pub struct ComputeSessionList {
     items: Vec<Option<ComputeSession>>,
     total_count: i32,
@@ -25,7 +25,7 @@ pub struct ComputeSessionList {
 
 /// A page of containers.
 #[derive(Debug, SimpleObject)]
-#[graphql(rename_fields = "snake_case")]
+#[graphql(rename_fields = "snake_case", serial)]
 pub struct ComputeContainerList {
     items: Vec<Option<ComputeContainer>>,
     total_count: i32,
@@ -33,7 +33,7 @@ pub struct ComputeContainerList {
 
 /// The caller's own keypair.
 #[derive(Debug, SimpleObject)]
-#[graphql(name = "KeyPair", rename_fields = "snake_case")]
+#[graphql(name = "KeyPair", rename_fields = "snake_case", serial)]
 pub struct KeyPairObject {
     access_key: Option<String>,
     secret_key: Option<String>,

@@ -56,7 +56,7 @@ pub(crate) fn container_fields(containers: &async_graphql::Lookahead<'_>) -> Ker
     }
 }
 
-#[Object(rename_fields = "snake_case", rename_args = "snake_case")]
+#[Object(rename_fields = "snake_case", rename_args = "snake_case", serial)]
 impl ComputeSession {
     async fn id(&self) -> Option<Uuid> {
         Some(self.0.id)

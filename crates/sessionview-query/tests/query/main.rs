@@ -10,4 +10,5 @@
 
 mod common;
 mod http;
+mod order;
 mod schema;

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use crate::common::Fixture;
 use async_graphql::{Request, Variables};
 use serde_json::{Value, json};
-use sessionview_query::{Caller, Limits, build_schema, prepare};
+use sessionview_query::{Caller, Limits, build_schema, execute, prepare};
 use sessionview_store::{KeyPair, ReadModel};
 
 async fn run(fx: &Fixture, kp: &KeyPair, query: &str, vars: Value) -> async_graphql::Response {
@@ -22,15 +22,17 @@ async fn run_with(
 ) -> async_graphql::Response {
     let schema = build_schema(limits);
     let req = Request::new(query).variables(Variables::from_json(vars));
-    schema
-        .execute(prepare(
+    execute(
+        &schema,
+        prepare(
             req,
             std::sync::Arc::new(fx.store.clone()),
             Caller {
                 keypair: kp.clone(),
             },
-        ))
-        .await
+        ),
+    )
+    .await
 }
 
 async fn data(fx: &Fixture, kp: &KeyPair, query: &str, vars: Value) -> Value {
