@@ -125,6 +125,35 @@ pub(crate) struct ApiArgs {
     /// need not face the API's clients).
     #[arg(long, env = "SESSIONVIEW_METRICS_LISTEN")]
     pub(crate) metrics_listen: Option<std::net::SocketAddr>,
+    /// An origin whose web pages may call the API, e.g. `https://webui.example.com` (CORS;
+    /// repeatable, or comma-separated in the variable; `*` allows any origin). Preflight requests
+    /// are answered and the Backend.AI clients' headers allowed.
+    #[arg(
+        long = "cors-origin",
+        env = "SESSIONVIEW_CORS_ORIGINS",
+        value_delimiter = ',',
+        value_parser = parse_origin
+    )]
+    cors_origins: Vec<axum::http::HeaderValue>,
+}
+
+/// `*`, or an origin: `scheme://host[:port]` with nothing after it.
+fn parse_origin(s: &str) -> Result<axum::http::HeaderValue, String> {
+    let s = s.trim();
+    let valid = s == "*"
+        || s.parse::<axum::http::Uri>().is_ok_and(|u| {
+            matches!(u.scheme_str(), Some("http" | "https"))
+                && u.host().is_some_and(|h| !h.is_empty())
+                && u.path_and_query()
+                    .is_none_or(|p| p.as_str().is_empty() || p.as_str() == "/")
+                && !s.ends_with('/')
+        });
+    if !valid {
+        return Err(format!(
+            "{s:?} is not an origin: give scheme://host[:port] (e.g. https://webui.example.com, no path) or *"
+        ));
+    }
+    axum::http::HeaderValue::from_str(s).map_err(|e| format!("{s:?}: {e}"))
 }
 
 impl ApiArgs {
@@ -151,6 +180,7 @@ impl ApiArgs {
             per_key_concurrency: usize::try_from(self.per_key_concurrency).unwrap_or(8),
             keypair_cache: Duration::from_millis(self.keypair_cache_ms),
             metric_operations: self.metrics_operations.clone().into(),
+            cors_origins: self.cors_origins.clone(),
         }
     }
 
@@ -166,5 +196,28 @@ impl ApiArgs {
     /// The statement timeout of the API's reads.
     pub(crate) fn statement_timeout(&self) -> Duration {
         Duration::from_millis(self.statement_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_origin;
+
+    #[test]
+    fn origins_are_scheme_host_and_port_or_a_star() {
+        for ok in ["*", "https://webui.example.com", "http://localhost:8090"] {
+            assert!(parse_origin(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "webui.example.com",
+            "https://webui.example.com/",
+            "https://webui.example.com/app",
+            "ftp://example.com",
+            "https://exa mple.com",
+        ] {
+            let err = parse_origin(bad).expect_err(bad);
+            assert!(err.contains("is not an origin"), "{bad}: {err}");
+        }
     }
 }

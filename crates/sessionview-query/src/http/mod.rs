@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use async_graphql::{Request, ServerError, Variables};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -21,6 +21,7 @@ use metrics::{counter, histogram};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sessionview_store::ReadModel;
+use tower_http::cors::CorsLayer;
 use tracing::{Instrument, debug, info_span};
 
 use crate::auth::API_VERSION;
@@ -56,6 +57,8 @@ pub struct ServerConfig {
     pub keypair_cache: Duration,
     /// Operation names that get their own metrics label; every other name is `other`.
     pub metric_operations: Arc<[String]>,
+    /// Origins whose web pages may call the API (CORS); `*` allows any. Empty: no CORS headers.
+    pub cors_origins: Vec<HeaderValue>,
 }
 
 impl Default for ServerConfig {
@@ -69,6 +72,7 @@ impl Default for ServerConfig {
             per_key_concurrency: 8,
             keypair_cache: Duration::ZERO,
             metric_operations: Arc::from([]),
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -85,6 +89,7 @@ struct AppState {
 /// The query service's routes. Operational routes (`/metrics`, `/healthz`, `/readyz`) are merged
 /// in by the binary.
 pub fn router(store: impl ReadModel, cfg: ServerConfig) -> Router {
+    let cors = cors(&cfg.cors_origins);
     let state = Arc::new(AppState {
         schema: build_schema(cfg.limits),
         store: Arc::new(store),
@@ -93,13 +98,46 @@ pub fn router(store: impl ReadModel, cfg: ServerConfig) -> Router {
         turns: KeyTurns::new(cfg.per_key_concurrency),
         cfg,
     });
-    Router::new()
+    let routes = Router::new()
         .route("/", get(version))
         .route("/manager/announcement", get(announcement))
         .route("/graphiql", get(graphiql))
         .route("/admin/graphql", post(handle))
         .route("/admin/gql", post(handle))
-        .with_state(state)
+        .with_state(state);
+    match cors {
+        Some(layer) => routes.layer(layer),
+        None => routes,
+    }
+}
+
+/// The headers Backend.AI clients send, which a preflight request must allow.
+pub const CORS_ALLOWED_HEADERS: [&str; 5] = [
+    "authorization",
+    "date",
+    "x-backendai-date",
+    "x-backendai-version",
+    "content-type",
+];
+
+/// The CORS layer for `origins` (`*` among them allows any origin), none when empty.
+fn cors(origins: &[HeaderValue]) -> Option<CorsLayer> {
+    use tower_http::cors::{AllowOrigin, Any};
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::from(Any)
+    } else {
+        AllowOrigin::list(origins.iter().cloned())
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers(CORS_ALLOWED_HEADERS.map(HeaderName::from_static))
+            .max_age(Duration::from_secs(600)),
+    )
 }
 
 async fn version() -> Json<Value> {

@@ -107,7 +107,10 @@ mod tests {
         let q = "query A { z: keypair { access_key } ...F ... on Queries { m: keypair { role } } z: keypair { role } }
                  fragment F on Queries { b: keypair { role } ...F }
                  query B { y: keypair { role } }";
-        assert_eq!(keys("{ b: keypair { role } a: keypair { role } }", None), ["b", "a"]);
+        assert_eq!(
+            keys("{ b: keypair { role } a: keypair { role } }", None),
+            ["b", "a"]
+        );
         assert_eq!(keys(q, Some("A")), ["z", "b", "m"]);
         assert_eq!(keys(q, Some("B")), ["y"]);
         assert!(keys(q, Some("C")).is_empty());

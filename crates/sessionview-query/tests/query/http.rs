@@ -44,30 +44,7 @@ async fn post(
 ) -> reqwest::Response {
     // `Some("")`: sign with the current date but send no date header.
     let date_text = date.clone().filter(|d| !d.is_empty()).unwrap_or_else(now);
-    let signature = sign(
-        &kp.secret_key,
-        &SigningInput {
-            method: "POST",
-            path_and_query: path,
-            date: &date_text,
-            host: &srv.host,
-            content_type: "application/json",
-            version: API_VERSION,
-        },
-    )
-    .unwrap();
-    let mut req = reqwest::Client::new()
-        .post(format!("{}{path}", srv.base))
-        .header("Content-Type", "application/json")
-        .header("X-BackendAI-Version", API_VERSION)
-        .header(
-            "Authorization",
-            format!(
-                "BackendAI signMethod=HMAC-SHA256, credential={}:{signature}",
-                kp.access_key
-            ),
-        )
-        .body(body.to_string());
+    let mut req = signed_post(srv, path, kp, &date_text).body(body.to_string());
     if date.as_deref() != Some("") {
         req = req.header("Date", date_text);
     }
@@ -492,4 +469,121 @@ async fn statement_timeout_is_a_clear_error() {
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
     tx.rollback().await.unwrap();
     fx.drop().await;
+}
+
+/// CORS: a web UI on another origin may call the API once its origin is configured; a preflight
+/// is answered without credentials and allows the Backend.AI clients' headers.
+#[tokio::test]
+async fn cors_answers_preflights_for_configured_origins_only() {
+    let fx = Fixture::new().await;
+    let cfg = ServerConfig {
+        cors_origins: vec!["https://webui.example.com".parse().unwrap()],
+        ..ServerConfig::default()
+    };
+    let srv = start(&fx, cfg).await;
+    let client = reqwest::Client::new();
+    let preflight = |origin: &'static str| {
+        client
+            .request(
+                reqwest::Method::OPTIONS,
+                format!("{}/admin/graphql", srv.base),
+            )
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "POST")
+            .header(
+                "Access-Control-Request-Headers",
+                "authorization, x-backendai-date, x-backendai-version, content-type",
+            )
+            .send()
+    };
+    let ok = preflight("https://webui.example.com").await.unwrap();
+    assert!(ok.status().is_success(), "{}", ok.status());
+    let h = ok.headers();
+    assert_eq!(
+        h["access-control-allow-origin"],
+        "https://webui.example.com"
+    );
+    let allowed = h["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    for header in [
+        "authorization",
+        "date",
+        "x-backendai-date",
+        "x-backendai-version",
+        "content-type",
+    ] {
+        assert!(allowed.contains(header), "{header} in {allowed}");
+    }
+    assert!(
+        h["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("POST")
+    );
+
+    let other = preflight("https://evil.example.com").await.unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+
+    // A signed request from the allowed origin gets its answer with the CORS header.
+    let body = json!({"query": "{ keypair { access_key } }"});
+    let signed = post_from(&srv, &fx.user, &body, "https://webui.example.com").await;
+    assert_eq!(signed.status(), StatusCode::OK);
+    assert_eq!(
+        signed.headers()["access-control-allow-origin"],
+        "https://webui.example.com"
+    );
+    srv.stop.cancel();
+
+    // Without --cors-origin there are no CORS headers at all.
+    let plain = start(&fx, ServerConfig::default()).await;
+    let signed = post_from(&plain, &fx.user, &body, "https://webui.example.com").await;
+    assert_eq!(signed.status(), StatusCode::OK);
+    assert!(
+        signed
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+    plain.stop.cancel();
+    fx.drop().await;
+}
+
+async fn post_from(srv: &Server, kp: &KeyPair, body: &Value, origin: &str) -> reqwest::Response {
+    let date = now();
+    signed_post(srv, "/admin/graphql", kp, &date)
+        .header("Origin", origin)
+        .header("X-BackendAI-Date", &date)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A POST to `path` with the headers and signature backend.ai-client sends (no date header).
+fn signed_post(srv: &Server, path: &str, kp: &KeyPair, date: &str) -> reqwest::RequestBuilder {
+    let signature = sign(
+        &kp.secret_key,
+        &SigningInput {
+            method: "POST",
+            path_and_query: path,
+            date,
+            host: &srv.host,
+            content_type: "application/json",
+            version: API_VERSION,
+        },
+    )
+    .unwrap();
+    reqwest::Client::new()
+        .post(format!("{}{path}", srv.base))
+        .header("Content-Type", "application/json")
+        .header("X-BackendAI-Version", API_VERSION)
+        .header(
+            "Authorization",
+            format!(
+                "BackendAI signMethod=HMAC-SHA256, credential={}:{signature}",
+                kp.access_key
+            ),
+        )
 }
