@@ -14,6 +14,7 @@ use sessionview_store::{KeyPair, ReadModel, Role, Scope, StoreError};
 
 mod arguments;
 mod container;
+mod legacy;
 mod loaders;
 mod order;
 mod root;
@@ -22,6 +23,7 @@ mod variables;
 
 pub use arguments::parse_statuses;
 pub use container::ComputeContainer;
+pub use legacy::{LegacyComputeSession, LegacyComputeSessionList};
 use loaders::{ContainerLoader, DependencyLoader};
 pub use root::{ComputeContainerList, ComputeSessionList, KeyPairObject, Queries};
 pub use session::ComputeSession;

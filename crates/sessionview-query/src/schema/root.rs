@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use super::arguments::{check_page, clamp_count, parse_order, parse_statuses};
 use super::container::ComputeContainer;
+use super::legacy::{LegacyComputeSession, LegacyComputeSessionList};
 use super::loaders::by_session;
 use super::session::{ComputeSession, Prefetched, container_fields};
 use super::{Caller, Db, Limits, store_error};
@@ -43,6 +44,76 @@ pub struct KeyPairObject {
     user_email: Option<String>,
     domain_name: Option<String>,
     role: Option<String>,
+}
+
+/// The arguments of a session list (`compute_session_list`, `legacy_compute_session_list`).
+pub(crate) struct SessionListArgs {
+    pub(crate) limit: i32,
+    pub(crate) offset: i32,
+    pub(crate) order_key: Option<String>,
+    pub(crate) order_asc: Option<bool>,
+    pub(crate) domain_name: Option<String>,
+    pub(crate) group_id: Option<String>,
+    pub(crate) access_key: Option<String>,
+    pub(crate) status: Option<String>,
+}
+
+impl SessionListArgs {
+    /// The store's query for these arguments inside the caller's scope, or the error the contract's
+    /// role table gives.
+    pub(crate) fn query(self, ctx: &Context<'_>) -> Result<SessionListQuery> {
+        let Self {
+            limit,
+            offset,
+            order_key,
+            order_asc,
+            domain_name,
+            group_id,
+            access_key,
+            status,
+        } = self;
+        let caller = ctx.data::<Caller>()?;
+        check_page(limit, offset, ctx.data::<Limits>()?)?;
+        let own = &caller.keypair;
+        if caller.role() != Role::SuperAdmin
+            && let Some(d) = &domain_name
+            && *d != own.domain_name
+        {
+            return Err(Error::new(format!(
+                "domain_name {d:?} is outside your domain {:?}: a{} {} may query only its own domain",
+                own.domain_name,
+                if caller.role() == Role::Admin {
+                    "n"
+                } else {
+                    ""
+                },
+                caller.role().as_str()
+            )));
+        }
+        if caller.role() == Role::User
+            && let Some(a) = &access_key
+            && *a != own.access_key
+        {
+            return Err(Error::new(format!(
+                "access_key {a:?} is not yours: a user may query only its own sessions"
+            )));
+        }
+        let group_id = group_id
+            .map(|g| {
+                Uuid::parse_str(&g).map_err(|_| Error::new(format!("group_id {g:?} is not a UUID")))
+            })
+            .transpose()?;
+        Ok(SessionListQuery {
+            scope: caller.scope(),
+            domain_name,
+            group_id,
+            access_key,
+            statuses: parse_statuses(status.as_deref())?,
+            order: parse_order(order_key.as_deref(), order_asc, SESSION_ORDER_KEYS)?,
+            limit: i64::from(limit),
+            offset: i64::from(offset),
+        })
+    }
 }
 
 /// The root query type.
@@ -97,47 +168,17 @@ impl Queries {
         status: Option<String>,
     ) -> Result<Option<ComputeSessionList>> {
         let db = ctx.data::<Db>()?;
-        let caller = ctx.data::<Caller>()?;
-        check_page(limit, offset, ctx.data::<Limits>()?)?;
-        let own = &caller.keypair;
-        if caller.role() != Role::SuperAdmin
-            && let Some(d) = &domain_name
-            && *d != own.domain_name
-        {
-            return Err(Error::new(format!(
-                "domain_name {d:?} is outside your domain {:?}: a{} {} may query only its own domain",
-                own.domain_name,
-                if caller.role() == Role::Admin {
-                    "n"
-                } else {
-                    ""
-                },
-                caller.role().as_str()
-            )));
-        }
-        if caller.role() == Role::User
-            && let Some(a) = &access_key
-            && *a != own.access_key
-        {
-            return Err(Error::new(format!(
-                "access_key {a:?} is not yours: a user may query only its own sessions"
-            )));
-        }
-        let group_id = group_id
-            .map(|g| {
-                Uuid::parse_str(&g).map_err(|_| Error::new(format!("group_id {g:?} is not a UUID")))
-            })
-            .transpose()?;
-        let q = SessionListQuery {
-            scope: caller.scope(),
+        let q = SessionListArgs {
+            limit,
+            offset,
+            order_key,
+            order_asc,
             domain_name,
             group_id,
             access_key,
-            statuses: parse_statuses(status.as_deref())?,
-            order: parse_order(order_key.as_deref(), order_asc, SESSION_ORDER_KEYS)?,
-            limit: i64::from(limit),
-            offset: i64::from(offset),
-        };
+            status,
+        }
+        .query(ctx)?;
         // With `containers` selected, the page comes with its containers in one read.
         let containers = ctx.look_ahead().field("items").field("containers");
         let (page, mut prefetched) = if containers.exists() {
@@ -164,6 +205,62 @@ impl Queries {
             })
             .collect();
         Ok(Some(ComputeSessionList { items, total_count }))
+    }
+
+    /// The 2020 web UI's session list: the same arguments, scoping, status lists, order and
+    /// limits as `compute_session_list`, one item per session (with its master container's
+    /// fields).
+    #[allow(clippy::too_many_arguments, reason = "the web UI's argument list")]
+    #[graphql(complexity = "(limit.max(0) as usize).saturating_mul(child_complexity)")]
+    async fn legacy_compute_session_list(
+        &self,
+        ctx: &Context<'_>,
+        limit: i32,
+        offset: i32,
+        order_key: Option<String>,
+        order_asc: Option<bool>,
+        domain_name: Option<String>,
+        group_id: Option<String>,
+        access_key: Option<String>,
+        status: Option<String>,
+    ) -> Result<Option<LegacyComputeSessionList>> {
+        let db = ctx.data::<Db>()?;
+        let q = SessionListArgs {
+            limit,
+            offset,
+            order_key,
+            order_asc,
+            domain_name,
+            group_id,
+            access_key,
+            status,
+        }
+        .query(ctx)?;
+        let (page, rows) = db
+            .list_sessions_with_containers(&q, KernelFields::All)
+            .await
+            .map_err(|e| store_error(&e))?;
+        let mut containers = by_session(rows);
+        let show_agent = ctx.data::<Caller>()?.role() == Role::SuperAdmin;
+        let items = page
+            .items
+            .into_iter()
+            .map(|s| {
+                // The master is ordinal 0 (it is placed first when the session is enqueued).
+                let master = containers
+                    .remove(&s.id)
+                    .and_then(|rows| rows.into_iter().min_by_key(|k| k.ordinal));
+                Some(LegacyComputeSession {
+                    session: Arc::new(s),
+                    master,
+                    show_agent,
+                })
+            })
+            .collect();
+        Ok(Some(LegacyComputeSessionList {
+            items,
+            total_count: clamp_count(page.total_count),
+        }))
     }
 
     /// One container by id; null when it does not exist or the caller may not see its session.

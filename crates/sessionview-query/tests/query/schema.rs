@@ -511,3 +511,129 @@ async fn container_fields_are_whole_on_every_path() {
     }
     fx.drop().await;
 }
+
+/// The 2020 web UI's session list (its JS SDK's query, as it sends it for its three tabs).
+const WEB_UI_LIST: &str = "query($limit: Int!, $offset: Int!, $ak: String, $group_id: String, $status: String) {
+  legacy_compute_session_list(limit: $limit, offset: $offset, access_key: $ak, group_id: $group_id, status: $status) {
+    items { sess_id session_name lang tag created_at terminated_at status status_info service_ports mounts
+      occupied_slots access_key group_name domain_name scaling_group agent container_id id role
+      mem_slot cpu_slot gpu_slot cpu_used cpu_using mem_max_bytes mem_cur_bytes net_rx_bytes
+      net_tx_bytes io_read_bytes io_write_bytes io_max_scratch_size io_cur_scratch_size
+      live_stat last_stat resource_opts num_queries result user_email }
+    total_count
+  }
+}";
+
+#[tokio::test]
+async fn the_web_uis_legacy_list_per_tab() {
+    let fx = Fixture::new().await;
+    let tabs = [
+        (
+            "running",
+            "PENDING,PREPARING,BUILDING,PULLING,RUNNING,RESTARTING,RESIZING,SUSPENDED,ERROR",
+        ),
+        ("finished", "TERMINATED,CANCELLED"),
+        ("others", "TERMINATING,ERROR,CANCELLED"),
+    ];
+    let mut seen_stat = false;
+    for kp in [&fx.superadmin, &fx.user] {
+        for (tab, status) in tabs {
+            let vars = json!({"limit": 1000, "offset": 0, "status": status});
+            let legacy = data(&fx, kp, WEB_UI_LIST, vars.clone()).await;
+            let page = &legacy["legacy_compute_session_list"];
+            // The same set as compute_session_list gives for the same arguments.
+            let plain = data(&fx, kp, LIST, vars.clone()).await;
+            let want = ids(&plain);
+            let got: HashSet<String> = page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["id"].as_str().unwrap().to_owned())
+                .collect();
+            assert_eq!(got, want, "{tab} for {}", kp.role.as_str());
+            assert_eq!(
+                page["total_count"].as_u64().unwrap() as usize,
+                total(&plain)
+            );
+            assert!(!want.is_empty(), "{tab} is not empty in the fixture");
+            for item in page["items"].as_array().unwrap() {
+                let id: uuid::Uuid = item["id"].as_str().unwrap().parse().unwrap();
+                let s = fx.sessions.iter().find(|s| s.session.id == id).unwrap();
+                let master = s.kernels.iter().find(|k| k.ordinal == 0).unwrap();
+                assert!(status.split(',').any(|st| st == item["status"]), "{tab}");
+                assert_eq!(item["sess_id"], s.session.name.as_str());
+                assert_eq!(item["session_name"], s.session.name.as_str());
+                assert_eq!(item["lang"], s.session.image.as_str());
+                assert_eq!(item["role"], master.role.as_str());
+                // JSON strings, parsed by the web UI.
+                let slots: Value =
+                    serde_json::from_str(item["occupied_slots"].as_str().unwrap()).unwrap();
+                assert_eq!(slots, master.occupied_slots.to_json());
+                let mem: f64 = master
+                    .occupied_slots
+                    .get("mem")
+                    .map_or(0.0, |d| d.to_string().parse().unwrap());
+                assert_eq!(item["mem_slot"], ((mem / 1048576.0).floor() as i64));
+                let cpu: f64 = master
+                    .occupied_slots
+                    .get("cpu")
+                    .map_or(0.0, |d| d.to_string().parse().unwrap());
+                assert_eq!(item["cpu_slot"].as_f64().unwrap(), cpu);
+                let _: Value =
+                    serde_json::from_str(item["resource_opts"].as_str().unwrap()).unwrap();
+                let mounts: Vec<Value> = s.session.mounts.iter().map(|m| json!([m])).collect();
+                assert_eq!(item["mounts"], Value::Array(mounts));
+                match &master.last_stat {
+                    Some(stat) => {
+                        let expect = |metric: &str, key: &str| -> i64 {
+                            match stat.get(metric).and_then(|m| m.get(key)) {
+                                Some(Value::Number(n)) => n.as_f64().unwrap().floor() as i64,
+                                Some(Value::String(t)) => {
+                                    t.parse::<f64>().map_or(0, |f| f.floor() as i64)
+                                }
+                                _ => 0,
+                            }
+                        };
+                        seen_stat |= expect("mem", "current") != 0;
+                        assert_eq!(item["cpu_used"], expect("cpu_used", "current"));
+                        assert_eq!(item["mem_cur_bytes"], expect("mem", "current"));
+                        assert_eq!(item["mem_max_bytes"], expect("mem", "stats.max"));
+                        let live: Value =
+                            serde_json::from_str(item["live_stat"].as_str().unwrap()).unwrap();
+                        assert_eq!(live, Value::Object(stat.clone()));
+                    }
+                    None => {
+                        assert_eq!(item["cpu_used"], 0);
+                        assert_eq!(item["live_stat"], Value::Null);
+                    }
+                }
+                if kp.role == sessionview_store::Role::SuperAdmin {
+                    assert_eq!(item["agent"].as_str(), master.agent.as_deref());
+                } else {
+                    assert_eq!(item["access_key"], kp.access_key.as_str());
+                    assert_eq!(item["agent"], Value::Null, "agent is super-admin only");
+                    assert_eq!(item["container_id"], Value::Null);
+                }
+            }
+        }
+    }
+    assert!(seen_stat, "the fixture has sessions with stats");
+    // A user naming another key gets the same error as compute_session_list.
+    let err = error(
+        &fx,
+        &fx.user,
+        WEB_UI_LIST,
+        json!({"limit": 10, "offset": 0, "ak": fx.superadmin.access_key}),
+    )
+    .await;
+    assert!(err.contains("is not yours"), "{err}");
+    let err = error(
+        &fx,
+        &fx.user,
+        WEB_UI_LIST,
+        json!({"limit": 10, "offset": 0, "status": "RUNNING,SLEEPING"}),
+    )
+    .await;
+    assert!(err.contains("SLEEPING"), "{err}");
+    fx.drop().await;
+}
