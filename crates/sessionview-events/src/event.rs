@@ -229,6 +229,18 @@ pub enum EventBody {
 }
 
 impl EventBody {
+    /// The payload's `reason`, on the events that carry one.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            EventBody::SessionSuccess(p) | EventBody::SessionFailure(p) => p.reason.as_deref(),
+            EventBody::KernelTerminating(p)
+            | EventBody::KernelCancelled(p)
+            | EventBody::KernelError(p) => Some(&p.reason),
+            EventBody::KernelTerminated(p) => Some(&p.reason),
+            _ => None,
+        }
+    }
+
     /// The catalogue entry this body belongs to.
     pub fn event_type(&self) -> EventType {
         match self {

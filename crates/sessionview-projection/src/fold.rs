@@ -22,6 +22,29 @@ pub struct Position {
     pub offset: i64,
 }
 
+/// What a listener of `GET /events/session` is told about one applied event: the contract's event
+/// names (the event types, and the derived `session_started`, `session_terminated`,
+/// `session_cancelled`), with the session's filter columns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveEvent {
+    pub name: &'static str,
+    pub session_id: Uuid,
+    /// Kernel events only.
+    pub kernel_id: Option<Uuid>,
+    /// Kernel events only: the kernel's role.
+    pub cluster_role: Option<String>,
+    pub reason: Option<String>,
+    pub session_name: String,
+    pub access_key: String,
+    pub domain_name: String,
+    pub group_name: String,
+}
+
+/// The names of the derived live events.
+pub const SESSION_STARTED: &str = "session_started";
+pub const SESSION_TERMINATED: &str = "session_terminated";
+pub const SESSION_CANCELLED: &str = "session_cancelled";
+
 /// An event waiting for its session's `session_enqueued`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParkedEvent {
@@ -302,6 +325,8 @@ pub struct Changes {
     pub dead_letters: Vec<DeadLetter>,
     /// Outcome counts per event type (`"unknown"` when the type could not be read).
     pub tally: BTreeMap<(&'static str, Outcome), u64>,
+    /// What listeners are told, in the order the events were applied.
+    pub live: Vec<LiveEvent>,
 }
 
 impl Changes {
@@ -369,6 +394,7 @@ pub struct Fold {
     released: Vec<(String, Position)>,
     dead_letters: Vec<DeadLetter>,
     tally: BTreeMap<(&'static str, Outcome), u64>,
+    live: Vec<LiveEvent>,
 }
 
 impl Fold {
@@ -447,6 +473,7 @@ impl Fold {
     ) -> Outcome {
         let mut slot = self.sessions.remove(&event.session_id);
         let existed = slot.is_some();
+        let before = slot.as_ref().map(|s| s.session.status);
         let result = match (&event.body, existed) {
             (EventBody::SessionEnqueued(p), false) => p
                 .kernels
@@ -471,6 +498,7 @@ impl Fold {
                     .entry(event.session_id)
                     .or_default()
                     .record(event);
+                self.tell(event, before);
                 if !existed {
                     if let Some(state) = self.sessions.get(&event.session_id) {
                         self.owners
@@ -635,7 +663,70 @@ impl Fold {
             released: self.released,
             dead_letters: self.dead_letters,
             tally: self.tally,
+            live: self.live,
         }
+    }
+
+    /// Records what listeners are told of `event`, which `before` (the session's status before
+    /// it, `None` for a new session) has just been applied to.
+    fn tell(&mut self, event: &Event, before: Option<Status>) {
+        let Some(state) = self.sessions.get(&event.session_id) else {
+            return;
+        };
+        let s = &state.session;
+        let live = |name, kernel_id, cluster_role, reason: Option<&str>| LiveEvent {
+            name,
+            session_id: s.id,
+            kernel_id,
+            cluster_role,
+            reason: reason.map(str::to_owned),
+            session_name: s.name.clone(),
+            access_key: s.access_key.clone(),
+            domain_name: s.domain_name.clone(),
+            group_name: s.group_name.clone(),
+        };
+        let reason = event.body.reason();
+        if !matches!(
+            event.body,
+            EventBody::KernelStatSync(_) | EventBody::ExecutionStarted
+        ) {
+            let role = event
+                .kernel_id
+                .and_then(|k| state.kernels.iter().find(|r| r.id == k))
+                .map(|k| k.role.clone());
+            self.live.push(live(
+                event.event_type().as_str(),
+                event.kernel_id,
+                role,
+                reason,
+            ));
+        }
+        let after = s.status;
+        if before == Some(after) {
+            return;
+        }
+        let derived = match after {
+            // First becomes RUNNING: from a status before it (RESTARTING comes after).
+            Status::Running
+                if before.is_none_or(|b| {
+                    matches!(
+                        b,
+                        Status::Pending | Status::Preparing | Status::Building | Status::Pulling
+                    )
+                }) =>
+            {
+                SESSION_STARTED
+            }
+            Status::Terminated => SESSION_TERMINATED,
+            Status::Cancelled => SESSION_CANCELLED,
+            _ => return,
+        };
+        self.live.push(live(
+            derived,
+            None,
+            None,
+            s.status_info.as_deref().or(reason),
+        ));
     }
 }
 

@@ -31,11 +31,16 @@ fn tables(fold: &Fold) -> Vec<SessionState> {
 
 /// Folds `messages` in batches of `size`, persisting between batches the way the store does:
 /// only what `Changes` says, and loading only what `LoadRequest` asks for.
-fn fold_in_batches(messages: &[Vec<u8>], size: usize) -> (Vec<SessionState>, usize, usize) {
+/// Also returns what listeners were told, batch after batch.
+fn fold_in_batches(
+    messages: &[Vec<u8>],
+    size: usize,
+) -> (Vec<SessionState>, usize, usize, Vec<LiveEvent>) {
     let mut sessions: HashMap<Uuid, SessionState> = HashMap::new();
     let mut seen: HashSet<Uuid> = HashSet::new();
     let mut parked: Vec<ParkedEvent> = Vec::new();
     let mut dead = 0;
+    let mut live = Vec::new();
     // Running session counts as the store keeps them (sums of the batches' deltas).
     let mut counts: BTreeMap<(String, Status, String, Uuid), i64> = BTreeMap::new();
     for (b, chunk) in messages.chunks(size).enumerate() {
@@ -113,6 +118,7 @@ fn fold_in_batches(messages: &[Vec<u8>], size: usize) -> (Vec<SessionState>, usi
         parked.retain(|p| !changes.released.contains(&(p.source.clone(), p.position)));
         parked.extend(changes.parked);
         dead += changes.dead_letters.len();
+        live.extend(changes.live);
         for c in changes.counts {
             assert_ne!(c.delta, 0, "a zero delta was emitted");
             *counts
@@ -139,7 +145,7 @@ fn fold_in_batches(messages: &[Vec<u8>], size: usize) -> (Vec<SessionState>, usi
     );
     let mut v: Vec<_> = sessions.into_values().collect();
     v.sort_by_key(|s| s.session.id);
-    (v, parked.len(), dead)
+    (v, parked.len(), dead, live)
 }
 
 #[test]
@@ -283,9 +289,15 @@ fn batch_boundaries_do_not_change_the_result() {
     let whole = fold_all(&msgs);
     let expected = tables(&whole);
     let dead = whole.dead_letters().len();
+    let told = whole.finish().live;
+    assert!(told.iter().any(|e| e.name == SESSION_STARTED));
     for size in [1, 7, 64, 1000] {
-        let (got, parked, got_dead) = fold_in_batches(&msgs, size);
+        let (got, parked, got_dead, live) = fold_in_batches(&msgs, size);
         assert_eq!(got, expected, "batch size {size}");
+        assert_eq!(
+            live, told,
+            "batch size {size}: listeners are told the same, in order"
+        );
         assert_eq!(parked, 0, "batch size {size}");
         assert_eq!(got_dead, dead, "batch size {size}");
     }
@@ -299,9 +311,11 @@ proptest! {
     fn applying_a_stream_twice_equals_once(seed in 0u64..10_000, sessions in 1u64..40, batch in 1usize..50) {
         let msgs = sim(SimConfig { sessions, seed, duplicate_ratio: 0.05, early_ratio: 0.2, ..SimConfig::default() });
         let twice: Vec<_> = msgs.iter().chain(msgs.iter()).cloned().collect();
-        let (once, _, _) = fold_in_batches(&msgs, batch);
-        let (again, _, _) = fold_in_batches(&twice, batch);
+        let (once, _, _, told) = fold_in_batches(&msgs, batch);
+        let (again, _, _, told_again) = fold_in_batches(&twice, batch);
         prop_assert_eq!(once, again);
+        // A duplicate is never told.
+        prop_assert_eq!(told, told_again);
     }
 }
 
@@ -400,4 +414,102 @@ fn dead_letter_reasons_are_storable() {
     let d = &fold.dead_letters()[0];
     assert_eq!((d.label, d.bytes.len()), ("oversized", 64 * 1024));
     assert!(d.reason.contains("2097152 bytes"), "{}", d.reason);
+}
+
+fn kernel_event(
+    n: u128,
+    ty: &str,
+    session: Uuid,
+    kernel: Uuid,
+    payload: serde_json::Value,
+) -> Vec<u8> {
+    serde_json::json!({
+        "event_id": Uuid::from_u128(n), "event_type": ty, "schema_version": 1,
+        "occurred_at": "2020-02-16T15:48:00+00:00", "session_id": session, "kernel_id": kernel,
+        "payload": payload,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+#[test]
+fn listeners_are_told_applied_events_and_the_derived_session_changes() {
+    let (s, w) = (Uuid::from_u128(10), Uuid::from_u128(11));
+    let empty = serde_json::json!({});
+    let msgs = vec![
+        // Early: parked, told only once released, right after the enqueue.
+        kernel_event(2, "kernel_preparing", s, s, empty.clone()),
+        enqueue_with(s, &[w], 1, "d"),
+        kernel_event(
+            3,
+            "kernel_started",
+            s,
+            w,
+            serde_json::json!({"container_id": "c2"}),
+        ),
+        kernel_event(
+            4,
+            "kernel_started",
+            s,
+            s,
+            serde_json::json!({"container_id": "c1"}),
+        ),
+        kernel_event(
+            4,
+            "kernel_started",
+            s,
+            s,
+            serde_json::json!({"container_id": "c1"}),
+        ),
+        kernel_event(5, "kernel_stat_sync", s, s, serde_json::json!({"stat": {}})),
+        kernel_event(
+            6,
+            "kernel_terminated",
+            s,
+            s,
+            serde_json::json!({"reason": "user-requested"}),
+        ),
+        // After terminal: ignored, not told.
+        kernel_event(
+            7,
+            "kernel_started",
+            s,
+            s,
+            serde_json::json!({"container_id": "c9"}),
+        ),
+    ];
+    let told = fold_all(&msgs).finish().live;
+    let got: Vec<(&str, Option<Uuid>, Option<&str>, Option<&str>)> = told
+        .iter()
+        .map(|e| {
+            (
+                e.name,
+                e.kernel_id,
+                e.cluster_role.as_deref(),
+                e.reason.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("session_enqueued", None, None, None),
+            ("kernel_preparing", Some(s), Some("master"), None),
+            ("kernel_started", Some(w), Some("worker"), None),
+            ("kernel_started", Some(s), Some("master"), None),
+            (SESSION_STARTED, None, None, None),
+            (
+                "kernel_terminated",
+                Some(s),
+                Some("master"),
+                Some("user-requested")
+            ),
+            (SESSION_TERMINATED, None, None, Some("user-requested")),
+        ]
+    );
+    assert!(told.iter().all(|e| e.session_id == s
+        && e.session_name == "s"
+        && e.access_key == "AK"
+        && e.domain_name == "d"
+        && e.group_name == "g"));
 }

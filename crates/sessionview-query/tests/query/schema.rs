@@ -512,7 +512,9 @@ async fn container_fields_are_whole_on_every_path() {
     fx.drop().await;
 }
 
-/// The 2020 web UI's session list (its JS SDK's query, as it sends it for its three tabs).
+/// The 2020 web UI's session list: its JS SDK's query (backend.ai-webui v20.08.0,
+/// `src/lib/backend.ai-client-node.ts`), with every field the web UI asks for and the rest of the
+/// contract's.
 const WEB_UI_LIST: &str = "query($limit: Int!, $offset: Int!, $ak: String, $group_id: String, $status: String) {
   legacy_compute_session_list(limit: $limit, offset: $offset, access_key: $ak, group_id: $group_id, status: $status) {
     items { sess_id session_name lang tag created_at terminated_at status status_info service_ports mounts
@@ -527,13 +529,14 @@ const WEB_UI_LIST: &str = "query($limit: Int!, $offset: Int!, $ak: String, $grou
 #[tokio::test]
 async fn the_web_uis_legacy_list_per_tab() {
     let fx = Fixture::new().await;
+    // backend.ai-webui v20.08.0, src/components/backend-ai-session-list.ts.
     let tabs = [
         (
             "running",
-            "PENDING,PREPARING,BUILDING,PULLING,RUNNING,RESTARTING,RESIZING,SUSPENDED,ERROR",
+            "RUNNING,RESTARTING,TERMINATING,PENDING,PREPARING,PULLING",
         ),
         ("finished", "TERMINATED,CANCELLED"),
-        ("others", "TERMINATING,ERROR,CANCELLED"),
+        ("others", "TERMINATING,ERROR"),
     ];
     let mut seen_stat = false;
     for kp in [&fx.superadmin, &fx.user] {
