@@ -479,7 +479,8 @@ fn listeners_are_told_applied_events_and_the_derived_session_changes() {
         ),
     ];
     let told = fold_all(&msgs).finish().live;
-    let got: Vec<(&str, Option<Uuid>, Option<&str>, Option<&str>)> = told
+    type Told<'a> = (&'a str, Option<Uuid>, Option<&'a str>, Option<&'a str>);
+    let got: Vec<Told> = told
         .iter()
         .map(|e| {
             (
