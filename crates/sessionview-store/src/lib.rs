@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 mod columns;
 mod error;
+pub mod live;
 mod postgres;
 mod protocol;
 mod read;

@@ -104,6 +104,14 @@ pub(crate) trait Write: Database {
         conn: &'c mut Self::Connection,
         commit: Commit<'c>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'c;
+
+    /// Appends the batch's live events (non-empty) to the session event log, numbered after the
+    /// log's head, and tells the query services when the transaction commits (the last step:
+    /// the head's row lock orders the commits of several instances).
+    fn publish<'c>(
+        conn: &'c mut Self::Connection,
+        events: &'c [sessionview_projection::LiveEvent],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'c;
 }
 
 /// Writes a folded batch and advances its positions, in one transaction.
@@ -129,7 +137,14 @@ pub(crate) async fn commit<D: Write>(
         });
     }
     D::rare(&mut tx, commit).await?;
+    let live = &commit.changes.live;
+    if !live.is_empty() {
+        D::publish(&mut tx, live).await?;
+    }
     tx.commit().await?;
+    if !live.is_empty() {
+        crate::live::COMMITTED.notify_waiters();
+    }
     Ok(CommitOutcome::Committed)
 }
 

@@ -1,5 +1,6 @@
 //! The query side's interface: scoped, filtered, ordered, paginated reads and keypairs.
 
+use crate::live::{LogExtent, SessionEvent};
 use std::future::Future;
 use std::pin::Pin;
 
@@ -263,6 +264,19 @@ pub trait ReadModel: Send + Sync + 'static {
     /// Whether the database answers (readiness).
     fn ping(&self) -> ReadFuture<'_, ()>;
 
+    /// Up to `limit` events of the session event log after `after`, oldest first.
+    fn session_events(&self, after: i64, limit: i64) -> ReadFuture<'_, Vec<SessionEvent>>;
+
+    /// The session event log's extent.
+    fn session_event_log(&self) -> ReadFuture<'_, LogExtent>;
+
+    /// Wakes (yields) whenever a commit may have logged events: every commit in this process,
+    /// and on PostgreSQL every commit of any process (LISTEN). Wake-ups may be spurious or,
+    /// while a connection is being re-established, missed: a follower polls as well.
+    fn commit_wakeups(&self) -> futures_util::stream::BoxStream<'static, ()> {
+        in_process_wakeups()
+    }
+
     /// Statements executed so far by this store handle (for tests and metrics).
     fn statements_executed(&self) -> u64;
 
@@ -294,4 +308,12 @@ pub trait KeyPairAdmin: Clone + Send + Sync + 'static {
         &self,
         access_key: &str,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+}
+
+/// The in-process wake-ups of [`ReadModel::commit_wakeups`].
+pub(crate) fn in_process_wakeups() -> futures_util::stream::BoxStream<'static, ()> {
+    Box::pin(futures_util::stream::unfold((), |()| async {
+        crate::live::COMMITTED.notified().await;
+        Some(((), ()))
+    }))
 }

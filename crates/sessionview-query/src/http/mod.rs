@@ -3,6 +3,7 @@
 //! `problem`, callers `keys`, parsed documents `documents`, metrics `telemetry`.
 
 mod documents;
+mod events;
 mod keys;
 mod problem;
 mod telemetry;
@@ -83,6 +84,7 @@ struct AppState {
     keys: KeyCache,
     documents: DocumentCache,
     turns: KeyTurns,
+    hub: Arc<events::Hub>,
     cfg: ServerConfig,
 }
 
@@ -90,9 +92,11 @@ struct AppState {
 /// in by the binary.
 pub fn router(store: impl ReadModel, cfg: ServerConfig) -> Router {
     let cors = cors(&cfg.cors_origins);
+    let store: Db = Arc::new(store);
     let state = Arc::new(AppState {
         schema: build_schema(cfg.limits),
-        store: Arc::new(store),
+        hub: events::Hub::start(Arc::clone(&store)),
+        store,
         keys: KeyCache::new(cfg.keypair_cache),
         documents: DocumentCache::new(),
         turns: KeyTurns::new(cfg.per_key_concurrency),
@@ -104,11 +108,38 @@ pub fn router(store: impl ReadModel, cfg: ServerConfig) -> Router {
         .route("/graphiql", get(graphiql))
         .route("/admin/graphql", post(handle))
         .route("/admin/gql", post(handle))
+        .route("/events/session", get(session_events))
         .with_state(state);
     match cors {
         Some(layer) => routes.layer(layer),
         None => routes,
     }
+}
+
+/// `GET /events/session`: the session event stream (see `events`).
+async fn session_events(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    axum::extract::Query(query): axum::extract::Query<Vec<(String, String)>>,
+) -> Response {
+    let caller = match authenticate(&*state.store, &state.keys, &method, &uri, &headers).await {
+        Ok(c) => c,
+        Err(e) => {
+            debug!(error = %e, "event stream refused");
+            return auth_problem(&e);
+        }
+    };
+    counter!(REQUESTS, "endpoint" => "/events/session", "operation" => "anonymous", "outcome" => "ok")
+        .increment(1);
+    events::respond(
+        Arc::clone(&state.store),
+        Arc::clone(&state.hub),
+        &caller,
+        &query,
+        &headers,
+    )
 }
 
 /// The headers Backend.AI clients send, which a preflight request must allow.

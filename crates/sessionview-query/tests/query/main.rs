@@ -9,6 +9,7 @@
 )]
 
 mod common;
+mod events;
 mod http;
 mod order;
 mod schema;

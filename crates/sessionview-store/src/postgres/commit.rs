@@ -12,11 +12,13 @@ use sqlx::{PgConnection, PgPool, Postgres};
 use uuid::Uuid;
 
 use crate::columns::{
-    DEAD_LETTERS, KERNELS, Kind, PARKED_EVENTS, SESSIONS, Table, Value, dead_letter_values,
-    kernel_values, parked_values, session_values,
+    DEAD_LETTERS, KERNELS, Kind, PARKED_EVENTS, SESSION_EVENTS, SESSIONS, Table, Value,
+    dead_letter_values, kernel_values, parked_values, session_event_values, session_values,
 };
+use crate::live::{SESSION_EVENTS_CHANNEL, numbered, prune_below};
 use crate::protocol::Write;
 use crate::{Advance, Commit, StoreError};
+use sessionview_projection::LiveEvent;
 
 /// The constraint that makes a second record of one event id fail.
 const SEEN_EVENTS_KEY: &str = "seen_events_pkey";
@@ -99,7 +101,37 @@ impl Write for Postgres {
     async fn rare(conn: &mut PgConnection, commit: Commit<'_>) -> Result<(), StoreError> {
         write_rare(conn, &commit).await
     }
+
+    async fn publish(conn: &mut PgConnection, events: &[LiveEvent]) -> Result<(), StoreError> {
+        let n = i64::try_from(events.len()).unwrap_or(i64::MAX);
+        let head: i64 = sqlx::query_scalar(
+            "UPDATE session_events_head SET seq = seq + $1 WHERE id = 1 RETURNING seq",
+        )
+        .bind(n)
+        .fetch_one(&mut *conn)
+        .await?;
+        let rows = numbered(events, head - n + 1).map(|(seq, e)| session_event_values(seq, e));
+        Columnar::of(&SESSION_EVENTS, rows)
+            .bind(&SESSION_EVENTS, sqlx::query(&INSERT_SESSION_EVENTS))?
+            .execute(&mut *conn)
+            .await?;
+        if let Some(below) = prune_below(head, n) {
+            sqlx::query("DELETE FROM session_events WHERE seq < $1")
+                .bind(below)
+                .execute(&mut *conn)
+                .await?;
+        }
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(SESSION_EVENTS_CHANNEL)
+            .bind(head.to_string())
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
 }
+
+static INSERT_SESSION_EVENTS: LazyLock<String> =
+    LazyLock::new(|| unnest_insert(&SESSION_EVENTS, 1));
 
 /// One table's rows as one array per column, for `UNNEST`.
 struct Columnar<'a> {

@@ -13,6 +13,8 @@ use crate::columns::{
     KERNEL_SCALARS, KERNELS, KEYPAIRS, SESSIONS, kernel_from, keypair_from, keypair_values,
     session_from,
 };
+use crate::columns::{SESSION_EVENTS, session_event_from};
+use crate::live::{self, LogExtent, SessionEvent};
 use crate::read::{
     CONTAINER_ORDER_KEYS, ContainerListQuery, KernelFields, KeyPair, KeyPairAdmin, Page,
     PageWithContainers, ReadConnections, ReadFuture, ReadModel, SESSION_ORDER_KEYS, Scope,
@@ -294,6 +296,62 @@ impl ReadModel for PgStore {
             self.reads.fetch_all(sqlx::query("SELECT 1")).await?;
             Ok(())
         })
+    }
+
+    fn session_events(&self, after: i64, limit: i64) -> ReadFuture<'_, Vec<SessionEvent>> {
+        Box::pin(async move {
+            let mut qb = live::after_query::<Postgres>(after, limit);
+            let rows = self.reads.fetch_all(qb.build()).await?;
+            rows.iter()
+                .map(|r| session_event_from(&mut PgCells::at(r, 0, SESSION_EVENTS.name)))
+                .collect()
+        })
+    }
+
+    fn session_event_log(&self) -> ReadFuture<'_, LogExtent> {
+        Box::pin(async move {
+            let rows = self.reads.fetch_all(sqlx::query(live::EXTENT_SQL)).await?;
+            match rows.first() {
+                Some(r) => live::extent_from(&mut PgCells::at(r, 0, "session_events_head")),
+                None => Ok(LogExtent::default()),
+            }
+        })
+    }
+
+    fn commit_wakeups(&self) -> futures_util::stream::BoxStream<'static, ()> {
+        use futures_util::StreamExt;
+        let pool = self.pool().clone();
+        // LISTEN on a connection of its own (re-established after a failure, a second later);
+        // every wake-up of the in-process signal too.
+        let listened = futures_util::stream::unfold(None, move |listener| {
+            let pool = pool.clone();
+            async move {
+                let mut listener: sqlx::postgres::PgListener = match listener {
+                    Some(l) => l,
+                    None => loop {
+                        match sqlx::postgres::PgListener::connect_with(&pool).await {
+                            Ok(mut l) => match l.listen(live::SESSION_EVENTS_CHANNEL).await {
+                                Ok(()) => break l,
+                                Err(e) => tracing::warn!(error = %e, "LISTEN failed; retrying"),
+                            },
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot connect to LISTEN; retrying")
+                            }
+                        }
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    },
+                };
+                match listener.recv().await {
+                    Ok(_) => Some(((), Some(listener))),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the LISTEN connection failed; reconnecting");
+                        // Wake the follower: it reads what it may have missed.
+                        Some(((), None))
+                    }
+                }
+            }
+        });
+        futures_util::stream::select(listened, crate::read::in_process_wakeups()).boxed()
     }
 
     fn statements_executed(&self) -> u64 {

@@ -10,12 +10,14 @@ use uuid::Uuid;
 
 use super::CHUNK;
 use crate::columns::{
-    DEAD_LETTERS, KERNELS, PARKED_EVENTS, SESSIONS, Value, dead_letter_values, kernel_values,
-    parked_values, session_values,
+    DEAD_LETTERS, KERNELS, PARKED_EVENTS, SESSION_EVENTS, SESSIONS, Value, dead_letter_values,
+    kernel_values, parked_values, session_event_values, session_values,
 };
+use crate::live::{numbered, prune_below};
 use crate::protocol::Write;
 use crate::sql::{Dialect, insert};
 use crate::{Advance, Commit, StoreError};
+use sessionview_projection::LiveEvent;
 
 impl Write for Sqlite {
     async fn advance(
@@ -66,6 +68,33 @@ impl Write for Sqlite {
 
     async fn rare(conn: &mut SqliteConnection, commit: Commit<'_>) -> Result<(), StoreError> {
         write_rare(conn, commit).await
+    }
+
+    async fn publish(conn: &mut SqliteConnection, events: &[LiveEvent]) -> Result<(), StoreError> {
+        let n = i64::try_from(events.len()).unwrap_or(i64::MAX);
+        let head: i64 = sqlx::query_scalar(
+            "UPDATE session_events_head SET seq = seq + ? WHERE id = 1 RETURNING seq",
+        )
+        .bind(n)
+        .fetch_one(&mut *conn)
+        .await?;
+        let rows: Vec<_> = numbered(events, head - n + 1).collect();
+        for chunk in rows.chunks(CHUNK) {
+            insert::<Sqlite, 10>(
+                &SESSION_EVENTS,
+                chunk.iter().map(|(seq, e)| session_event_values(*seq, e)),
+            )
+            .build()
+            .execute(&mut *conn)
+            .await?;
+        }
+        if let Some(below) = prune_below(head, n) {
+            sqlx::query("DELETE FROM session_events WHERE seq < ?")
+                .bind(below)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
     }
 }
 

@@ -12,6 +12,8 @@ use crate::columns::{
     Cells, KERNELS, KEYPAIRS, SESSIONS, Value, kernel_from, keypair_from, keypair_values,
     session_from,
 };
+use crate::columns::{SESSION_EVENTS, session_event_from};
+use crate::live::{self, LogExtent, SessionEvent};
 use crate::read::{
     CONTAINER_ORDER_KEYS, ContainerListQuery, KeyPair, KeyPairAdmin, Page, ReadFuture, ReadModel,
     SESSION_ORDER_KEYS, Scope, SessionListQuery,
@@ -183,6 +185,23 @@ impl ReadModel for SqliteStore {
 
     fn ping<'a>(&'a self) -> ReadFuture<'a, ()> {
         Box::pin(async move { OperationsStore::ping(self).await })
+    }
+
+    fn session_events(&self, after: i64, limit: i64) -> ReadFuture<'_, Vec<SessionEvent>> {
+        Box::pin(async move {
+            let mut qb = live::after_query::<Sqlite>(after, limit);
+            let rows = qb.build().fetch_all(&self.pool).await?;
+            rows.iter()
+                .map(|r| session_event_from(&mut SqliteCells::at(r, 0, SESSION_EVENTS.name)))
+                .collect()
+        })
+    }
+
+    fn session_event_log(&self) -> ReadFuture<'_, LogExtent> {
+        Box::pin(async move {
+            let row = sqlx::query(live::EXTENT_SQL).fetch_one(&self.pool).await?;
+            live::extent_from(&mut SqliteCells::at(&row, 0, "session_events_head"))
+        })
     }
 
     fn statements_executed(&self) -> u64 {
