@@ -547,7 +547,11 @@ impl<S: ProjectorStore> Applier<S> {
         let Some(loaded) = loaded.await? else {
             return Ok(None);
         };
-        let changes = planned.fold(loaded).changes;
+        let mut changes = planned.fold(loaded).changes;
+        if !self.cfg.publish {
+            // A rebuild: listeners were told of these events when they were first applied.
+            changes.live.clear();
+        }
         // The folded batch keeps its payloads until it commits: should the database refuse it,
         // its events are folded again in parts to find the one it refuses.
         metrics::fold(started.elapsed());

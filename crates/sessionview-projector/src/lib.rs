@@ -48,6 +48,9 @@ pub struct BatchConfig {
     pub max_event_bytes: usize,
     /// Parked events older than this become dead letters (`--park-retention`).
     pub park_retention: Duration,
+    /// Append the applied events to the session event log (`GET /events/session`): off for
+    /// rebuilds, whose events listeners were told of when the live projector applied them.
+    pub publish: bool,
 }
 
 /// The default of `--park-retention`: 7 days.
@@ -61,6 +64,7 @@ impl Default for BatchConfig {
             channel_capacity: 20_000,
             max_event_bytes: sessionview_events::DEFAULT_MAX_EVENT_BYTES,
             park_retention: DEFAULT_PARK_RETENTION,
+            publish: true,
         }
     }
 }

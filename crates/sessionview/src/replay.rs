@@ -291,6 +291,7 @@ pub(crate) async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let progress = spawn_progress(Arc::clone(&done), total, progress_stop.clone());
     let batch = args.events.apply(BatchConfig {
         max_events: args.batch_size.max(1),
+        publish: false,
         ..BatchConfig::default()
     });
     let rebuild = Rebuild {
@@ -393,6 +394,7 @@ async fn in_place<S: Store>(
         source,
         batch: args.events.apply(BatchConfig {
             max_events: args.batch_size.max(1),
+            publish: false,
             ..BatchConfig::default()
         }),
         progress: Arc::clone(&done),

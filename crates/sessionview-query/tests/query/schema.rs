@@ -558,7 +558,11 @@ async fn the_web_uis_legacy_list_per_tab() {
                 page["total_count"].as_u64().unwrap() as usize,
                 total(&plain)
             );
-            assert!(!want.is_empty(), "{tab} is not empty in the fixture");
+            // The simulated cluster has running and finished sessions, none left terminating
+            // or in error (the "others" tab is then empty, and must equal the plain list too).
+            if kp.role == sessionview_store::Role::SuperAdmin && tab != "others" {
+                assert!(!want.is_empty(), "{tab} is not empty in the fixture");
+            }
             for item in page["items"].as_array().unwrap() {
                 let id: uuid::Uuid = item["id"].as_str().unwrap().parse().unwrap();
                 let s = fx.sessions.iter().find(|s| s.session.id == id).unwrap();
