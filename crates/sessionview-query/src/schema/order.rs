@@ -16,16 +16,24 @@ use async_graphql::parser::types::{
 };
 use async_graphql::{Name, Positioned, Value};
 
-/// The response keys of the operation's root selection, in document order, each once.
-pub(crate) fn root_keys(doc: &ExecutableDocument, operation: Option<&str>) -> Vec<Name> {
-    let op: Option<&Positioned<OperationDefinition>> = match operation {
+/// The operation a request runs: the one named, or the first (async-graphql refuses a document
+/// of several without a name).
+pub(crate) fn selected<'d>(
+    doc: &'d ExecutableDocument,
+    operation: Option<&str>,
+) -> Option<&'d Positioned<OperationDefinition>> {
+    match operation {
         Some(name) => doc
             .operations
             .iter()
             .find_map(|(n, op)| n.filter(|n| n.as_str() == name).map(|_| op)),
         None => doc.operations.iter().next().map(|(_, op)| op),
-    };
-    let Some(op) = op else {
+    }
+}
+
+/// The response keys of the operation's root selection, in document order, each once.
+pub(crate) fn root_keys(doc: &ExecutableDocument, operation: Option<&str>) -> Vec<Name> {
+    let Some(op) = selected(doc, operation) else {
         return Vec::new();
     };
     let mut keys = Vec::new();

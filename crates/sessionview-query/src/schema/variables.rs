@@ -88,14 +88,7 @@ impl Signatures {
         doc: &ExecutableDocument,
         operation: Option<&str>,
     ) -> Vec<ServerError> {
-        let op = match operation {
-            Some(name) => doc
-                .operations
-                .iter()
-                .find_map(|(n, op)| n.filter(|n| n.as_str() == name).map(|_| op)),
-            None => doc.operations.iter().next().map(|(_, op)| op),
-        };
-        let Some(op) = op else {
+        let Some(op) = super::order::selected(doc, operation) else {
             return Vec::new();
         };
         let mut walk = Walk {

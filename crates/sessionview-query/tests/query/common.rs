@@ -208,3 +208,44 @@ impl Fixture {
         self.db.drop().await;
     }
 }
+
+/// A request to `base` + `path` signed the way backend.ai-client signs it: with `content_type`
+/// sent and signed, or (`None`, as for the event stream) none sent and
+/// `application/octet-stream` signed. No date header is added.
+pub(crate) fn signed(
+    method: reqwest::Method,
+    base: &str,
+    host: &str,
+    path: &str,
+    kp: &KeyPair,
+    date: &str,
+    content_type: Option<&str>,
+) -> reqwest::RequestBuilder {
+    use sessionview_query::auth::{API_VERSION, SigningInput, sign};
+    let signature = sign(
+        &kp.secret_key,
+        &SigningInput {
+            method: method.as_str(),
+            path_and_query: path,
+            date,
+            host,
+            content_type: content_type.unwrap_or("application/octet-stream"),
+            version: API_VERSION,
+        },
+    )
+    .unwrap();
+    let mut req = reqwest::Client::new()
+        .request(method, format!("{base}{path}"))
+        .header("X-BackendAI-Version", API_VERSION)
+        .header(
+            "Authorization",
+            format!(
+                "BackendAI signMethod=HMAC-SHA256, credential={}:{signature}",
+                kp.access_key
+            ),
+        );
+    if let Some(ct) = content_type {
+        req = req.header("Content-Type", ct);
+    }
+    req
+}

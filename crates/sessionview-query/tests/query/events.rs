@@ -7,13 +7,12 @@ use std::time::Duration;
 use chrono::{SecondsFormat, Utc};
 use serde_json::{Value, json};
 use sessionview_projection::{Fold, Position};
-use sessionview_query::auth::{API_VERSION, SigningInput, sign};
 use sessionview_query::{ServerConfig, router};
 use sessionview_store::prelude::*;
 use sessionview_store::{Advance, Commit, CommitOutcome, KeyPair};
 use uuid::Uuid;
 
-use crate::common::Fixture;
+use crate::common::{Fixture, signed};
 
 /// A session of `ak` in `domain`: enqueued, then its master started, as raw events.
 fn lifecycle(n: u128, name: &str, ak: &str, domain: &str) -> Vec<Vec<u8>> {
@@ -85,29 +84,8 @@ async fn open(
     last: Option<&str>,
 ) -> reqwest::Response {
     let date = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, false);
-    let signature = sign(
-        &kp.secret_key,
-        &SigningInput {
-            method: "GET",
-            path_and_query: path,
-            date: &date,
-            host,
-            content_type: "application/octet-stream",
-            version: API_VERSION,
-        },
-    )
-    .unwrap();
-    let mut req = reqwest::Client::new()
-        .get(format!("{base}{path}"))
-        .header("Date", &date)
-        .header("X-BackendAI-Version", API_VERSION)
-        .header(
-            "Authorization",
-            format!(
-                "BackendAI signMethod=HMAC-SHA256, credential={}:{signature}",
-                kp.access_key
-            ),
-        );
+    let mut req =
+        signed(reqwest::Method::GET, base, host, path, kp, &date, None).header("Date", &date);
     if let Some(id) = last {
         req = req.header("Last-Event-ID", id);
     }

@@ -1,7 +1,7 @@
 //! End-to-end HTTP tests: the real router on a real socket, requests signed as Backend.AI clients
 //! sign them, against a real PostgreSQL read model.
 
-use crate::common::{Fixture, SEED_USER_AK};
+use crate::common::{Fixture, SEED_USER_AK, signed};
 use chrono::{SecondsFormat, TimeDelta, Utc};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -563,27 +563,13 @@ async fn post_from(srv: &Server, kp: &KeyPair, body: &Value, origin: &str) -> re
 
 /// A POST to `path` with the headers and signature backend.ai-client sends (no date header).
 fn signed_post(srv: &Server, path: &str, kp: &KeyPair, date: &str) -> reqwest::RequestBuilder {
-    let signature = sign(
-        &kp.secret_key,
-        &SigningInput {
-            method: "POST",
-            path_and_query: path,
-            date,
-            host: &srv.host,
-            content_type: "application/json",
-            version: API_VERSION,
-        },
+    signed(
+        reqwest::Method::POST,
+        &srv.base,
+        &srv.host,
+        path,
+        kp,
+        date,
+        Some("application/json"),
     )
-    .unwrap();
-    reqwest::Client::new()
-        .post(format!("{}{path}", srv.base))
-        .header("Content-Type", "application/json")
-        .header("X-BackendAI-Version", API_VERSION)
-        .header(
-            "Authorization",
-            format!(
-                "BackendAI signMethod=HMAC-SHA256, credential={}:{signature}",
-                kp.access_key
-            ),
-        )
 }
