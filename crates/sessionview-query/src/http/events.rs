@@ -277,7 +277,7 @@ impl Stream {
 }
 
 /// The stream's response for an authenticated caller.
-pub(super) fn respond(
+pub(super) async fn respond(
     store: Db,
     hub: Arc<Hub>,
     caller: &Caller,
@@ -290,7 +290,20 @@ pub(super) fn respond(
     };
     // Subscribed before the position is taken: nothing committed in between is missed.
     let rx = hub.events.subscribe();
-    let head = hub.head.load(Ordering::Acquire);
+    let mut head = hub.head.load(Ordering::Acquire);
+    if head < 0 {
+        // The follower has not read the log yet (the server just started): the log's own head
+        // is where "from now on" starts, so nothing older is sent as if it were new.
+        head = match store.session_event_log().await {
+            Ok(extent) => extent.newest,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the session event log");
+                return super::problem::unavailable(
+                    "the read model's database cannot answer now; retry",
+                );
+            }
+        };
+    }
     let resume = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())

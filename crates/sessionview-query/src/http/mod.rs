@@ -140,6 +140,7 @@ async fn session_events(
         &query,
         &headers,
     )
+    .await
 }
 
 /// The headers Backend.AI clients send, which a preflight request must allow.
