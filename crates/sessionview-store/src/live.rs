@@ -1,8 +1,9 @@
-//! The session event log `GET /events/session` is served from: what each commit applied, numbered
-//! in commit order and written by that commit (`session_events`), so that the event becomes
-//! deliverable exactly when it is committed, to every query replica. The shape of a logged event
-//! and the statements both backends share live here; each backend numbers and writes a commit's
-//! events in its `commit` module.
+//! What the live surface reads. The session event log `GET /events/session` is served from: what
+//! each commit applied, numbered in commit order and written by that commit (`session_events`), so
+//! that the event becomes deliverable exactly when it is committed, to every query replica. And
+//! the committed source positions every response reports (read-your-writes). The shapes and the
+//! statements both backends share live here; each backend numbers and writes a commit's events in
+//! its `commit` module.
 
 use sessionview_projection::LiveEvent;
 use sqlx::QueryBuilder;
@@ -90,6 +91,28 @@ pub(crate) fn extent_from(c: &mut impl Cells) -> Result<LogExtent, StoreError> {
     Ok(LogExtent {
         oldest: c.int8()?,
         newest: c.int8()?,
+    })
+}
+
+/// One partition's committed position: every message before `next_offset` has been applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommittedPosition {
+    /// The source's name: a Kafka topic, or `file:<path>`.
+    pub source: String,
+    pub partition: i32,
+    pub next_offset: i64,
+}
+
+/// Every committed position, by source and partition: decoded by [`position_from`].
+pub(crate) const POSITIONS_SQL: &str =
+    "SELECT source, partition, next_offset FROM source_positions ORDER BY source, partition";
+
+/// A position from the cells of [`POSITIONS_SQL`].
+pub(crate) fn position_from(c: &mut impl Cells) -> Result<CommittedPosition, StoreError> {
+    Ok(CommittedPosition {
+        source: c.text()?,
+        partition: c.int4()?,
+        next_offset: c.int8()?,
     })
 }
 

@@ -1,6 +1,6 @@
 //! The query side's interface: scoped, filtered, ordered, paginated reads and keypairs.
 
-use crate::live::{LogExtent, SessionEvent};
+use crate::live::{CommittedPosition, LogExtent, SessionEvent};
 use std::future::Future;
 use std::pin::Pin;
 
@@ -269,6 +269,9 @@ pub trait ReadModel: Send + Sync + 'static {
 
     /// The session event log's extent.
     fn session_event_log(&self) -> ReadFuture<'_, LogExtent>;
+
+    /// Every committed source position (what read-your-writes compares with).
+    fn committed_positions(&self) -> ReadFuture<'_, Vec<CommittedPosition>>;
 
     /// Wakes (yields) whenever a commit may have logged events: every commit in this process,
     /// and on PostgreSQL every commit of any process (LISTEN). Wake-ups may be spurious or,

@@ -16,6 +16,7 @@ use std::collections::HashSet;
 use sessionview_events::{DEFAULT_MAX_EVENT_BYTES, Status};
 use sessionview_projection::{Batch, Fold, Position, SessionState};
 use sessionview_simulator::{SimConfig, Simulator};
+use sessionview_store::live::CommittedPosition;
 use sessionview_store::prelude::*;
 use sessionview_store::{
     Advance, Commit, CommitOutcome, ContainerListQuery, DeadLetterFilter, KernelFields, KeyPair,
@@ -98,6 +99,7 @@ conformance!(
     rows_equal_the_pure_fold_in_large_batches,
     rows_equal_the_pure_fold_in_small_batches,
     positions_advance_only_by_compare_and_set,
+    the_session_event_log_holds_what_commits_applied,
     racing_instances_apply_a_batch_once,
     an_event_recorded_meanwhile_voids_the_batch,
     parked_events_survive_between_batches,
@@ -340,6 +342,61 @@ async fn positions_advance_only_by_compare_and_set<S: Backend>(store: &S) {
         "the conflicting batch wrote nothing"
     );
     assert_eq!(store.counts().await.unwrap().seen_events, seen_after_first);
+}
+
+/// Each commit logs the events it applied, numbered on from the log's head in the order the pure
+/// fold tells them (duplicates, parked and dead-lettered events are not told); the log pages after
+/// any position; the committed positions are what the commits advanced.
+async fn the_session_event_log_holds_what_commits_applied<S: Backend>(store: &S) {
+    let msgs = stream(20, 31, true);
+    let mut fold = Fold::new();
+    for (i, m) in msgs.iter().enumerate() {
+        let at = Position {
+            partition: 0,
+            offset: i as i64,
+        };
+        fold.apply_bytes(SOURCE, at, m);
+    }
+    let told: Vec<(String, Uuid, Option<Uuid>)> = fold
+        .finish()
+        .live
+        .into_iter()
+        .map(|e| (e.name.to_owned(), e.session_id, e.kernel_id))
+        .collect();
+    assert!(told.len() > 20, "the stream tells something");
+    assert!(store.committed_positions().await.unwrap().is_empty());
+    assert_eq!(store.session_event_log().await.unwrap().newest, 0);
+
+    project(store, &msgs, 0, 37).await;
+    let log = store.session_events(0, 1_000_000).await.unwrap();
+    let seqs: Vec<i64> = log.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=told.len() as i64).collect::<Vec<_>>());
+    let logged: Vec<_> = log
+        .iter()
+        .map(|e| (e.name.clone(), e.session_id, e.kernel_id))
+        .collect();
+    assert_eq!(
+        logged, told,
+        "what was logged is what the fold told, in order"
+    );
+    let extent = store.session_event_log().await.unwrap();
+    assert_eq!((extent.oldest, extent.newest), (1, told.len() as i64));
+    assert_eq!(store.session_events(10, 5).await.unwrap(), log[10..15]);
+    assert!(
+        store
+            .session_events(told.len() as i64, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.committed_positions().await.unwrap(),
+        [CommittedPosition {
+            source: SOURCE.into(),
+            partition: 0,
+            next_offset: msgs.len() as i64,
+        }]
+    );
 }
 
 async fn racing_instances_apply_a_batch_once<S: Backend>(store: &S) {

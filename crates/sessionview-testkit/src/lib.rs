@@ -1,5 +1,6 @@
 //! The workspace's test harness, written once: fresh databases of both backends for one test
-//! each, and the administrative connection tests inject faults through. Dev-only (every crate
+//! each, the administrative connection tests inject faults through, and hand-written contract
+//! events ([`events`]). Dev-only (every crate
 //! takes it as a dev-dependency); depends on none of ours, so that any crate's tests can use it.
 //!
 //! PostgreSQL comes from `SESSIONVIEW_TEST_DATABASE_URL` (an administrative URL, default
@@ -10,6 +11,8 @@
     clippy::expect_used,
     reason = "a harness: a failed set-up is a failed test"
 )]
+
+pub mod events;
 
 use std::path::PathBuf;
 

@@ -18,13 +18,16 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
+use metrics::{counter, gauge};
 use serde_json::{Value, json};
 use sessionview_store::Role;
 use sessionview_store::live::SessionEvent;
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
+use super::positions::{Positions, Tracker};
 use super::problem::problem;
+use super::telemetry::{EVENT_STREAMS, EVENT_STREAMS_CUT};
 use crate::schema::{Caller, Db};
 
 /// Events buffered for the slowest stream before it is cut off.
@@ -34,9 +37,11 @@ const PAGE: i64 = 1000;
 /// The follower reads the log this often even without a wake-up.
 const POLL: Duration = Duration::from_secs(1);
 
-/// The server's follower of the session event log.
+/// The server's follower of the commits: the session event log, and the committed positions.
 pub(super) struct Hub {
     events: broadcast::Sender<Arc<SessionEvent>>,
+    /// The committed positions, re-read after every wake-up.
+    pub(super) positions: Tracker,
     /// The newest event broadcast (streams read anything after their own position up to it
     /// from the log).
     head: AtomicI64,
@@ -48,6 +53,7 @@ impl Hub {
         let (events, _) = broadcast::channel(STREAM_BUFFER);
         let hub = Arc::new(Self {
             events,
+            positions: Tracker::new(),
             head: AtomicI64::new(-1),
         });
         tokio::spawn(follow(store, Arc::downgrade(&hub)));
@@ -89,6 +95,10 @@ async fn follow(store: Db, hub: Weak<Hub>) {
                     break;
                 }
             }
+        }
+        match store.committed_positions().await {
+            Ok(committed) => h.positions.update(Positions::from_committed(committed)),
+            Err(e) => tracing::warn!(error = %e, "cannot read the committed positions"),
         }
         drop(h);
         let _ = tokio::time::timeout(POLL, wakeups.next()).await;
@@ -211,7 +221,24 @@ fn sse_event(e: &SessionEvent) -> Event {
         .data(data.to_string())
 }
 
+/// Counts a stream in [`EVENT_STREAMS`] for as long as it lives.
+struct Open;
+
+impl Open {
+    fn new() -> Self {
+        gauge!(EVENT_STREAMS).increment(1.0);
+        Self
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        gauge!(EVENT_STREAMS).decrement(1.0);
+    }
+}
+
 struct Stream {
+    _open: Open,
     store: Db,
     hub: Arc<Hub>,
     rx: broadcast::Receiver<Arc<SessionEvent>>,
@@ -264,6 +291,7 @@ impl Stream {
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(n)) => {
+                    counter!(EVENT_STREAMS_CUT).increment(1);
                     tracing::info!(
                         behind = n,
                         "closing a session event stream that fell behind"
@@ -310,6 +338,7 @@ pub(super) async fn respond(
         .and_then(|v| v.trim().parse::<i64>().ok())
         .filter(|id| *id >= 0 && *id < head.max(0));
     let stream = Stream {
+        _open: Open::new(),
         store,
         hub,
         rx,

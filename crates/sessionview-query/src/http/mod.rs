@@ -1,10 +1,12 @@
 //! The HTTP surface (axum): Backend.AI's endpoints, the request pipeline (authenticate → the
 //! key's turn → body → precheck → execute) and its answer in the endpoint's shape. Errors are
-//! `problem`, callers `keys`, parsed documents `documents`, metrics `telemetry`.
+//! `problem`, callers `keys`, parsed documents `documents`, metrics `telemetry`, the event stream
+//! `events`, read-your-writes `positions`.
 
 mod documents;
 mod events;
 mod keys;
+mod positions;
 mod problem;
 mod telemetry;
 
@@ -29,6 +31,7 @@ use crate::auth::API_VERSION;
 use crate::precheck::{self, DocumentLimits};
 use crate::schema::{Db, Limits, QuerySchema, UNAVAILABLE, build_schema, execute, prepare};
 
+pub use positions::{DEFAULT_WAIT, MAX_WAIT, MIN_POSITIONS, POSITIONS, WAIT_MS};
 pub use telemetry::{
     DB_CONNECTIONS, DB_CONNECTIONS_MAX, DB_WAITING, REQUEST_SECONDS, REQUEST_SECONDS_BUCKETS,
     REQUESTS, describe_metrics, record_read_connections,
@@ -109,11 +112,30 @@ pub fn router(store: impl ReadModel, cfg: ServerConfig) -> Router {
         .route("/admin/graphql", post(handle))
         .route("/admin/gql", post(handle))
         .route("/events/session", get(session_events))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state.hub),
+            stamp_positions,
+        ))
         .with_state(state);
     match cors {
         Some(layer) => routes.layer(layer),
         None => routes,
     }
+}
+
+/// Every response reports the committed positions read before it was answered, unless its
+/// handler reports the ones it waited for (see `positions`).
+async fn stamp_positions(
+    State(hub): State<Arc<events::Hub>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let before = hub.positions.current();
+    let mut resp = next.run(request).await;
+    if !resp.headers().contains_key(POSITIONS) {
+        resp.headers_mut().insert(POSITIONS, before.header());
+    }
+    resp
 }
 
 /// `GET /events/session`: the session event stream (see `events`).
@@ -131,25 +153,56 @@ async fn session_events(
             return auth_problem(&e);
         }
     };
+    let reached = match state
+        .hub
+        .positions
+        .wait(&state.store, &headers, MAX_WAIT)
+        .await
+    {
+        Ok(reached) => reached,
+        Err(resp) => {
+            let outcome = waited_outcome(&resp);
+            counter!(REQUESTS, "endpoint" => "/events/session", "operation" => "anonymous", "outcome" => outcome)
+                .increment(1);
+            return resp;
+        }
+    };
     counter!(REQUESTS, "endpoint" => "/events/session", "operation" => "anonymous", "outcome" => "ok")
         .increment(1);
-    events::respond(
+    let mut resp = events::respond(
         Arc::clone(&state.store),
         Arc::clone(&state.hub),
         &caller,
         &query,
         &headers,
     )
-    .await
+    .await;
+    if let Some(p) = reached {
+        resp.headers_mut().insert(POSITIONS, p.header());
+    }
+    resp
+}
+
+/// The metrics outcome of a request that did not get past its wait for positions.
+fn waited_outcome(resp: &Response) -> &'static str {
+    if resp.status() == StatusCode::BAD_REQUEST {
+        "bad_request"
+    } else if resp.headers().contains_key(POSITIONS) {
+        "behind"
+    } else {
+        "unavailable"
+    }
 }
 
 /// The headers Backend.AI clients send, which a preflight request must allow.
-pub const CORS_ALLOWED_HEADERS: [&str; 5] = [
+pub const CORS_ALLOWED_HEADERS: [&str; 7] = [
     "authorization",
     "date",
     "x-backendai-date",
     "x-backendai-version",
     "content-type",
+    "x-sessionview-min-positions",
+    "x-sessionview-wait-ms",
 ];
 
 /// The CORS layer for `origins` (`*` among them allows any origin), none when empty.
@@ -168,6 +221,7 @@ fn cors(origins: &[HeaderValue]) -> Option<CorsLayer> {
             .allow_origin(allow)
             .allow_methods([Method::GET, Method::POST])
             .allow_headers(CORS_ALLOWED_HEADERS.map(HeaderName::from_static))
+            .expose_headers([POSITIONS])
             .max_age(Duration::from_secs(600)),
     )
 }
@@ -278,6 +332,19 @@ async fn handle(
         };
         let cfg = &state.cfg;
         let deadline = cfg.request_timeout;
+        // Waiting for positions holds no turn of the key, and counts toward the deadline.
+        let reached = match state
+            .hub
+            .positions
+            .wait(&state.store, &headers, deadline)
+            .await
+        {
+            Ok(reached) => reached,
+            Err(resp) => {
+                let outcome = waited_outcome(&resp);
+                return (resp, "anonymous".to_owned(), outcome);
+            }
+        };
         // Everything from here (reading, parsing, checking, executing) waits behind this
         // keypair's own requests only.
         let turns = state.turns.semaphore(&caller.keypair.access_key);
@@ -382,7 +449,11 @@ async fn handle(
         } else {
             "graphql_error"
         };
-        (respond(&flavor, result), operation, outcome)
+        let mut resp = respond(&flavor, result);
+        if let Some(p) = reached {
+            resp.headers_mut().insert(POSITIONS, p.header());
+        }
+        (resp, operation, outcome)
     }
     .instrument(span.clone())
     .await;

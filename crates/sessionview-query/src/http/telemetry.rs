@@ -8,6 +8,8 @@ pub const REQUEST_SECONDS: &str = "sessionview_query_request_seconds";
 pub const DB_CONNECTIONS: &str = "sessionview_query_db_connections";
 pub const DB_CONNECTIONS_MAX: &str = "sessionview_query_db_connections_max";
 pub const DB_WAITING: &str = "sessionview_query_db_waiting";
+pub(crate) const EVENT_STREAMS: &str = "sessionview_event_streams";
+pub(crate) const EVENT_STREAMS_CUT: &str = "sessionview_event_streams_cut_total";
 /// Histogram buckets for [`REQUEST_SECONDS`].
 pub const REQUEST_SECONDS_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -17,9 +19,10 @@ pub const REQUEST_SECONDS_BUCKETS: &[f64] = &[
 pub fn describe_metrics() {
     describe_counter!(
         REQUESTS,
-        "GraphQL requests by endpoint, operation (an allow-listed operation name, `other` or \
-         `anonymous`) and outcome (ok, graphql_error, auth_failed, bad_request, too_large, \
-         timeout, unavailable)."
+        "Requests (GraphQL and event streams) by endpoint, operation (an allow-listed operation \
+         name, `other` or `anonymous`) and outcome (ok, graphql_error, auth_failed, \
+         bad_request, too_large, timeout, unavailable, behind: X-SessionView-Min-Positions was \
+         not reached in time)."
     );
     describe_histogram!(
         REQUEST_SECONDS,
@@ -33,6 +36,12 @@ pub fn describe_metrics() {
     describe_gauge!(
         DB_CONNECTIONS_MAX,
         "The most database connections the reads may open (--db-max-connections)."
+    );
+    describe_gauge!(EVENT_STREAMS, "Open GET /events/session streams.");
+    describe_counter!(
+        EVENT_STREAMS_CUT,
+        "Event streams closed because they fell more than the buffer behind (the client may \
+         resume with Last-Event-ID)."
     );
     describe_gauge!(
         DB_WAITING,

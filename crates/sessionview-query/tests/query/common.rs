@@ -249,3 +249,72 @@ pub(crate) fn signed(
     }
     req
 }
+
+/// A session of `ak` in `domain` (id `0xfeed_0000 + n`): enqueued, its master started, then
+/// terminated, as raw events.
+pub(crate) fn lifecycle(n: u128, name: &str, ak: &str, domain: &str) -> Vec<Vec<u8>> {
+    let mut story =
+        sessionview_testkit::events::Story::new(Uuid::from_u128(0xfeed_0000 + n), name, ak, domain);
+    vec![
+        story.enqueued(),
+        story.kernel("kernel_started", serde_json::json!({"container_id": "c"})),
+        story.kernel("kernel_terminated", serde_json::json!({"reason": "done"})),
+    ]
+}
+
+/// Folds `events` as read from offsets 0.. of `partition` (one the store has no position for)
+/// and commits them with the partition's position advanced past them.
+pub(crate) async fn apply(fx: &Fixture, partition: i32, events: &[Vec<u8>]) {
+    let mut fold = Fold::new();
+    for (i, e) in events.iter().enumerate() {
+        let at = Position {
+            partition,
+            offset: i as i64,
+        };
+        fold.apply_bytes("events-test", at, e);
+    }
+    let changes = fold.finish();
+    let advances = [Advance {
+        partition,
+        expected: None,
+        next: events.len() as i64,
+    }];
+    let outcome = fx
+        .store
+        .commit(Commit {
+            source: "events-test",
+            advances: &advances,
+            changes: &changes,
+            retire: &[],
+        })
+        .await
+        .unwrap();
+    assert_eq!(outcome, CommitOutcome::Committed);
+}
+
+/// The real router of a fixture's store on a real socket (stopped with `stop`).
+#[derive(Clone)]
+pub(crate) struct Server {
+    pub base: String,
+    pub host: String,
+    pub stop: tokio_util::sync::CancellationToken,
+}
+
+pub(crate) async fn start(fx: &Fixture, cfg: sessionview_query::ServerConfig) -> Server {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = sessionview_query::router(fx.store.clone(), cfg);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let token = stop.clone();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await
+            .unwrap();
+    });
+    Server {
+        base: format!("http://{addr}"),
+        host: addr.to_string(),
+        stop,
+    }
+}

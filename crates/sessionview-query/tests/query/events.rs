@@ -5,74 +5,11 @@
 use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
-use serde_json::{Value, json};
-use sessionview_projection::{Fold, Position};
-use sessionview_query::{ServerConfig, router};
-use sessionview_store::prelude::*;
-use sessionview_store::{Advance, Commit, CommitOutcome, KeyPair};
-use uuid::Uuid;
+use serde_json::Value;
+use sessionview_query::ServerConfig;
+use sessionview_store::KeyPair;
 
-use crate::common::{Fixture, signed};
-
-/// A session of `ak` in `domain`: enqueued, then its master started, as raw events.
-fn lifecycle(n: u128, name: &str, ak: &str, domain: &str) -> Vec<Vec<u8>> {
-    let s = Uuid::from_u128(0xfeed_0000 + n);
-    let env = |i: u128, ty: &str, kernel: Option<Uuid>, payload: Value| {
-        json!({
-            "event_id": Uuid::from_u128(0xe0e0_0000 + n * 16 + i), "event_type": ty,
-            "schema_version": 1, "occurred_at": "2020-02-16T15:40:00+00:00",
-            "session_id": s, "kernel_id": kernel, "payload": payload,
-        })
-        .to_string()
-        .into_bytes()
-    };
-    vec![
-        env(
-            1,
-            "session_enqueued",
-            None,
-            json!({
-                "name": name, "type": "batch", "image": "python:3.8", "registry": "cr",
-                "domain_name": domain, "group_name": "g", "user_email": "u@x", "access_key": ak,
-                "group_id": Uuid::from_u128(7), "user_id": Uuid::from_u128(8),
-                "kernels": [{"kernel_id": s, "role": "master", "occupied_slots": {"cpu": "1"}}],
-            }),
-        ),
-        env(2, "kernel_started", Some(s), json!({"container_id": "c"})),
-        env(3, "kernel_terminated", Some(s), json!({"reason": "done"})),
-    ]
-}
-
-async fn apply(fx: &Fixture, partition: i32, events: &[Vec<u8>]) {
-    let mut fold = Fold::new();
-    for (i, e) in events.iter().enumerate() {
-        fold.apply_bytes(
-            "events-test",
-            Position {
-                partition,
-                offset: i as i64,
-            },
-            e,
-        );
-    }
-    let changes = fold.finish();
-    let advances = [Advance {
-        partition,
-        expected: None,
-        next: events.len() as i64,
-    }];
-    let outcome = fx
-        .store
-        .commit(Commit {
-            source: "events-test",
-            advances: &advances,
-            changes: &changes,
-            retire: &[],
-        })
-        .await
-        .unwrap();
-    assert_eq!(outcome, CommitOutcome::Committed);
-}
+use crate::common::{Fixture, apply, lifecycle, signed, start};
 
 /// Opens the stream as the 20.3.10 client does: no Content-Type, `application/octet-stream`
 /// signed, the path with its query signed.
@@ -132,11 +69,8 @@ async fn read(
 #[tokio::test]
 async fn committed_events_are_pushed_in_order_scoped_and_resumable() {
     let fx = Fixture::new().await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = router(fx.store.clone(), ServerConfig::default());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let (base, host) = (format!("http://{addr}"), addr.to_string());
+    let srv = start(&fx, ServerConfig::default()).await;
+    let (base, host) = (srv.base.clone(), srv.host.clone());
     let user = fx.user.clone();
 
     // A user naming another owner is refused.

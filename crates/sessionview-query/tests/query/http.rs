@@ -1,38 +1,13 @@
 //! End-to-end HTTP tests: the real router on a real socket, requests signed as Backend.AI clients
 //! sign them, against a real PostgreSQL read model.
 
-use crate::common::{Fixture, SEED_USER_AK, signed};
+use crate::common::{Fixture, SEED_USER_AK, Server, signed, start};
 use chrono::{SecondsFormat, TimeDelta, Utc};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sessionview_query::auth::{API_VERSION, SigningInput, sign};
 use sessionview_query::{ServerConfig, router};
 use sessionview_store::KeyPair;
-
-struct Server {
-    base: String,
-    host: String,
-    stop: tokio_util::sync::CancellationToken,
-}
-
-async fn start(fx: &Fixture, cfg: ServerConfig) -> Server {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = router(fx.store.clone(), cfg);
-    let stop = tokio_util::sync::CancellationToken::new();
-    let token = stop.clone();
-    tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { token.cancelled().await })
-            .await
-            .unwrap();
-    });
-    Server {
-        base: format!("http://{addr}"),
-        host: addr.to_string(),
-        stop,
-    }
-}
 
 /// Signs and sends a GraphQL request the way backend.ai-client does.
 async fn post(

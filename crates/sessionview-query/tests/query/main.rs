@@ -12,4 +12,5 @@ mod common;
 mod events;
 mod http;
 mod order;
+mod positions;
 mod schema;

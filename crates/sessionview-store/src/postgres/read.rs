@@ -14,7 +14,7 @@ use crate::columns::{
     session_from,
 };
 use crate::columns::{SESSION_EVENTS, session_event_from};
-use crate::live::{self, LogExtent, SessionEvent};
+use crate::live::{self, CommittedPosition, LogExtent, SessionEvent};
 use crate::read::{
     CONTAINER_ORDER_KEYS, ContainerListQuery, KernelFields, KeyPair, KeyPairAdmin, Page,
     PageWithContainers, ReadConnections, ReadFuture, ReadModel, SESSION_ORDER_KEYS, Scope,
@@ -315,6 +315,18 @@ impl ReadModel for PgStore {
                 Some(r) => live::extent_from(&mut PgCells::at(r, 0, "session_events_head")),
                 None => Ok(LogExtent::default()),
             }
+        })
+    }
+
+    fn committed_positions(&self) -> ReadFuture<'_, Vec<CommittedPosition>> {
+        Box::pin(async move {
+            let rows = self
+                .reads
+                .fetch_all(sqlx::query(live::POSITIONS_SQL))
+                .await?;
+            rows.iter()
+                .map(|r| live::position_from(&mut PgCells::at(r, 0, "source_positions")))
+                .collect()
         })
     }
 

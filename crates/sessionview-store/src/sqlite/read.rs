@@ -13,7 +13,7 @@ use crate::columns::{
     session_from,
 };
 use crate::columns::{SESSION_EVENTS, session_event_from};
-use crate::live::{self, LogExtent, SessionEvent};
+use crate::live::{self, CommittedPosition, LogExtent, SessionEvent};
 use crate::read::{
     CONTAINER_ORDER_KEYS, ContainerListQuery, KeyPair, KeyPairAdmin, Page, ReadFuture, ReadModel,
     SESSION_ORDER_KEYS, Scope, SessionListQuery,
@@ -201,6 +201,17 @@ impl ReadModel for SqliteStore {
         Box::pin(async move {
             let row = sqlx::query(live::EXTENT_SQL).fetch_one(&self.pool).await?;
             live::extent_from(&mut SqliteCells::at(&row, 0, "session_events_head"))
+        })
+    }
+
+    fn committed_positions(&self) -> ReadFuture<'_, Vec<CommittedPosition>> {
+        Box::pin(async move {
+            let rows = sqlx::query(live::POSITIONS_SQL)
+                .fetch_all(&self.pool)
+                .await?;
+            rows.iter()
+                .map(|r| live::position_from(&mut SqliteCells::at(r, 0, "source_positions")))
+                .collect()
         })
     }
 

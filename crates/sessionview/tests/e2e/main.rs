@@ -8,6 +8,7 @@
 )]
 
 mod architecture;
+mod client;
 mod demo;
 mod deployment;
 mod hostile;

@@ -161,3 +161,55 @@ async fn keypair_serve_and_query_through_the_binary() {
     std::fs::remove_dir_all(&dir).unwrap();
     db.drop().await;
 }
+
+/// Read-your-writes through the whole path: a producer publishes an event to Kafka and at once
+/// asks `serve` for the session it created, naming the offset its send returned (plus one) in
+/// `X-SessionView-Min-Positions`. Every answer holds the session, and reports a position at or
+/// past the one asked.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_producer_reads_its_own_writes_through_kafka() {
+    use sessionview_testkit::events::Story;
+    let db = TestDb::new().await;
+    let topic = unique_topic("ryw");
+    let (ak, sk) = create_superadmin(&db.url).await;
+    let mut first = Story::new(uuid::Uuid::new_v4(), "first", &ak, "default");
+    produce(&topic, &[first.enqueued()]).await;
+    let _project = spawn_project(&db, &topic, "ryw", &[]);
+    let (_serve, host) = serve_ready(&db.url).await;
+    for i in 0..5 {
+        let mut story = Story::new(uuid::Uuid::new_v4(), &format!("s{i}"), &ak, "default");
+        let offset = produce(&topic, &[story.enqueued()]).await[0];
+        let min = format!("{topic}/0={}", offset + 1);
+        let body = json!({
+            "query": "query($id: UUID!) { compute_session(id: $id) { name status } }",
+            "variables": {"id": story.session},
+        });
+        let headers =
+            sessionview_query::auth::signed_headers(&ak, &sk, "POST", "/admin/graphql", &host)
+                .unwrap();
+        let mut request = reqwest::Client::new()
+            .post(format!("http://{host}/admin/graphql"))
+            .header("X-SessionView-Min-Positions", &min)
+            .header("X-SessionView-Wait-Ms", "20000");
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        let resp = request.body(body.to_string()).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{min}");
+        let reported = resp.headers()["x-sessionview-positions"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let at: i64 = reported
+            .split(',')
+            .find_map(|p| p.strip_prefix(&format!("{topic}/0=")))
+            .unwrap_or_else(|| panic!("{reported}"))
+            .parse()
+            .unwrap();
+        assert!(at > offset, "{reported} for {min}");
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["compute_session"]["name"], format!("s{i}"), "{v}");
+        assert_eq!(v["compute_session"]["status"], "PENDING");
+    }
+    db.drop().await;
+}

@@ -372,17 +372,19 @@ pub(crate) async fn signed_graphql(
 
 /// `sessionview keypair create` (superadmin) against `database_url`: the access and secret key.
 pub(crate) async fn create_superadmin(database_url: &str) -> (String, String) {
+    create_keypair(database_url, "ops@example.com", "superadmin").await
+}
+
+/// `sessionview keypair create` of `email` with `role` (domain `default`) against
+/// `database_url`: the access and secret key.
+pub(crate) async fn create_keypair(
+    database_url: &str,
+    email: &str,
+    role: &str,
+) -> (String, String) {
     let out = Command::new(BIN)
-        .args([
-            "keypair",
-            "create",
-            "--database-url",
-            database_url,
-            "--email",
-            "ops@example.com",
-            "--role",
-            "superadmin",
-        ])
+        .args(["keypair", "create", "--database-url", database_url])
+        .args(["--email", email, "--role", role])
         .output()
         .await
         .unwrap();
@@ -395,4 +397,28 @@ pub(crate) async fn create_superadmin(database_url: &str) -> (String, String) {
             .to_owned()
     };
     (field("access_key"), field("secret_key"))
+}
+
+/// Publishes `events` to partition 0 of `topic` (created with the broker's default of one
+/// partition if it does not exist), in order, each delivered before the next is sent: the offset
+/// each got.
+pub(crate) async fn produce(topic: &str, events: &[Vec<u8>]) -> Vec<i64> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("enable.idempotence", "true")
+        .set("message.timeout.ms", "30000")
+        .create()
+        .unwrap();
+    let mut offsets = Vec::with_capacity(events.len());
+    for e in events {
+        let record = FutureRecord::<(), _>::to(topic).partition(0).payload(e);
+        let delivery = producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map_err(|(err, _)| err)
+            .unwrap();
+        offsets.push(delivery.offset);
+    }
+    offsets
 }
