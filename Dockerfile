@@ -4,9 +4,18 @@
 #   docker run --rm sessionview --help
 # One image runs every role (migrate, project, serve, replay, ...): the command picks it.
 
+# GraphiQL's browser assets: npm registry packages pinned in scripts/tools/web-assets.lock, checked
+# against their sha512 and embedded by the build (the binary serves them; nothing at run time).
+FROM node:20-bookworm AS web-assets
+WORKDIR /src
+COPY scripts/tools/web-assets scripts/tools/web-assets.lock scripts/tools/
+RUN scripts/tools/web-assets /web-assets
+
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
+COPY --from=web-assets /web-assets /web-assets
+ENV SESSIONVIEW_WEB_ASSETS=/web-assets
 # librdkafka is built from source by rdkafka-sys (make, gcc, zlib from the full rust image).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \

@@ -10,7 +10,10 @@ pub mod precheck;
 mod scalars;
 pub mod schema;
 
-pub use http::{ServerConfig, router};
+pub use http::{
+    CONTENT_SECURITY_POLICY, DEFAULT_WAIT, MAX_WAIT, MIN_POSITIONS, POSITIONS, ServerConfig,
+    WAIT_MS, has_graphiql_assets, router,
+};
 pub use schema::{Caller, Limits, QuerySchema, build_schema, execute, prepare};
 
 /// The schema's SDL, as `sessionview schema` prints it.

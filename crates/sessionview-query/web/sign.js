@@ -3,6 +3,13 @@
 // Node.js can run it too (the signing test does).
 "use strict";
 
+// The page's content-security-policy violations, kept for diagnosis (the browser test reads them).
+const cspViolations = [];
+if (typeof document !== "undefined") {
+  document.addEventListener("securitypolicyviolation",
+    (e) => cspViolations.push(e.violatedDirective + " " + e.blockedURI));
+}
+
 const API_VERSION = "v5.20191215";
 const EMPTY_BODY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 

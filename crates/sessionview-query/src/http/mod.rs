@@ -1,7 +1,7 @@
 //! The HTTP surface (axum): Backend.AI's endpoints, the request pipeline (authenticate → the
 //! key's turn → body → precheck → execute) and its answer in the endpoint's shape. Errors are
 //! `problem`, callers `keys`, parsed documents `documents`, metrics `telemetry`, the event stream
-//! `events`, read-your-writes `positions`.
+//! `events`, read-your-writes `positions`, the browser pages `web`.
 
 mod documents;
 mod events;
@@ -9,6 +9,7 @@ mod keys;
 mod positions;
 mod problem;
 mod telemetry;
+mod web;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +18,7 @@ use async_graphql::{Request, ServerError, Variables};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics::{counter, histogram};
@@ -36,6 +37,7 @@ pub use telemetry::{
     DB_CONNECTIONS, DB_CONNECTIONS_MAX, DB_WAITING, REQUEST_SECONDS, REQUEST_SECONDS_BUCKETS,
     REQUESTS, describe_metrics, record_read_connections,
 };
+pub use web::{CONTENT_SECURITY_POLICY, has_graphiql_assets};
 
 use documents::DocumentCache;
 use keys::{KeyCache, KeyTurns, authenticate};
@@ -108,10 +110,10 @@ pub fn router(store: impl ReadModel, cfg: ServerConfig) -> Router {
     let routes = Router::new()
         .route("/", get(version))
         .route("/manager/announcement", get(announcement))
-        .route("/graphiql", get(graphiql))
         .route("/admin/graphql", post(handle))
         .route("/admin/gql", post(handle))
         .route("/events/session", get(session_events))
+        .merge(web::routes())
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state.hub),
             stamp_positions,
@@ -232,10 +234,6 @@ async fn version() -> Json<Value> {
 
 async fn announcement() -> Json<Value> {
     Json(json!({"enabled": false, "message": ""}))
-}
-
-async fn graphiql() -> Html<&'static str> {
-    Html(include_str!("../graphiql.html"))
 }
 
 #[derive(Deserialize)]

@@ -340,15 +340,59 @@ async fn unauthenticated_endpoints_and_body_cap() {
         .await
         .unwrap();
     assert_eq!(v, json!({"enabled": false, "message": ""}));
-    let page = client
-        .get(format!("{}/graphiql", srv.base))
+    // The pages and their assets come from this server, under a content security policy that
+    // lets nothing else in.
+    for (path, wants) in [
+        ("/graphiql", "/assets/graphiql.js"),
+        ("/monitor", "/assets/monitor.js"),
+        ("/assets/sign.js", "X-BackendAI-Date"),
+        ("/assets/monitor.js", "/events/session"),
+    ] {
+        let resp = client
+            .get(format!("{}{path}", srv.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{path}");
+        assert_eq!(
+            resp.headers()["content-security-policy"],
+            sessionview_query::CONTENT_SECURITY_POLICY,
+            "{path}"
+        );
+        let text = resp.text().await.unwrap();
+        assert!(text.contains(wants), "{path} lacks {wants}");
+        assert!(!text.contains("unpkg.com"), "{path} loads from a CDN");
+    }
+    let vendor = client
+        .get(format!("{}/assets/vendor/graphiql.min.js", srv.base))
         .send()
         .await
-        .unwrap()
-        .text()
-        .await
         .unwrap();
-    assert!(page.contains("signRequest") && page.contains("X-BackendAI-Date"));
+    if sessionview_query::has_graphiql_assets() {
+        assert_eq!(vendor.status(), StatusCode::OK);
+        assert!(
+            vendor.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/javascript")
+        );
+    } else {
+        assert_eq!(vendor.status(), StatusCode::NOT_FOUND);
+    }
+    // Names are looked up in a table (no file system): nothing else is served.
+    for missing in [
+        "/assets/nope.js",
+        "/assets/vendor/nope.js",
+        "/assets/%2e%2e/sign.js",
+        "/assets/",
+    ] {
+        let resp = client
+            .get(format!("{}{missing}", srv.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{missing}");
+    }
 
     let huge = json!({"query": format!("{{ keypair {{ access_key }} }} #{}", "x".repeat(10_000))});
     let resp = post(&srv, "/admin/graphql", &fx.user, None, &huge).await;
@@ -361,14 +405,11 @@ async fn unauthenticated_endpoints_and_body_cap() {
     fx.drop().await;
 }
 
-/// The GraphiQL page signs in the browser with Web Crypto: run its signing code in Node.js (the
-/// same Web Crypto API) and compare with the server's algorithm.
+/// The browser pages sign with Web Crypto (`web/sign.js`): run that file in Node.js (the same Web
+/// Crypto API) and compare with the server's algorithm.
 #[tokio::test]
-async fn graphiql_page_signs_like_the_server_expects() {
-    let page = include_str!("../../src/graphiql.html");
-    let start = page.find("// BEGIN sign").unwrap();
-    let end = page.find("// END sign").unwrap();
-    let code = &page[start..end];
+async fn the_pages_sign_like_the_server_expects() {
+    let code = include_str!("../../web/sign.js");
     let date = "2020-02-16T15:47:28.997335+00:00";
     let script = format!(
         "{code}\nsignRequest('wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY', 'POST', '/admin/gql', '{date}', 'localhost:8080', 'application/json').then(s => console.log(s));"

@@ -4,11 +4,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::support::{Demo, signed_graphql};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
-
-use crate::support::{BIN, Listening, signed_graphql};
 
 async fn sessions(host: &str, ak: &str, sk: &str) -> (u64, HashMap<String, String>) {
     let body = json!({"query": "{ compute_session_list(limit: 1000, offset: 0) { total_count items { id status } } }"});
@@ -34,53 +31,13 @@ async fn sessions(host: &str, ak: &str, sk: &str) -> (u64, HashMap<String, Strin
 
 #[tokio::test(flavor = "multi_thread")]
 async fn demo_shows_sessions_appearing_and_changing_status() {
-    let dir = std::env::temp_dir().join(format!("sv-demo-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let db = format!("sqlite://{}", dir.join("demo.db").display());
-    let serving = Listening::spawn(
-        Command::new(BIN)
-            .args(["demo", "--listen", "127.0.0.1:0", "--speed", "200"])
-            // The demo's own variable; an operator's exported SESSIONVIEW_DATABASE_URL (here one that
-            // would fail) is never the demo's database.
-            .env("SESSIONVIEW_DEMO_DATABASE_URL", &db)
-            .env(
-                "SESSIONVIEW_DATABASE_URL",
-                "postgres://nobody@127.0.0.1:1/must_not_be_touched",
-            )
-            .stdout(std::process::Stdio::piped()),
-        1,
-        "demo",
-    )
-    .await;
-    let host = serving.host("API");
-    let mut demo = serving.child;
-    // The printed keypair.
-    let mut lines = BufReader::new(demo.stdout.take().unwrap()).lines();
-    let (mut ak, mut sk) = (None, None);
-    while ak.is_none() || sk.is_none() {
-        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        if let Some(v) = line.trim().strip_prefix("access key:") {
-            ak = Some(v.trim().to_owned());
-        }
-        if let Some(v) = line.trim().strip_prefix("secret key:") {
-            sk = Some(v.trim().to_owned());
-        }
-    }
-    let (ak, sk) = (ak.unwrap(), sk.unwrap());
-    // Wait for the server, then watch the cluster for a while.
-    for _ in 0..100 {
-        if reqwest::get(format!("http://{host}/readyz"))
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let Demo {
+        child: mut demo,
+        host,
+        access_key: ak,
+        secret_key: sk,
+        dir,
+    } = Demo::start(200).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (n1, first) = sessions(&host, &ak, &sk).await;
     tokio::time::sleep(Duration::from_secs(4)).await;

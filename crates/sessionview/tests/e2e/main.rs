@@ -8,6 +8,7 @@
 )]
 
 mod architecture;
+mod browser;
 mod client;
 mod demo;
 mod deployment;

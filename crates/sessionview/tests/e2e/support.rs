@@ -422,3 +422,73 @@ pub(crate) async fn produce(topic: &str, events: &[Vec<u8>]) -> Vec<i64> {
     }
     offsets
 }
+
+/// A running `sessionview demo` on SQLite in a fresh directory, its API at port 0.
+pub(crate) struct Demo {
+    pub(crate) child: Child,
+    /// The API's `host:port`.
+    pub(crate) host: String,
+    /// The keypair it printed.
+    pub(crate) access_key: String,
+    pub(crate) secret_key: String,
+    /// Holds its database and event archive.
+    pub(crate) dir: std::path::PathBuf,
+}
+
+impl Demo {
+    /// Starts the demo at `speed` simulated seconds per second and waits until it is ready.
+    pub(crate) async fn start(speed: u32) -> Self {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let dir = std::env::temp_dir().join(format!("sv-demo-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = format!("sqlite://{}", dir.join("demo.db").display());
+        let serving = Listening::spawn(
+            Command::new(BIN)
+                .args([
+                    "demo",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--speed",
+                    &speed.to_string(),
+                ])
+                // The demo's own variable; an operator's exported SESSIONVIEW_DATABASE_URL (here
+                // one that would fail) is never the demo's database.
+                .env("SESSIONVIEW_DEMO_DATABASE_URL", &db)
+                .env(
+                    "SESSIONVIEW_DATABASE_URL",
+                    "postgres://nobody@127.0.0.1:1/must_not_be_touched",
+                )
+                .stdout(std::process::Stdio::piped()),
+            1,
+            "demo",
+        )
+        .await;
+        let host = serving.host("API");
+        let mut child = serving.child;
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (mut ak, mut sk) = (None, None);
+        while ak.is_none() || sk.is_none() {
+            let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+                .await
+                .expect("the demo prints its keypair within 60 s")
+                .unwrap()
+                .expect("the demo exited before printing its keypair");
+            if let Some(v) = line.trim().strip_prefix("access key:") {
+                ak = Some(v.trim().to_owned());
+            }
+            if let Some(v) = line.trim().strip_prefix("secret key:") {
+                sk = Some(v.trim().to_owned());
+            }
+        }
+        // The rest of its output is not read; it must not block on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        wait_ready(&reqwest::Client::new(), &format!("http://{host}/readyz")).await;
+        Self {
+            child,
+            host,
+            access_key: ak.unwrap(),
+            secret_key: sk.unwrap(),
+            dir,
+        }
+    }
+}
