@@ -50,6 +50,17 @@ impl Signer {
         format!("http://{}/admin/graphql", self.host)
     }
 
+    /// Opens `GET path` signed (an event stream: the response is returned as it starts).
+    pub(crate) async fn open(&self, path: &str) -> anyhow::Result<reqwest::Response> {
+        let mut req = self.client.get(format!("http://{}{path}", self.host));
+        for (k, v) in signed_headers(&self.access_key, &self.secret_key, "GET", path, &self.host)? {
+            req = req.header(k, v);
+        }
+        let resp = req.send().await?;
+        anyhow::ensure!(resp.status().is_success(), "GET {path}: {}", resp.status());
+        Ok(resp)
+    }
+
     pub(crate) async fn post(&self, body: &Value) -> anyhow::Result<Value> {
         let mut req = self.client.post(self.url()).body(body.to_string());
         for (k, v) in self.headers()? {

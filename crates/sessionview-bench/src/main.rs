@@ -58,6 +58,10 @@ struct FreshnessArgs {
         default_value_t = 1
     )]
     producer_linger_ms: u32,
+    /// Event-stream listeners (`GET /events/session`) open during the run: each probe's
+    /// `session_enqueued` is timed from its publish to its arrival at every one of them.
+    #[arg(long, env = "SESSIONVIEW_BENCH_LISTENERS", default_value_t = 100)]
+    listeners: usize,
 }
 
 #[derive(Debug, Clone, Args)]

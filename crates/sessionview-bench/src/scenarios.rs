@@ -447,6 +447,61 @@ const PROBES_PER_POLL: usize = 64;
 /// A probe's key, when it was published, and how long until it was visible (None: not in 10 s).
 type ProbeResult = (String, Instant, Option<Duration>);
 
+/// Probes by session id, with when each was handed to the producer.
+type Probes = Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>>;
+
+/// `n` streams of `GET /events/session` (every session the caller may see), each recording, for
+/// every probe's `session_enqueued` it is told of, the time since the probe was handed to the
+/// producer. `opened` counts the streams that have started.
+fn spawn_listeners(
+    n: usize,
+    signer: &Arc<Signer>,
+    probes: &Probes,
+    arrivals: &Arc<std::sync::Mutex<Vec<Duration>>>,
+    opened: &Arc<std::sync::atomic::AtomicUsize>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..n)
+        .map(|_| {
+            let (signer, probes, arrivals, opened) = (
+                Arc::clone(signer),
+                Arc::clone(probes),
+                Arc::clone(arrivals),
+                Arc::clone(opened),
+            );
+            tokio::spawn(async move {
+                let Ok(mut resp) = signer.open("/events/session").await else {
+                    return;
+                };
+                opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let mut buf: Vec<u8> = Vec::new();
+                while let Ok(Some(chunk)) = resp.chunk().await {
+                    let now = Instant::now();
+                    buf.extend_from_slice(&chunk);
+                    let mut start = 0;
+                    while let Some(end) = find(&buf[start..], b"\n\n") {
+                        let block = &buf[start..start + end];
+                        if block.starts_with(b"event: session_enqueued") {
+                            let id = find(block, b"\"sessionId\":\"")
+                                .and_then(|at| block.get(at + 13..at + 13 + 36))
+                                .and_then(|id| std::str::from_utf8(id).ok());
+                            let sent = id.and_then(|id| probes.lock().ok()?.get(id).copied());
+                            if let (Some(sent), Ok(mut a)) = (sent, arrivals.lock()) {
+                                a.push(now - sent);
+                            }
+                        }
+                        start += end + 2;
+                    }
+                    buf.drain(..start);
+                }
+            })
+        })
+        .collect()
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
 pub(crate) async fn freshness(bench: &mut Bench, args: FreshnessArgs) -> anyhow::Result<()> {
     let brokers = bench.broker().await?;
     let topic = format!("bench-fresh-{}", uuid::Uuid::new_v4().simple());
@@ -487,6 +542,22 @@ pub(crate) async fn freshness(bench: &mut Bench, args: FreshnessArgs) -> anyhow:
 
     let signer = Arc::new(Signer::new(format!("127.0.0.1:{port}"), ak, sk));
     let producer = kafka::producer(&brokers, args.producer_linger_ms)?;
+    // The event stream's listeners, open before anything is published.
+    let probes: Probes = Arc::default();
+    let arrivals: Arc<std::sync::Mutex<Vec<Duration>>> = Arc::default();
+    let opened = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let listeners = spawn_listeners(args.listeners, &signer, &probes, &arrivals, &opened);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while opened.load(std::sync::atomic::Ordering::Relaxed) < args.listeners {
+        if Instant::now() > deadline {
+            bail!(
+                "only {} of {} event streams opened in 30 s",
+                opened.load(std::sync::atomic::Ordering::Relaxed),
+                args.listeners
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // Probes waiting to become visible; one poller asks for the oldest of them (at most
     // PROBES_PER_POLL) in one GraphQL request (aliases) every 5 ms, so probing adds ~200 small
     // requests/s however far the projector falls behind. A probe beyond the cap is checked a
@@ -583,6 +654,7 @@ pub(crate) async fn freshness(bench: &mut Bench, args: FreshnessArgs) -> anyhow:
     };
     let broker_pid = bench.broker_pid();
     let mut cpu = vec![cpu_now(&projector, broker_pid)];
+    let server_cpu_at_start = server.id().and_then(harness::cpu_secs);
     while started.elapsed() < Duration::from_secs(args.seconds) {
         tick.tick().await;
         if started.elapsed() >= window * cpu.len() as u32 {
@@ -600,6 +672,9 @@ pub(crate) async fn freshness(bench: &mut Bench, args: FreshnessArgs) -> anyhow:
                 // About 20 probes a second at the default rate.
                 if enqueued % 8 == 0 {
                     pending.lock().await.push((m.key.clone(), sent_at));
+                    if let Ok(mut p) = probes.lock() {
+                        p.insert(m.key.clone(), sent_at);
+                    }
                     let acks = Arc::clone(&acks);
                     let key = m.key.clone();
                     tokio::spawn(async move {
@@ -623,8 +698,19 @@ pub(crate) async fn freshness(bench: &mut Bench, args: FreshnessArgs) -> anyhow:
             })
     };
     let (projector_rss, server_rss) = (rss(&projector), rss(&server));
+    let server_cpu = match (server_cpu_at_start, server.id().and_then(harness::cpu_secs)) {
+        (Some(a), Some(b)) => format!("{:.0} % of a core", (b - a) / publish_secs * 100.0),
+        _ => "-".to_owned(),
+    };
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = poller.await;
+    // The last probes' events have had the poller's time to arrive.
+    for l in &listeners {
+        l.abort();
+    }
+    let mut pushed = arrivals.lock().map(|a| a.clone()).unwrap_or_default();
+    pushed.sort();
+    let probed = probes.lock().map(|p| p.len()).unwrap_or(0);
     let _ = projector.kill().await;
     let _ = server.kill().await;
     let all = all.lock().await.clone();
@@ -661,6 +747,7 @@ pub(crate) async fn freshness(bench: &mut Bench, args: FreshnessArgs) -> anyhow:
             ("broker", bench.broker_description()),
             ("processes", "sessionview project (defaults: batch 20,000, linger 5 ms; librdkafka's fetch.wait.max.ms 500, which Kafka cuts short when data arrives) and sessionview serve, PostgreSQL".into()),
             ("RSS at the end of the run (steady state)", format!("projector {projector_rss}, server {server_rss}")),
+            ("event-stream listeners", format!("{} streams of GET /events/session (every session), open before publishing; the server used {server_cpu} while publishing", args.listeners)),
         ],
     );
     table(
@@ -680,6 +767,19 @@ pub(crate) async fn freshness(bench: &mut Bench, args: FreshnessArgs) -> anyhow:
                 pct(&seen, 0.5),
                 pct(&seen, 0.99),
                 pct(&seen, 1.0),
+            ],
+            vec![
+                format!(
+                    "**publish → pushed to each of {} /events/session listeners** (arrivals)",
+                    args.listeners
+                ),
+                pushed.len().to_string(),
+                (probed * args.listeners)
+                    .saturating_sub(pushed.len())
+                    .to_string(),
+                pct(&pushed, 0.5),
+                pct(&pushed, 0.99),
+                pct(&pushed, 1.0),
             ],
             vec![
                 "publish → acknowledged by the broker".into(),
