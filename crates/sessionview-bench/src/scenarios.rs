@@ -655,6 +655,7 @@ pub(crate) async fn freshness(bench: &mut Bench, args: FreshnessArgs) -> anyhow:
     let broker_pid = bench.broker_pid();
     let mut cpu = vec![cpu_now(&projector, broker_pid)];
     let server_cpu_at_start = server.id().and_then(harness::cpu_secs);
+    let bench_cpu_at_start = harness::cpu_secs(std::process::id());
     while started.elapsed() < Duration::from_secs(args.seconds) {
         tick.tick().await;
         if started.elapsed() >= window * cpu.len() as u32 {
@@ -698,10 +699,32 @@ pub(crate) async fn freshness(bench: &mut Bench, args: FreshnessArgs) -> anyhow:
             })
     };
     let (projector_rss, server_rss) = (rss(&projector), rss(&server));
-    let server_cpu = match (server_cpu_at_start, server.id().and_then(harness::cpu_secs)) {
+    // What the server says of its streams: still open, and cut for falling behind.
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .ok()
+        .map(|r| r.text());
+    let metrics = match metrics {
+        Some(text) => text.await.unwrap_or_default(),
+        None => String::new(),
+    };
+    let metric = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or("0")
+            .to_owned()
+    };
+    let (streams_open, streams_cut) = (
+        metric("sessionview_event_streams"),
+        metric("sessionview_event_streams_cut_total"),
+    );
+    let share = |a: Option<f64>, b: Option<f64>| match (a, b) {
         (Some(a), Some(b)) => format!("{:.0} % of a core", (b - a) / publish_secs * 100.0),
         _ => "-".to_owned(),
     };
+    let server_cpu = share(server_cpu_at_start, server.id().and_then(harness::cpu_secs));
+    let bench_cpu = share(bench_cpu_at_start, harness::cpu_secs(std::process::id()));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = poller.await;
     // The last probes' events have had the poller's time to arrive.
@@ -747,7 +770,7 @@ pub(crate) async fn freshness(bench: &mut Bench, args: FreshnessArgs) -> anyhow:
             ("broker", bench.broker_description()),
             ("processes", "sessionview project (defaults: batch 20,000, linger 5 ms; librdkafka's fetch.wait.max.ms 500, which Kafka cuts short when data arrives) and sessionview serve, PostgreSQL".into()),
             ("RSS at the end of the run (steady state)", format!("projector {projector_rss}, server {server_rss}")),
-            ("event-stream listeners", format!("{} streams of GET /events/session (every session), open before publishing; the server used {server_cpu} while publishing", args.listeners)),
+            ("event-stream listeners", format!("{} streams of GET /events/session (every session), open before publishing; while publishing the server used {server_cpu} and this bench (publishing, probing, reading every stream) {bench_cpu}; at the end {streams_open} open, {streams_cut} cut for falling more than 4,096 events behind", args.listeners)),
         ],
     );
     table(

@@ -3,8 +3,9 @@
 //!
 //! One follower task per server ([`Hub`]) reads the session event log after the last event it
 //! has seen whenever a commit wakes it (PostgreSQL `LISTEN`, or in-process; a poll every second
-//! besides) and broadcasts each event to the open streams through a bounded channel. A stream
-//! filters by the caller's scope and its parameters. A stream that falls more than the channel's
+//! besides), renders each event's frame once and broadcasts it to the open streams through a
+//! bounded channel. A stream filters by the caller's scope and its parameters, and writes every
+//! frame that is ready in one chunk. A stream that falls more than the channel's
 //! capacity behind is closed (the projector is never slowed); a client that reconnects with
 //! `Last-Event-ID` resumes from the log, which keeps the newest
 //! [`sessionview_store::live::SESSION_EVENT_WINDOW`] events.
@@ -14,8 +15,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, HeaderName, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use metrics::{counter, gauge};
@@ -36,10 +37,14 @@ pub(super) const STREAM_BUFFER: usize = 4096;
 const PAGE: i64 = 1000;
 /// The follower reads the log this often even without a wake-up.
 const POLL: Duration = Duration::from_secs(1);
+/// A stream that sent nothing for this long sends a comment line.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// A stream's chunks are about this large at most (events ready together go in one write).
+const CHUNK: usize = 64 * 1024;
 
 /// The server's follower of the commits: the session event log, and the committed positions.
 pub(super) struct Hub {
-    events: broadcast::Sender<Arc<SessionEvent>>,
+    events: broadcast::Sender<Arc<Told>>,
     /// The committed positions, re-read after every wake-up.
     pub(super) positions: Tracker,
     /// The newest event broadcast (streams read anything after their own position up to it
@@ -82,8 +87,10 @@ async fn follow(store: Db, hub: Weak<Hub>) {
                     let full = page.len() as i64 == PAGE;
                     for e in page {
                         last = e.seq;
-                        // No stream open: nothing to send to.
-                        let _ = h.events.send(Arc::new(e));
+                        if let Some(told) = Told::new(e) {
+                            // No stream open: nothing to send to.
+                            let _ = h.events.send(told);
+                        }
                     }
                     h.head.store(last, Ordering::Release);
                     if !full {
@@ -203,22 +210,40 @@ fn filter(caller: &Caller, query: &[(String, String)]) -> Result<Filter, Box<Res
     })
 }
 
-/// The SSE event of a logged event.
-fn sse_event(e: &SessionEvent) -> Event {
-    let mut data = json!({
-        "reason": e.reason,
-        "sessionName": e.session_name,
-        "ownerAccessKey": e.access_key,
-        "sessionId": e.session_id,
-    });
-    if let (Some(k), Value::Object(m)) = (e.kernel_id, &mut data) {
-        m.insert("kernelId".into(), json!(k));
-        m.insert("clusterRole".into(), json!(e.cluster_role));
+/// A logged event and its Server-Sent Events frame, rendered once by the follower and sent as
+/// the same bytes to every stream that admits it.
+pub(super) struct Told {
+    event: SessionEvent,
+    frame: Bytes,
+}
+
+impl Told {
+    /// `None` for an event whose name could break the framing (only a corrupt log has one).
+    fn new(event: SessionEvent) -> Option<Arc<Self>> {
+        if event.name.contains(['\n', '\r']) {
+            tracing::warn!(
+                seq = event.seq,
+                "a logged event's name holds a line break; not sent"
+            );
+            return None;
+        }
+        let mut data = json!({
+            "reason": event.reason,
+            "sessionName": event.session_name,
+            "ownerAccessKey": event.access_key,
+            "sessionId": event.session_id,
+        });
+        if let (Some(k), Value::Object(m)) = (event.kernel_id, &mut data) {
+            m.insert("kernelId".into(), json!(k));
+            m.insert("clusterRole".into(), json!(event.cluster_role));
+        }
+        // JSON text has no raw line breaks: one `data:` line.
+        let frame = format!("event: {}\nid: {}\ndata: {data}\n\n", event.name, event.seq);
+        Some(Arc::new(Self {
+            event,
+            frame: Bytes::from(frame),
+        }))
     }
-    Event::default()
-        .event(&e.name)
-        .id(e.seq.to_string())
-        .data(data.to_string())
 }
 
 /// Counts a stream in [`EVENT_STREAMS`] for as long as it lives.
@@ -241,24 +266,45 @@ struct Stream {
     _open: Open,
     store: Db,
     hub: Arc<Hub>,
-    rx: broadcast::Receiver<Arc<SessionEvent>>,
+    rx: broadcast::Receiver<Arc<Told>>,
     filter: Filter,
     /// The last event sent (or skipped).
     last: i64,
-    backlog: VecDeque<SessionEvent>,
+    backlog: VecDeque<Arc<Told>>,
     /// Read the log up to the hub's head before following the channel.
     catching_up: bool,
+    /// Frames taken but not yet sent. Kept here, not in a local, so that a chunk cancelled by the
+    /// keep-alive timer loses nothing.
+    pending: Vec<u8>,
+    /// Fell behind: send what is pending, then end.
+    cut: bool,
 }
 
 impl Stream {
-    async fn next(&mut self) -> Option<Event> {
+    fn take(&mut self, t: &Told) {
+        self.last = t.event.seq;
+        if self.filter.admits(&t.event) {
+            self.pending.extend_from_slice(&t.frame);
+        }
+    }
+
+    fn flush(&mut self) -> Option<Bytes> {
+        (!self.pending.is_empty()).then(|| Bytes::from(std::mem::take(&mut self.pending)))
+    }
+
+    /// The next chunk: every admitted event that is available (waiting for the first), up to
+    /// about [`CHUNK`] bytes. `None` ends the stream.
+    async fn next_chunk(&mut self) -> Option<Bytes> {
         loop {
-            if let Some(e) = self.backlog.pop_front() {
-                self.last = e.seq;
-                if self.filter.admits(&e) {
-                    return Some(sse_event(&e));
-                }
+            if self.pending.len() >= CHUNK {
+                return self.flush();
+            }
+            if let Some(t) = self.backlog.pop_front() {
+                self.take(&t);
                 continue;
+            }
+            if self.cut {
+                return self.flush();
             }
             if self.catching_up {
                 let head = self.hub.head.load(Ordering::Acquire);
@@ -267,38 +313,49 @@ impl Stream {
                     continue;
                 }
                 match self.store.session_events(self.last, PAGE).await {
-                    Ok(page) if !page.is_empty() => self.backlog.extend(page),
+                    Ok(page) if !page.is_empty() => {
+                        self.backlog.extend(page.into_iter().filter_map(Told::new));
+                    }
                     Ok(_) => self.catching_up = false,
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot read the session event log; closing a stream");
-                        return None;
+                        self.cut = true;
                     }
                 }
                 continue;
             }
-            match self.rx.recv().await {
-                Ok(e) if e.seq <= self.last => {}
-                Ok(e) => {
-                    if e.seq > self.last + 1 {
-                        // The channel's events start after ours: read the gap from the log.
-                        self.catching_up = true;
-                        self.backlog.clear();
-                        continue;
+            // With frames pending, only what is ready now joins them.
+            let next = if self.pending.is_empty() {
+                self.rx.recv().await
+            } else {
+                match self.rx.try_recv() {
+                    Ok(t) => Ok(t),
+                    Err(broadcast::error::TryRecvError::Empty) => return self.flush(),
+                    Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                        Err(broadcast::error::RecvError::Lagged(n))
                     }
-                    self.last = e.seq;
-                    if self.filter.admits(&e) {
-                        return Some(sse_event(&e));
+                    Err(broadcast::error::TryRecvError::Closed) => {
+                        Err(broadcast::error::RecvError::Closed)
                     }
                 }
+            };
+            match next {
+                Ok(t) if t.event.seq <= self.last => {}
+                Ok(t) if t.event.seq > self.last + 1 => {
+                    // The channel's events start after ours: read the gap from the log.
+                    self.catching_up = true;
+                    self.backlog.clear();
+                }
+                Ok(t) => self.take(&t),
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     counter!(EVENT_STREAMS_CUT).increment(1);
                     tracing::info!(
                         behind = n,
                         "closing a session event stream that fell behind"
                     );
-                    return None;
+                    self.cut = true;
                 }
-                Err(broadcast::error::RecvError::Closed) => return None,
+                Err(broadcast::error::RecvError::Closed) => self.cut = true,
             }
         }
     }
@@ -346,24 +403,28 @@ pub(super) async fn respond(
         last: resume.unwrap_or(head.max(0)),
         backlog: VecDeque::new(),
         catching_up: resume.is_some(),
+        pending: Vec::new(),
+        cut: false,
     };
-    let events = futures_util::stream::unfold(stream, |mut s| async move {
-        s.next()
-            .await
-            .map(|e| (Ok::<_, std::convert::Infallible>(e), s))
+    // A comment line when nothing was sent for KEEP_ALIVE keeps proxies from closing the
+    // connection.
+    let chunks = futures_util::stream::unfold(stream, |mut s| async move {
+        match tokio::time::timeout(KEEP_ALIVE, s.next_chunk()).await {
+            Ok(Some(chunk)) => Some((Ok::<_, std::convert::Infallible>(chunk), s)),
+            Ok(None) => None,
+            Err(_) => Some((Ok(Bytes::from_static(b":ping\n\n")), s)),
+        }
     });
-    let mut resp = Sse::new(events)
-        .keep_alive(
-            KeepAlive::new()
-                .interval(Duration::from_secs(15))
-                .text("ping"),
-        )
-        .into_response();
-    resp.headers_mut().insert(
-        "cache-control",
-        axum::http::HeaderValue::from_static("no-cache"),
-    );
-    resp
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+            // nginx: pass each chunk on at once.
+            (HeaderName::from_static("x-accel-buffering"), "no"),
+        ],
+        Body::from_stream(chunks),
+    )
+        .into_response()
 }
 
 #[cfg(test)]
@@ -406,6 +467,27 @@ mod tests {
             domain_name: domain.into(),
             group_name: "g".into(),
         }
+    }
+
+    #[test]
+    fn an_event_is_framed_once_on_one_data_line() {
+        let mut e = event("kernel_terminated", "AK", "d", "s");
+        e.seq = 7;
+        e.kernel_id = Some(Uuid::nil());
+        e.cluster_role = Some("master".into());
+        e.reason = Some("line\nbreak".into());
+        let told = Told::new(e.clone()).unwrap();
+        let text = std::str::from_utf8(&told.frame).unwrap();
+        assert_eq!(
+            text,
+            "event: kernel_terminated\nid: 7\ndata: {\"clusterRole\":\"master\",\
+             \"kernelId\":\"00000000-0000-0000-0000-000000000000\",\"ownerAccessKey\":\"AK\",\
+             \"reason\":\"line\\nbreak\",\"sessionId\":\"00000000-0000-0000-0000-000000000000\",\
+             \"sessionName\":\"s\"}\n\n"
+        );
+        // A name that would break the framing (a corrupt log) is not sent.
+        e.name = "x\ndata: forged".into();
+        assert!(Told::new(e).is_none());
     }
 
     #[test]
