@@ -114,40 +114,13 @@ impl Fixture {
         store.migrate().await.unwrap();
 
         // A simulated cluster (3 domains, several users) plus the seed's example session.
-        let mut fold = Fold::new();
         let sim = Simulator::new(SimConfig {
             sessions: 400,
             seed: 31,
             ..SimConfig::default()
         });
-        let mut n = 0i64;
-        for bytes in sim.map(|m| m.bytes).chain(seed_session_events()) {
-            fold.apply_bytes(
-                "fixture",
-                Position {
-                    partition: 0,
-                    offset: n,
-                },
-                &bytes,
-            );
-            n += 1;
-        }
-        let changes = fold.finish();
-        let advances = [Advance {
-            partition: 0,
-            expected: None,
-            next: n,
-        }];
-        let outcome = store
-            .commit(Commit {
-                source: "fixture",
-                advances: &advances,
-                changes: &changes,
-                retire: &[],
-            })
-            .await
-            .unwrap();
-        assert_eq!(outcome, CommitOutcome::Committed);
+        let events: Vec<Vec<u8>> = sim.map(|m| m.bytes).chain(seed_session_events()).collect();
+        fold_and_commit(&store, "fixture", 0, &events).await;
         let sessions = store.all_sessions().await.unwrap();
 
         // The "default" domain user with the most sessions.
@@ -262,16 +235,22 @@ pub(crate) fn lifecycle(n: u128, name: &str, ak: &str, domain: &str) -> Vec<Vec<
     ]
 }
 
-/// Folds `events` as read from offsets 0.. of `partition` (one the store has no position for)
-/// and commits them with the partition's position advanced past them.
+/// Folds `events` as read from offsets 0.. of `partition` of the test source (a partition the
+/// store has no position for) and commits them with the position advanced past them.
 pub(crate) async fn apply(fx: &Fixture, partition: i32, events: &[Vec<u8>]) {
+    fold_and_commit(&fx.store, "events-test", partition, events).await;
+}
+
+/// Folds `events` as read from offsets 0.. of `source`'s `partition` (one `store` has no
+/// position for) and commits them with the position advanced past them.
+async fn fold_and_commit(store: &PgStore, source: &str, partition: i32, events: &[Vec<u8>]) {
     let mut fold = Fold::new();
     for (i, e) in events.iter().enumerate() {
         let at = Position {
             partition,
             offset: i as i64,
         };
-        fold.apply_bytes("events-test", at, e);
+        fold.apply_bytes(source, at, e);
     }
     let changes = fold.finish();
     let advances = [Advance {
@@ -279,10 +258,9 @@ pub(crate) async fn apply(fx: &Fixture, partition: i32, events: &[Vec<u8>]) {
         expected: None,
         next: events.len() as i64,
     }];
-    let outcome = fx
-        .store
+    let outcome = store
         .commit(Commit {
-            source: "events-test",
+            source,
             advances: &advances,
             changes: &changes,
             retire: &[],

@@ -98,6 +98,15 @@ async fn screenshot(c: &Client, name: &str) {
     std::fs::write(std::path::Path::new(&dir).join(name), png).unwrap();
 }
 
+async fn click(c: &Client, css: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
 async fn sign_in(c: &Client, demo: &Demo) {
     c.find(Locator::Css("#ak"))
         .await
@@ -154,12 +163,7 @@ async fn graphiql_and_the_monitor_work_offline_in_chromium() {
         .await
         .expect("GraphiQL renders");
     sign_in(&c, &demo).await;
-    c.find(Locator::Css(".graphiql-execute-button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, ".graphiql-execute-button").await;
     until(
         &c,
         "GraphiQL's answer",
@@ -190,12 +194,7 @@ async fn graphiql_and_the_monitor_work_offline_in_chromium() {
     // The monitor: signs in, lists, follows the event stream, shows a status change live.
     c.goto(&format!("{base}/monitor")).await.unwrap();
     sign_in(&c, &demo).await;
-    c.find(Locator::Css("#signin"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#signin").await;
     until(
         &c,
         "the monitor's session table",
