@@ -162,11 +162,10 @@ async fn session_events(
         .await
     {
         Ok(reached) => reached,
-        Err(resp) => {
-            let outcome = waited_outcome(&resp);
-            counter!(REQUESTS, "endpoint" => "/events/session", "operation" => "anonymous", "outcome" => outcome)
+        Err(refused) => {
+            counter!(REQUESTS, "endpoint" => "/events/session", "operation" => "anonymous", "outcome" => refused.outcome)
                 .increment(1);
-            return resp;
+            return refused.response;
         }
     };
     counter!(REQUESTS, "endpoint" => "/events/session", "operation" => "anonymous", "outcome" => "ok")
@@ -183,17 +182,6 @@ async fn session_events(
         resp.headers_mut().insert(POSITIONS, p.header());
     }
     resp
-}
-
-/// The metrics outcome of a request that did not get past its wait for positions.
-fn waited_outcome(resp: &Response) -> &'static str {
-    if resp.status() == StatusCode::BAD_REQUEST {
-        "bad_request"
-    } else if resp.headers().contains_key(POSITIONS) {
-        "behind"
-    } else {
-        "unavailable"
-    }
 }
 
 /// The headers Backend.AI clients send, which a preflight request must allow.
@@ -338,10 +326,7 @@ async fn handle(
             .await
         {
             Ok(reached) => reached,
-            Err(resp) => {
-                let outcome = waited_outcome(&resp);
-                return (resp, "anonymous".to_owned(), outcome);
-            }
+            Err(refused) => return (refused.response, "anonymous".to_owned(), refused.outcome),
         };
         // Everything from here (reading, parsing, checking, executing) waits behind this
         // keypair's own requests only.

@@ -157,6 +157,19 @@ fn asked(headers: &HeaderMap) -> Result<Option<(Positions, Duration)>, String> {
     Ok(Some((wanted, wait.min(MAX_WAIT))))
 }
 
+/// Why a request did not get past its wait, with the answer to give it.
+pub(crate) struct Refused {
+    pub(crate) response: Response,
+    /// The metrics outcome: `bad_request`, `behind` or `unavailable`.
+    pub(crate) outcome: &'static str,
+}
+
+impl Refused {
+    fn new(response: Response, outcome: &'static str) -> Self {
+        Self { response, outcome }
+    }
+}
+
 /// The server's view of the committed positions, kept by its follower.
 pub(crate) struct Tracker {
     current: watch::Sender<Arc<Positions>>,
@@ -187,7 +200,7 @@ impl Tracker {
         });
     }
 
-    async fn read(&self, store: &Db) -> Result<Arc<Positions>, Response> {
+    async fn read(&self, store: &Db) -> Result<Arc<Positions>, Refused> {
         match store.committed_positions().await {
             Ok(committed) => {
                 self.update(Positions::from_committed(committed));
@@ -195,8 +208,9 @@ impl Tracker {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the committed positions");
-                Err(unavailable(
-                    "the read model's database cannot answer now; retry",
+                Err(Refused::new(
+                    unavailable("the read model's database cannot answer now; retry"),
+                    "unavailable",
                 ))
             }
         }
@@ -204,17 +218,18 @@ impl Tracker {
 
     /// Waits as the request's headers ask, at most `limit`: `Ok(None)` when they ask nothing,
     /// `Ok(Some(positions))` once the positions are reached (the ones to report), else the
-    /// response to answer (400 for a malformed header, 503 naming what is behind).
+    /// refusal to answer (400 for a malformed header, 503 naming what is behind, 503 when the
+    /// database cannot answer).
     pub(crate) async fn wait(
         &self,
         store: &Db,
         headers: &HeaderMap,
         limit: Duration,
-    ) -> Result<Option<Arc<Positions>>, Response> {
+    ) -> Result<Option<Arc<Positions>>, Refused> {
         let (wanted, wait) = match asked(headers) {
             Ok(Some(asked)) => asked,
             Ok(None) => return Ok(None),
-            Err(msg) => return Err(bad_params(msg)),
+            Err(msg) => return Err(Refused::new(bad_params(msg), "bad_request")),
         };
         let wait = wait.min(limit);
         let now = self.current();
@@ -239,7 +254,7 @@ impl Tracker {
         if behind.is_empty() {
             return Ok(Some(now));
         }
-        Err(lagging(&behind, wait, &now))
+        Err(Refused::new(lagging(&behind, wait, &now), "behind"))
     }
 }
 
