@@ -34,6 +34,15 @@ struct Size {
     seed: u64,
 }
 
+#[derive(Debug, Clone, Copy, Args)]
+struct ProjectFileArgs {
+    #[command(flatten)]
+    size: Size,
+    /// Only PostgreSQL: skip the SQLite run.
+    #[arg(long, env = "SESSIONVIEW_BENCH_POSTGRES_ONLY")]
+    postgres_only: bool,
+}
+
 #[derive(Debug, Clone, Args)]
 struct FreshnessArgs {
     /// Events published per second.
@@ -86,8 +95,9 @@ struct QueryArgs {
 enum Scenario {
     /// PostgreSQL's write ceiling for the read model's rows: batched multi-row upserts and COPY.
     Ceiling(Size),
-    /// Events/s from an NDJSON file into PostgreSQL and SQLite; ratio to the ceiling; peak RSS.
-    ProjectFile(Size),
+    /// Events/s from an NDJSON file into PostgreSQL and SQLite; ratio to the ceiling; peak RSS;
+    /// PostgreSQL's WAL volume and the read model's bytes by table, per session and per event.
+    ProjectFile(ProjectFileArgs),
     /// Events/s through the broker (published first), beside the broker's consume-only rate.
     ProjectKafka(Size),
     /// Publish-to-visible latency through Kafka, the projector and GraphQL at a steady rate.
@@ -112,7 +122,7 @@ fn main() -> anyhow::Result<()> {
         let mut bench = harness::Bench::new(cli.env).await?;
         let result = match cli.scenario {
             Scenario::Ceiling(s) => scenarios::ceiling(&mut bench, s).await.map(drop),
-            Scenario::ProjectFile(s) => scenarios::project_file(&mut bench, s).await,
+            Scenario::ProjectFile(a) => scenarios::project_file(&mut bench, a).await,
             Scenario::ProjectKafka(s) => scenarios::project_kafka(&mut bench, s).await,
             Scenario::Freshness(a) => scenarios::freshness(&mut bench, a).await,
             Scenario::Query(a) => load::query(&mut bench, &a, false).await,

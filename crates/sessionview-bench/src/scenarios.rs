@@ -15,7 +15,7 @@ use tokio::sync::Mutex;
 use crate::harness::{self, Bench, Measured, measure, table, thousands};
 use crate::kafka;
 use crate::load::Signer;
-use crate::{FreshnessArgs, Size};
+use crate::{FreshnessArgs, ProjectFileArgs, Size};
 
 /// Tables of the read model whose rows a projection produces.
 const ROW_TABLES: &[&str] = &["sessions", "kernels", "session_dependencies"];
@@ -245,21 +245,30 @@ fn joined_after(m: &Measured, stderr: &str) -> anyhow::Result<Duration> {
     Ok((at - m.started_at).to_std().unwrap_or_default())
 }
 
-pub(crate) async fn project_file(bench: &mut Bench, size: Size) -> anyhow::Result<()> {
+pub(crate) async fn project_file(bench: &mut Bench, args: ProjectFileArgs) -> anyhow::Result<()> {
+    let size = args.size;
     let file = bench.events_file(size.events, size.seed)?;
     let ceiling = ceiling(bench, size).await?;
     let source = format!("file://{}", file.display());
 
     let url = bench.fresh_db("project_file").await?;
     migrate(bench, &url).await?;
+    let wal_before = wal_lsn(&url).await?;
     let pg = project(bench, &url, &source, &[]).await?;
+    let wal = wal_bytes_since(&url, &wal_before).await?;
+    let footprint = footprint(&url).await?;
 
-    let sqlite = bench.dir.join("project-file.db");
-    harness::remove_with_journals(&sqlite);
-    let sqlite_url = format!("sqlite://{}", sqlite.display());
-    migrate(bench, &sqlite_url).await?;
-    let lite = project(bench, &sqlite_url, &source, &[]).await?;
-    harness::remove_with_journals(&sqlite);
+    let lite = if args.postgres_only {
+        None
+    } else {
+        let sqlite = bench.dir.join("project-file.db");
+        harness::remove_with_journals(&sqlite);
+        let sqlite_url = format!("sqlite://{}", sqlite.display());
+        migrate(bench, &sqlite_url).await?;
+        let lite = project(bench, &sqlite_url, &source, &[]).await?;
+        harness::remove_with_journals(&sqlite);
+        Some(lite)
+    };
 
     bench.header(
         "project-file",
@@ -267,16 +276,114 @@ pub(crate) async fn project_file(bench: &mut Bench, size: Size) -> anyhow::Resul
             ("stream", format!("{} events (seed {}), {}", thousands(size.events as f64), size.seed, file.display())),
             ("command", "sessionview project --source file://... --exit-at-end (default batch 20,000)".into()),
             ("of ceiling", format!("events/s ÷ the ceiling's {} rows/s: every event rewrites at least one row (its session's or kernel's) and records its id", thousands(ceiling.rows_per_sec))),
+            ("WAL", format!("{:.0} MiB written by PostgreSQL during the run ({:.0} B an event)", wal as f64 / MIB, wal as f64 / size.events as f64)),
         ],
     );
-    table(
-        PROJECT_HEADER,
-        &[
-            project_row("file → PostgreSQL", size.events, &pg, &ceiling),
-            project_row("file → SQLite", size.events, &lite, &ceiling),
-        ],
-    );
+    let mut rows = vec![project_row("file → PostgreSQL", size.events, &pg, &ceiling)];
+    rows.extend(lite.map(|lite| project_row("file → SQLite", size.events, &lite, &ceiling)));
+    table(PROJECT_HEADER, &rows);
+    println!();
+    footprint.print(size.events);
     Ok(())
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// PostgreSQL's current write-ahead log position.
+async fn wal_lsn(url: &str) -> anyhow::Result<String> {
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    Ok(sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(&mut conn)
+        .await?)
+}
+
+/// Bytes of write-ahead log since `lsn` (the whole server's: the bench is its only writer).
+async fn wal_bytes_since(url: &str, lsn: &str) -> anyhow::Result<i64> {
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    Ok(
+        sqlx::query_scalar("SELECT (pg_current_wal_lsn() - $1::text::pg_lsn)::int8")
+            .bind(lsn)
+            .fetch_one(&mut conn)
+            .await?,
+    )
+}
+
+/// The read model's size on disk after a projection, by table (heap, indexes and TOAST).
+struct Footprint {
+    sessions: i64,
+    tables: Vec<(String, i64, i64)>,
+}
+
+/// Every table of the database's public schema with its rows and total bytes.
+async fn footprint(url: &str) -> anyhow::Result<Footprint> {
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    // Counted, not estimated: the statistics may be older than the last batch.
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = 'public' AND c.relkind = 'r' AND c.relname NOT LIKE '\\_sqlx%' \
+         ORDER BY pg_total_relation_size(c.oid) DESC",
+    )
+    .fetch_all(&mut conn)
+    .await?;
+    let mut tables = Vec::with_capacity(names.len());
+    for name in names {
+        let (rows, bytes): (i64, i64) = sqlx::query_as(&format!(
+            "SELECT (SELECT count(*) FROM \"{name}\"), pg_total_relation_size('\"{name}\"')"
+        ))
+        .fetch_one(&mut conn)
+        .await?;
+        tables.push((name, rows, bytes));
+    }
+    let sessions = tables
+        .iter()
+        .find(|(n, _, _)| n == "sessions")
+        .map_or(0, |(_, rows, _)| *rows);
+    Ok(Footprint { sessions, tables })
+}
+
+impl Footprint {
+    fn print(&self, events: u64) {
+        let total: i64 = self.tables.iter().map(|(_, _, b)| b).sum();
+        let per = |bytes: i64, n: i64| {
+            if n > 0 {
+                thousands(bytes as f64 / n as f64)
+            } else {
+                "-".into()
+            }
+        };
+        let events = i64::try_from(events).unwrap_or(i64::MAX);
+        let mut rows: Vec<Vec<String>> = self
+            .tables
+            .iter()
+            .filter(|(_, _, bytes)| *bytes > 8192 * 3)
+            .map(|(name, rows, bytes)| {
+                vec![
+                    name.clone(),
+                    thousands(*rows as f64),
+                    format!("{:.1}", *bytes as f64 / MIB),
+                    per(*bytes, self.sessions),
+                    per(*bytes, events),
+                ]
+            })
+            .collect();
+        rows.push(vec![
+            "**all tables**".into(),
+            String::new(),
+            format!("{:.1}", total as f64 / MIB),
+            per(total, self.sessions),
+            per(total, events),
+        ]);
+        table(
+            &[
+                "table (PostgreSQL, after the run)",
+                "rows",
+                "MiB",
+                "B a session",
+                "B an event",
+            ],
+            &rows,
+        );
+    }
 }
 
 /// Publishes the stream to a new 4-partition topic; returns the topic and the publish figures.

@@ -166,13 +166,43 @@ impl Outcome {
     }
 }
 
+/// One event as idempotence knows it: a duplicate is the same `event_id` in the same session
+/// (every delivery of an event carries its session id, which is also its message key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventKey {
+    pub session_id: Uuid,
+    pub event_id: Uuid,
+}
+
+impl EventKey {
+    pub fn of(event: &Event) -> Self {
+        Self {
+            session_id: event.session_id,
+            event_id: event.event_id,
+        }
+    }
+}
+
+/// The event ids one batch records for one session, after the `stored` ids the store held for
+/// it when the batch was loaded. A store appends `ids` to the session's record only if it still
+/// holds `stored` ids (otherwise another instance recorded some meanwhile, and the batch must be
+/// folded again): the record of a session is written by one commit at a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenIds {
+    pub session_id: Uuid,
+    pub stored: u32,
+    /// In the order the events were folded.
+    pub ids: Vec<Uuid>,
+}
+
 /// What a batch needs from the store before it can be folded.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LoadRequest {
     /// Sessions the batch's events belong to.
     pub session_ids: Vec<Uuid>,
-    /// The batch's event ids, to find those already seen.
-    pub event_ids: Vec<Uuid>,
+    /// The batch's events, to find those already seen (a store reads the record of each of their
+    /// sessions, whether or not the session exists).
+    pub events: Vec<EventKey>,
     /// Sessions enqueued in this batch, whose parked events may be released.
     pub parked_for: Vec<Uuid>,
     /// The kernels those `session_enqueued` events list, to find ids another session holds.
@@ -183,8 +213,10 @@ pub struct LoadRequest {
 #[derive(Debug, Clone, Default)]
 pub struct Loaded {
     pub sessions: HashMap<Uuid, SessionState>,
-    /// Those of the requested event ids that were already seen.
-    pub seen: HashSet<Uuid>,
+    /// Those of the requested events that were already seen.
+    pub seen: HashSet<EventKey>,
+    /// How many event ids the store holds for each requested session that has any.
+    pub seen_counts: HashMap<Uuid, u32>,
     /// Parked events of the requested sessions, in source order.
     pub parked: Vec<ParkedEvent>,
     /// The session of each requested kernel id that is already stored.
@@ -211,7 +243,7 @@ pub fn plan_limited(
         if sessions.insert(e.session_id) {
             req.session_ids.push(e.session_id);
         }
-        req.event_ids.push(e.event_id);
+        req.events.push(EventKey::of(e));
         if let EventBody::SessionEnqueued(p) = &e.body {
             req.parked_for.push(e.session_id);
             req.kernel_ids.extend(p.kernels.iter().map(|k| k.kernel_id));
@@ -316,8 +348,9 @@ pub struct Changes {
     pub counts: Vec<CountDelta>,
     /// Sessions created in this batch (their dependencies are written once).
     pub created: Vec<Uuid>,
-    /// Event ids to remember as seen, with their session.
-    pub seen: Vec<(Uuid, Uuid)>,
+    /// Event ids to remember as seen, by session (in session id order: concurrent writers
+    /// lock the records in one order).
+    pub seen: Vec<SeenIds>,
     /// Newly parked events that are still waiting at the end of the batch.
     pub parked: Vec<ParkedEvent>,
     /// Previously stored parked events that were applied and must be removed.
@@ -382,7 +415,9 @@ struct Parked {
 #[derive(Debug, Default)]
 pub struct Fold {
     sessions: HashMap<Uuid, SessionState>,
-    seen: HashSet<Uuid>,
+    seen: HashSet<EventKey>,
+    /// Event ids the store held per session when the batch was loaded.
+    seen_counts: HashMap<Uuid, u32>,
     parked: HashMap<Uuid, Vec<Parked>>,
     dirty: HashMap<Uuid, DirtyRows>,
     /// The status each loaded session had when the batch started.
@@ -390,7 +425,7 @@ pub struct Fold {
     /// The session each known kernel id belongs to: a kernel id is never shared.
     owners: HashMap<Uuid, Uuid>,
     created: Vec<Uuid>,
-    new_seen: Vec<(Uuid, Uuid)>,
+    new_seen: BTreeMap<Uuid, Vec<Uuid>>,
     released: Vec<(String, Position)>,
     dead_letters: Vec<DeadLetter>,
     tally: BTreeMap<(&'static str, Outcome), u64>,
@@ -428,6 +463,7 @@ impl Fold {
             initial,
             owners,
             seen: loaded.seen,
+            seen_counts: loaded.seen_counts,
             parked,
             ..Self::default()
         }
@@ -455,11 +491,15 @@ impl Fold {
             }
         };
         let type_name = event.event_type().as_str();
-        // Rule 4: a duplicate is decided by event_id alone.
-        if !self.seen.insert(event.event_id) {
+        // Rule 4: a duplicate is decided by event_id (within its session, which every delivery
+        // of the event names).
+        if !self.seen.insert(EventKey::of(&event)) {
             return self.count(type_name, Outcome::Duplicate);
         }
-        self.new_seen.push((event.event_id, event.session_id));
+        self.new_seen
+            .entry(event.session_id)
+            .or_default()
+            .push(event.event_id);
         let outcome = self.apply_event(source, position, bytes, &event);
         self.count(type_name, outcome)
     }
@@ -658,7 +698,15 @@ impl Fold {
             dirty,
             counts,
             created: self.created,
-            seen: self.new_seen,
+            seen: self
+                .new_seen
+                .into_iter()
+                .map(|(session_id, ids)| SeenIds {
+                    session_id,
+                    stored: self.seen_counts.get(&session_id).copied().unwrap_or(0),
+                    ids,
+                })
+                .collect(),
             parked,
             released: self.released,
             dead_letters: self.dead_letters,

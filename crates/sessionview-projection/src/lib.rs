@@ -12,9 +12,9 @@ mod rows;
 pub use apply::{Effect, Reject, apply};
 pub use batch::{Batch, FoldedBatch};
 pub use fold::{
-    Changes, CountDelta, DeadLetter, DirtyRows, Fold, LiveEvent, LoadRequest, Loaded,
+    Changes, CountDelta, DeadLetter, DirtyRows, EventKey, Fold, LiveEvent, LoadRequest, Loaded,
     MAX_REASON_BYTES, Outcome, ParkedEvent, Position, SESSION_CANCELLED, SESSION_STARTED,
-    SESSION_TERMINATED, plan, plan_limited, storable_reason,
+    SESSION_TERMINATED, SeenIds, plan, plan_limited, storable_reason,
 };
 pub use overlay::Pending;
 pub use rows::{

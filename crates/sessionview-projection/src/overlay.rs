@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 
 use uuid::Uuid;
 
-use crate::{Changes, LoadRequest, Loaded, Position, SessionState};
+use crate::{Changes, EventKey, LoadRequest, Loaded, Position, SessionState};
 
 /// A folded batch whose commit has not finished.
 #[derive(Debug, Clone)]
@@ -50,13 +50,31 @@ impl<'a> Pending<'a> {
             .filter(|(k, _)| wanted_kernels.contains(k))
             .collect();
         loaded.kernel_owners.extend(owners);
-        let pending_seen: HashSet<Uuid> = changes.seen.iter().map(|(e, _)| *e).collect();
+        // Its seen ids, and how many each session's record holds once it has committed (the
+        // store's answer may be from before or after that commit: this count is the same
+        // either way).
+        let pending_seen: HashSet<EventKey> = changes
+            .seen
+            .iter()
+            .flat_map(|s| {
+                s.ids.iter().map(|&event_id| EventKey {
+                    session_id: s.session_id,
+                    event_id,
+                })
+            })
+            .collect();
         loaded.seen.extend(
-            req.event_ids
+            req.events
                 .iter()
                 .filter(|e| pending_seen.contains(e))
                 .copied(),
         );
+        for s in &changes.seen {
+            let after = s
+                .stored
+                .saturating_add(u32::try_from(s.ids.len()).unwrap_or(u32::MAX));
+            loaded.seen_counts.insert(s.session_id, after);
+        }
         let released: HashSet<(&str, Position)> = changes
             .released
             .iter()
@@ -80,7 +98,7 @@ impl<'a> Pending<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ParkedEvent;
+    use crate::{ParkedEvent, SeenIds};
 
     fn parked(session: u128, offset: i64) -> ParkedEvent {
         ParkedEvent {
@@ -95,16 +113,29 @@ mod tests {
         }
     }
 
+    fn key(session: u128, event: u128) -> EventKey {
+        EventKey {
+            session_id: Uuid::from_u128(session),
+            event_id: Uuid::from_u128(event),
+        }
+    }
+
     #[test]
     fn the_pending_batch_answers_for_what_it_wrote() {
         let mut changes = Changes::default();
-        changes.seen.push((Uuid::from_u128(7), Uuid::from_u128(1)));
+        changes.seen.push(SeenIds {
+            session_id: Uuid::from_u128(1),
+            stored: 4,
+            ids: vec![Uuid::from_u128(7)],
+        });
         changes.parked.push(parked(2, 5));
         changes.released.push(("t".into(), parked(3, 1).position));
         let pending = Pending::new(&changes);
         let req = LoadRequest {
             session_ids: vec![Uuid::from_u128(1)],
-            event_ids: vec![Uuid::from_u128(7), Uuid::from_u128(8)],
+            // Event 7 of session 1 is the pending one; the same id in session 9 is another
+            // event, and event 8 is new.
+            events: vec![key(1, 7), key(1, 8), key(9, 7)],
             parked_for: vec![Uuid::from_u128(2), Uuid::from_u128(3)],
             kernel_ids: Vec::new(),
         };
@@ -113,17 +144,23 @@ mod tests {
             req,
             "no pending session: the store is asked for all"
         );
-        let from_store = Loaded {
-            parked: vec![parked(3, 1)],
-            ..Loaded::default()
-        };
-        let loaded = pending.complete(&req, from_store);
-        assert!(loaded.seen.contains(&Uuid::from_u128(7)));
-        assert!(!loaded.seen.contains(&Uuid::from_u128(8)));
-        assert_eq!(
-            loaded.parked,
-            vec![parked(2, 5)],
-            "released gone, parked added"
-        );
+        // The store answers from before the pending commit (4 ids) or after it (5): the same.
+        for stored in [4, 5] {
+            let from_store = Loaded {
+                parked: vec![parked(3, 1)],
+                seen_counts: HashMap::from([(Uuid::from_u128(1), stored)]),
+                ..Loaded::default()
+            };
+            let loaded = pending.complete(&req, from_store);
+            assert!(loaded.seen.contains(&key(1, 7)));
+            assert!(!loaded.seen.contains(&key(1, 8)));
+            assert!(!loaded.seen.contains(&key(9, 7)), "another session's event");
+            assert_eq!(loaded.seen_counts[&Uuid::from_u128(1)], 5);
+            assert_eq!(
+                loaded.parked,
+                vec![parked(2, 5)],
+                "released gone, parked added"
+            );
+        }
     }
 }

@@ -405,7 +405,7 @@ impl<S: ProjectorStore> Applier<S> {
                     continue;
                 }
                 warn!(%error, first = ?folded.batch.first().map(|m| (m.partition, m.offset)), "dead-lettering the event the database refuses");
-                folded.changes = self.refused_changes(&folded.batch, error);
+                folded.changes = self.refused_changes(&folded.batch, error, &folded.changes);
                 metrics::refused();
                 outcome = self.commit(&folded, owned, shutdown).await?;
             }
@@ -435,8 +435,13 @@ impl<S: ProjectorStore> Applier<S> {
     }
 
     /// What a batch of one event the database refused writes instead: its dead letter, its id
-    /// as seen, and (by the commit) its position.
-    fn refused_changes(&self, batch: &[SourceMessage], error: &StoreError) -> Changes {
+    /// as seen (as `refused`, the batch's fold, recorded it), and (by the commit) its position.
+    fn refused_changes(
+        &self,
+        batch: &[SourceMessage],
+        error: &StoreError,
+        refused: &Changes,
+    ) -> Changes {
         let mut changes = Changes::default();
         let Some(m) = batch.first() else {
             return changes;
@@ -451,7 +456,8 @@ impl<S: ProjectorStore> Applier<S> {
         let reason = format!("refused by the database: {error}");
         let (letter, event_type) = match Event::decode_limited(bytes, self.cfg.max_event_bytes) {
             Ok(event) => {
-                changes.seen.push((event.event_id, event.session_id));
+                // A duplicate records nothing, and is never refused: the fold recorded its id.
+                changes.seen.clone_from(&refused.seen);
                 (
                     DeadLetter::rejected(&self.source, position, bytes, &event, REFUSED, &reason),
                     event.event_type().as_str(),

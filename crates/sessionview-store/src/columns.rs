@@ -230,13 +230,14 @@ pub(crate) static PARKED_EVENTS: Table = Table {
 /// [`counts_from`]; `schema` is `""` for the search path or a checked `"name."`.
 pub(crate) fn counts_sql(schema: &str) -> String {
     let counts = [
-        "sessions",
-        "kernels",
-        "seen_events",
-        "parked_events",
-        "dead_letters",
+        "count(*) FROM {}sessions",
+        "count(*) FROM {}kernels",
+        // Event ids recorded (16 bytes each).
+        "coalesce(sum(length(ids)), 0) / 16 FROM {}session_seen",
+        "count(*) FROM {}parked_events",
+        "count(*) FROM {}dead_letters",
     ]
-    .map(|t| format!("(SELECT count(*) FROM {schema}{t})"));
+    .map(|t| format!("(SELECT {})", t.replace("{}", schema)));
     format!("SELECT {}", counts.join(", "))
 }
 

@@ -50,7 +50,7 @@ pub const READ_MODEL_TABLES: &[&str] = &[
     SESSION_COUNTS_TABLE,
     "kernels",
     "session_dependencies",
-    "seen_events",
+    "session_seen",
     "parked_events",
     "dead_letters",
     "source_positions",
@@ -126,6 +126,7 @@ pub struct DeadLetterFilter {
 pub struct StoreCounts {
     pub sessions: i64,
     pub kernels: i64,
+    /// Event ids recorded for idempotence (applied, parked or dead-lettered after decoding).
     pub seen_events: i64,
     pub parked_events: i64,
     pub dead_letters: i64,

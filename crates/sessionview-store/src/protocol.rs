@@ -1,12 +1,13 @@
 //! The projector's protocol with a store, written once for every backend: what a load reads, and
 //! the order in which a commit checks and writes — positions by compare-and-set, then the rows
-//! with the batch's seen event ids (a conflict on either writes nothing), then the rare rows —
+//! with the batch's seen event ids, appended to their sessions' records by compare-and-set on
+//! each record's length (a conflict on either writes nothing), then the rare rows —
 //! all in one transaction. Each backend supplies the statements ([`Load`], [`Write`]).
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 
-use sessionview_projection::{LoadRequest, Loaded, ParkedEvent, SessionState};
+use sessionview_projection::{EventKey, LoadRequest, Loaded, ParkedEvent, SessionState};
 use sqlx::{Database, Pool};
 use uuid::Uuid;
 
@@ -20,11 +21,11 @@ pub(crate) trait Load: Database {
         ids: Option<&'c [Uuid]>,
     ) -> impl Future<Output = Result<HashMap<Uuid, SessionState>, StoreError>> + Send + 'c;
 
-    /// Which of `ids` are recorded as seen.
+    /// The event-id records (`session_seen`: 16 bytes an id) of these sessions that have one.
     fn seen<'c>(
         conn: &'c mut Self::Connection,
-        ids: &'c [Uuid],
-    ) -> impl Future<Output = Result<HashSet<Uuid>, StoreError>> + Send + 'c;
+        sessions: &'c [Uuid],
+    ) -> impl Future<Output = Result<Vec<(Uuid, Vec<u8>)>, StoreError>> + Send + 'c;
 
     /// The parked events of these sessions, in position order.
     fn parked<'c>(
@@ -48,10 +49,13 @@ pub(crate) async fn load<D: Load>(pool: &Pool<D>, req: &LoadRequest) -> Result<L
     } else {
         D::sessions(&mut conn, Some(&req.session_ids)).await?
     };
-    let seen = if req.event_ids.is_empty() {
-        HashSet::new()
+    let (seen, seen_counts) = if req.events.is_empty() {
+        (HashSet::new(), HashMap::new())
     } else {
-        D::seen(&mut conn, &req.event_ids).await?
+        let mut sessions: Vec<Uuid> = req.events.iter().map(|e| e.session_id).collect();
+        sessions.sort_unstable();
+        sessions.dedup();
+        seen_in(&req.events, D::seen(&mut conn, &sessions).await?)?
     };
     let parked = if req.parked_for.is_empty() {
         Vec::new()
@@ -66,9 +70,56 @@ pub(crate) async fn load<D: Load>(pool: &Pool<D>, req: &LoadRequest) -> Result<L
     Ok(Loaded {
         sessions,
         seen,
+        seen_counts,
         parked,
         kernel_owners,
     })
+}
+
+/// Which of `events` the sessions' records hold, and how many ids each record holds.
+fn seen_in(
+    events: &[EventKey],
+    records: Vec<(Uuid, Vec<u8>)>,
+) -> Result<(HashSet<EventKey>, HashMap<Uuid, u32>), StoreError> {
+    let mut asked: HashMap<Uuid, HashSet<Uuid>> = HashMap::new();
+    for e in events {
+        asked.entry(e.session_id).or_default().insert(e.event_id);
+    }
+    let mut seen = HashSet::new();
+    let mut counts = HashMap::with_capacity(records.len());
+    for (session_id, ids) in records {
+        let corrupt = |detail: String| StoreError::Corrupt {
+            table: "session_seen",
+            detail,
+        };
+        let chunks = ids.chunks_exact(16);
+        if !chunks.remainder().is_empty() {
+            return Err(corrupt(format!(
+                "the record of session {session_id} is {} bytes, not a multiple of 16",
+                ids.len()
+            )));
+        }
+        let n = u32::try_from(ids.len() / 16)
+            .map_err(|_| corrupt(format!("session {session_id} has over 2^32 event ids")))?;
+        counts.insert(session_id, n);
+        if let Some(wanted) = asked.get(&session_id) {
+            seen.extend(
+                chunks
+                    .filter_map(|c| Uuid::from_slice(c).ok())
+                    .filter(|id| wanted.contains(id))
+                    .map(|event_id| EventKey {
+                        session_id,
+                        event_id,
+                    }),
+            );
+        }
+    }
+    Ok((seen, counts))
+}
+
+/// `ids` as a record's bytes (16 an id), to append to the session's record.
+pub(crate) fn seen_bytes(ids: &[Uuid]) -> Vec<u8> {
+    ids.iter().flat_map(|id| *id.as_bytes()).collect()
 }
 
 /// Every session with its kernels, ordered by id.
@@ -90,9 +141,10 @@ pub(crate) trait Write: Database {
     ) -> impl Future<Output = Result<Vec<i32>, StoreError>> + Send + 'c;
 
     /// The rows every batch may have (sessions, kernels, dependencies, running counts) and its
-    /// seen event ids; `false` when one of those ids is recorded already: another instance
-    /// applied the same event from another partition after this batch was loaded, and nothing
-    /// of the batch may be written.
+    /// seen event ids, appended to each session's record; `false` when a record no longer holds
+    /// the number of ids the batch loaded: another instance recorded events of that session
+    /// after this batch was loaded (the same event published to another partition, say), and
+    /// nothing of the batch may be written.
     fn rows<'c>(
         conn: &'c mut Self::Connection,
         commit: Commit<'c>,
@@ -181,7 +233,7 @@ macro_rules! store_traits {
                 load::positions(&self.pool, source).await
             }
 
-            #[tracing::instrument(skip_all, fields(sessions = req.session_ids.len(), events = req.event_ids.len()))]
+            #[tracing::instrument(skip_all, fields(sessions = req.session_ids.len(), events = req.events.len()))]
             async fn load(
                 &self,
                 req: &sessionview_projection::LoadRequest,

@@ -21,7 +21,9 @@ use crate::StoreError;
 
 /// The compatibility level this build supports (and writes). Raised together with the level in
 /// `schema_compatibility` by a migration that older binaries cannot work with.
-pub const SCHEMA_COMPATIBILITY: i32 = 1;
+///
+/// 2: event ids are recorded per session (`session_seen`); `seen_events` is gone.
+pub const SCHEMA_COMPATIBILITY: i32 = 2;
 
 /// This build's version: what `migrate` records as `written_by` when it applies something.
 pub const BUILD_VERSION: &str = env!("CARGO_PKG_VERSION");

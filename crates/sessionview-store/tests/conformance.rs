@@ -13,14 +13,15 @@
 
 use std::collections::HashSet;
 
-use sessionview_events::{DEFAULT_MAX_EVENT_BYTES, Status};
-use sessionview_projection::{Batch, Fold, Position, SessionState};
+use sessionview_events::{DEFAULT_MAX_EVENT_BYTES, Event, Status};
+use sessionview_projection::{Batch, EventKey, Fold, Position, SessionState};
 use sessionview_simulator::{SimConfig, Simulator};
 use sessionview_store::live::CommittedPosition;
 use sessionview_store::prelude::*;
 use sessionview_store::{
     Advance, Commit, CommitOutcome, ContainerListQuery, DeadLetterFilter, KernelFields, KeyPair,
     KeyPairAdmin, Order, PgStore, ReadModel, Role, Scope, SessionListQuery, SqliteStore, Store,
+    StoreCounts,
 };
 use sessionview_testkit::{PgDatabase, SqliteDatabase};
 use sqlx::Connection;
@@ -98,6 +99,7 @@ conformance!(
     migrate_is_idempotent,
     rows_equal_the_pure_fold_in_large_batches,
     rows_equal_the_pure_fold_in_small_batches,
+    a_stream_delivered_again_changes_nothing,
     positions_advance_only_by_compare_and_set,
     the_session_event_log_holds_what_commits_applied,
     racing_instances_apply_a_batch_once,
@@ -126,7 +128,7 @@ async fn postgres_statistics_follow_a_growing_table() {
     let mut client = sqlx::PgConnection::connect(&db.url()).await.unwrap();
     // Autovacuum would analyze the grown tables on its own schedule, and a test that races it
     // sometimes finds the plan already replanned: here only refresh_statistics may analyze.
-    for table in ["sessions", "kernels", "seen_events"] {
+    for table in ["sessions", "kernels", "session_seen"] {
         sqlx::query(&format!(
             "ALTER TABLE {table} SET (autovacuum_enabled = false)"
         ))
@@ -158,7 +160,7 @@ async fn postgres_statistics_follow_a_growing_table() {
     );
 
     let refreshed = store.refresh_statistics().await.unwrap();
-    for table in ["sessions", "kernels", "seen_events"] {
+    for table in ["sessions", "kernels", "session_seen"] {
         assert!(
             refreshed.iter().any(|t| t == table),
             "{table} in {refreshed:?}"
@@ -273,9 +275,46 @@ async fn rows_equal_the_pure_fold<S: Backend>(store: &S, size: usize) {
     assert_eq!(counts.dead_letters as usize, dead);
     assert_eq!(counts.parked_events, 0);
     assert_eq!(
+        counts.seen_events as usize,
+        recorded(&msgs).len(),
+        "every decoded event's id recorded once"
+    );
+    assert_eq!(
         store.positions(SOURCE).await.unwrap().get(&0).copied(),
         Some(msgs.len() as i64)
     );
+}
+
+/// The events of `messages` that decode, as idempotence knows them.
+fn recorded(messages: &[Vec<u8>]) -> HashSet<EventKey> {
+    messages
+        .iter()
+        .filter_map(|m| Event::decode(m).ok())
+        .map(|e| EventKey::of(&e))
+        .collect()
+}
+
+/// The whole stream delivered a second time, in other batches, is all duplicates: the rows and
+/// the records stay as they were; only the messages that do not decode (no id to know them by)
+/// are dead letters again.
+async fn a_stream_delivered_again_changes_nothing<S: Backend>(store: &S) {
+    let msgs = stream(120, 27, true);
+    project(store, &msgs, 0, 64).await;
+    let sessions = store.all_sessions().await.unwrap();
+    let counts = store.counts().await.unwrap();
+    project(store, &msgs, msgs.len() as i64, 5).await;
+    assert_eq!(store.all_sessions().await.unwrap(), sessions);
+    let undecodable = msgs.len() - msgs.iter().filter(|m| Event::decode(m).is_ok()).count();
+    assert_eq!(
+        store.counts().await.unwrap(),
+        StoreCounts {
+            dead_letters: counts.dead_letters + undecodable as i64,
+            ..counts
+        }
+    );
+    // Folded a third time, nothing is left to write.
+    let again = fold_at(store, &msgs, 0, 2 * msgs.len() as i64).await;
+    assert!(again.sessions.is_empty() && again.seen.is_empty());
 }
 
 async fn rows_equal_the_pure_fold_in_large_batches<S: Backend>(store: &S) {

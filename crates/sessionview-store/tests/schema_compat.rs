@@ -16,6 +16,7 @@ use std::panic::AssertUnwindSafe;
 use std::str::FromStr;
 
 use futures_util::FutureExt;
+use sessionview_projection::{EventKey, LoadRequest};
 
 use sessionview_store::prelude::*;
 use sessionview_store::{
@@ -36,6 +37,8 @@ trait Db: Sized {
     type S: Store;
     /// A one-byte blob, as an SQL literal.
     const BLOB_LITERAL: &'static str;
+    /// `seen_events` as the migrations before `session_seen` made it.
+    const SEEN_EVENTS_TABLE: &'static str;
     async fn fresh() -> Self;
     fn store(&self) -> &Self::S;
     fn migrations() -> Migrator;
@@ -59,6 +62,8 @@ impl PgDb {
 impl Db for PgDb {
     type S = PgStore;
     const BLOB_LITERAL: &'static str = "'\\x00'::bytea";
+    const SEEN_EVENTS_TABLE: &'static str =
+        "CREATE TABLE seen_events (event_id uuid PRIMARY KEY, session_id uuid NOT NULL)";
 
     async fn fresh() -> Self {
         let db = PgDatabase::new().await;
@@ -107,6 +112,8 @@ struct SqliteDb {
 impl Db for SqliteDb {
     type S = SqliteStore;
     const BLOB_LITERAL: &'static str = "X'00'";
+    const SEEN_EVENTS_TABLE: &'static str = "CREATE TABLE seen_events (event_id TEXT PRIMARY KEY, \
+        session_id TEXT NOT NULL) WITHOUT ROWID";
 
     async fn fresh() -> Self {
         let db = SqliteDatabase::new();
@@ -174,6 +181,7 @@ on_every_backend!(
     a_newer_binarys_additive_migration_is_tolerated,
     an_incompatible_level_refuses_before_changing_anything,
     a_known_migration_with_other_content_stays_an_error,
+    recorded_event_ids_are_carried_into_the_per_session_records,
 );
 
 /// This build's migrations, by version and description.
@@ -216,7 +224,7 @@ async fn a_fresh_database_is_pending_until_migrated<D: Db>(db: &D) {
     );
     assert!(
         msg.ends_with(
-            "20261202000001 (session events): run `sessionview migrate` with this version first"
+            "20261207000001 (session seen): run `sessionview migrate` with this version first"
         ),
         "{msg}"
     );
@@ -284,14 +292,7 @@ async fn a_newer_binarys_additive_migration_is_tolerated<D: Db>(db: &D) {
 
     // This build's next migrations land below the newer one; a migrate that applies one records
     // this build as the writer.
-    db.execute(&format!(
-        "DELETE FROM _sqlx_migrations WHERE version = {}",
-        known::<D>().last().unwrap().version
-    ))
-    .await;
-    // The objects of that migration (the latest: the session event log).
-    db.execute("DROP TABLE session_events").await;
-    db.execute("DROP TABLE session_events_head").await;
+    undo_the_latest_migration(db).await;
     let applied = store.apply_migrations().await.unwrap();
     assert_eq!(applied, vec![known::<D>().last().unwrap().clone()]);
     let status = store.schema_status().await.unwrap();
@@ -300,6 +301,63 @@ async fn a_newer_binarys_additive_migration_is_tolerated<D: Db>(db: &D) {
         Some(BUILD_VERSION)
     );
     assert_eq!(status.newer().len(), 1);
+}
+
+/// The database as the build before the latest migration (per-session event-id records) left
+/// it: that migration's history row and objects gone, `seen_events` back, level 1.
+async fn undo_the_latest_migration<D: Db>(db: &D) {
+    let latest = known::<D>().last().unwrap().clone();
+    assert_eq!(latest.description, "session seen");
+    db.execute(&format!(
+        "DELETE FROM _sqlx_migrations WHERE version = {}",
+        latest.version
+    ))
+    .await;
+    db.execute("DROP TABLE session_seen").await;
+    db.execute(D::SEEN_EVENTS_TABLE).await;
+    db.execute("UPDATE schema_compatibility SET level = 1")
+        .await;
+}
+
+/// The ids a database of level 1 recorded stay recorded: each session's in its record.
+async fn recorded_event_ids_are_carried_into_the_per_session_records<D: Db>(db: &D) {
+    let store = db.store();
+    migrated(db).await;
+    undo_the_latest_migration(db).await;
+    let id = |n: u128| Uuid::from_u128(n);
+    for (event, session) in [(11, 1), (12, 2), (13, 1)] {
+        db.execute(&format!(
+            "INSERT INTO seen_events (event_id, session_id) VALUES ('{}', '{}')",
+            id(event),
+            id(session)
+        ))
+        .await;
+    }
+    let applied = store.apply_migrations().await.unwrap();
+    assert_eq!(applied, vec![known::<D>().last().unwrap().clone()]);
+    let status = store.schema_status().await.unwrap();
+    assert_eq!(status.database.unwrap().level, SCHEMA_COMPATIBILITY);
+    assert_eq!(store.counts().await.unwrap().seen_events, 3);
+    let key = |session, event| EventKey {
+        session_id: id(session),
+        event_id: id(event),
+    };
+    let loaded = store
+        .load(&LoadRequest {
+            events: vec![key(1, 11), key(1, 14), key(2, 12), key(2, 13), key(3, 11)],
+            ..LoadRequest::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        loaded.seen,
+        [key(1, 11), key(2, 12)].into_iter().collect(),
+        "each id recorded for its own session only"
+    );
+    assert_eq!(
+        loaded.seen_counts,
+        [(id(1), 2), (id(2), 1)].into_iter().collect()
+    );
 }
 
 async fn an_incompatible_level_refuses_before_changing_anything<D: Db>(db: &D) {

@@ -6,11 +6,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use sessionview_events::DEFAULT_MAX_EVENT_BYTES;
-use sessionview_projection::{Batch, FoldedBatch, Outcome, Position};
+use sessionview_projection::{Batch, EventKey, FoldedBatch, Outcome, Position};
 use sessionview_store::{
     Advance, Commit, CommitOutcome, DeadLetterFilter, Store, StoredDeadLetter,
 };
-use uuid::Uuid;
 
 use crate::{DbArgs, OutputFormat, with_store};
 
@@ -247,7 +246,15 @@ async fn retry_source<'a, S: Store>(
 ) -> anyhow::Result<Vec<(&'a StoredDeadLetter, Outcome, Option<String>)>> {
     let partitions: BTreeSet<i32> = letters.iter().map(|d| d.partition).collect();
     let retire: Vec<i64> = letters.iter().map(|d| d.id).collect();
-    let retried: HashSet<Uuid> = letters.iter().filter_map(|d| d.event_id).collect();
+    let retried: HashSet<EventKey> = letters
+        .iter()
+        .filter_map(|d| {
+            Some(EventKey {
+                session_id: d.session_id?,
+                event_id: d.event_id?,
+            })
+        })
+        .collect();
     for attempt in 1..=CONFLICT_ATTEMPTS {
         let positions = store.positions(source).await?;
         let guards: Vec<Advance> = partitions
@@ -292,7 +299,16 @@ async fn retry_source<'a, S: Store>(
             })
             .collect();
         // Their ids are recorded already (a store records each id once).
-        changes.seen.retain(|(id, _)| !retried.contains(id));
+        for s in &mut changes.seen {
+            let session_id = s.session_id;
+            s.ids.retain(|&event_id| {
+                !retried.contains(&EventKey {
+                    session_id,
+                    event_id,
+                })
+            });
+        }
+        changes.seen.retain(|s| !s.ids.is_empty());
         if dry_run {
             return Ok(outcomes);
         }

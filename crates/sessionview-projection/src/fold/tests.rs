@@ -37,7 +37,7 @@ fn fold_in_batches(
     size: usize,
 ) -> (Vec<SessionState>, usize, usize, Vec<LiveEvent>) {
     let mut sessions: HashMap<Uuid, SessionState> = HashMap::new();
-    let mut seen: HashSet<Uuid> = HashSet::new();
+    let mut seen: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
     let mut parked: Vec<ParkedEvent> = Vec::new();
     let mut dead = 0;
     let mut live = Vec::new();
@@ -53,10 +53,18 @@ fn fold_in_batches(
                 .filter_map(|id| sessions.get(id).map(|s| (*id, s.clone())))
                 .collect(),
             seen: req
-                .event_ids
+                .events
                 .iter()
-                .filter(|id| seen.contains(id))
+                .filter(|e| {
+                    seen.get(&e.session_id)
+                        .is_some_and(|ids| ids.contains(&e.event_id))
+                })
                 .copied()
+                .collect(),
+            seen_counts: seen
+                .iter()
+                .filter(|(s, _)| req.events.iter().any(|e| e.session_id == **s))
+                .map(|(s, ids)| (*s, ids.len() as u32))
                 .collect(),
             parked: parked
                 .iter()
@@ -114,7 +122,19 @@ fn fold_in_batches(
             };
             slot.last_stat = k.last_stat;
         }
-        seen.extend(changes.seen.iter().map(|(e, _)| *e));
+        for s in &changes.seen {
+            let record = seen.entry(s.session_id).or_default();
+            assert_eq!(
+                record.len() as u32,
+                s.stored,
+                "appended after what was loaded"
+            );
+            assert!(
+                s.ids.iter().all(|id| !record.contains(id)),
+                "an id recorded twice"
+            );
+            record.extend(&s.ids);
+        }
         parked.retain(|p| !changes.released.contains(&(p.source.clone(), p.position)));
         parked.extend(changes.parked);
         dead += changes.dead_letters.len();
@@ -513,4 +533,62 @@ fn listeners_are_told_applied_events_and_the_derived_session_changes() {
         && e.access_key == "AK"
         && e.domain_name == "d"
         && e.group_name == "g"));
+}
+
+#[test]
+fn an_event_id_is_a_duplicate_within_its_session_whatever_the_batches() {
+    let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+    // Session b's enqueue reuses the id of a's enqueue (a producer's bug): it is b's own event.
+    // Both are then delivered again; a stat sync of b reuses an id of a's as well.
+    let stat = |n, s| kernel_event(n, "kernel_stat_sync", s, s, serde_json::json!({"stat": {}}));
+    let stream = [
+        enqueue_with(a, &[], 10, "d"),
+        enqueue_with(b, &[], 10, "d"),
+        stat(11, a),
+        enqueue_with(a, &[], 10, "d"),
+        stat(11, b),
+        enqueue_with(b, &[], 10, "d"),
+        stat(11, a),
+    ];
+    let outcomes = |size: usize| {
+        let mut all = Vec::new();
+        let mut loaded_seen: Vec<EventKey> = Vec::new();
+        let mut stored: HashMap<Uuid, SessionState> = HashMap::new();
+        for (n, chunk) in stream.chunks(size).enumerate() {
+            let refs: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
+            let (decoded, req) = plan(&refs);
+            let loaded = Loaded {
+                sessions: stored.clone(),
+                seen: req
+                    .events
+                    .iter()
+                    .filter(|e| loaded_seen.contains(e))
+                    .copied()
+                    .collect(),
+                ..Loaded::default()
+            };
+            let mut fold = Fold::from_loaded(loaded);
+            for (i, (bytes, d)) in refs.iter().zip(decoded).enumerate() {
+                all.push(fold.apply_decoded("t", pos((n * size + i) as i64), bytes, d));
+            }
+            let changes = fold.finish();
+            for s in &changes.seen {
+                loaded_seen.extend(s.ids.iter().map(|&event_id| EventKey {
+                    session_id: s.session_id,
+                    event_id,
+                }));
+            }
+            for s in changes.sessions {
+                stored.insert(s.session.id, s);
+            }
+        }
+        all
+    };
+    use Outcome::{Applied, Duplicate};
+    let expected = vec![
+        Applied, Applied, Applied, Duplicate, Applied, Duplicate, Duplicate,
+    ];
+    for size in 1..=stream.len() {
+        assert_eq!(outcomes(size), expected, "batches of {size}");
+    }
 }

@@ -266,7 +266,7 @@ const GROWING_TABLES: &[(&str, &str)] = &[
     ),
     ("kernels", "id, session_id, ordinal"),
     ("session_dependencies", "session_id, depends_on"),
-    ("seen_events", "event_id"),
+    ("session_seen", "session_id"),
     ("parked_events", "session_id, source, partition, \"offset\""),
 ];
 

@@ -1,7 +1,8 @@
 //! What the projector reads from PostgreSQL before it folds a batch: sessions with their kernels
-//! and dependencies, seen event ids, parked events, kernel owners; and stored positions.
+//! and dependencies, their sessions' event-id records, parked events, kernel owners; and stored
+//! positions.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::LazyLock;
 
 use sessionview_projection::{ParkedEvent, SessionState};
@@ -89,13 +90,16 @@ impl Load for Postgres {
         Ok(out)
     }
 
-    async fn seen(conn: &mut PgConnection, ids: &[Uuid]) -> Result<HashSet<Uuid>, StoreError> {
-        let seen: Vec<Uuid> =
-            sqlx::query_scalar("SELECT event_id FROM seen_events WHERE event_id = ANY($1)")
-                .bind(ids)
+    async fn seen(
+        conn: &mut PgConnection,
+        sessions: &[Uuid],
+    ) -> Result<Vec<(Uuid, Vec<u8>)>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT session_id, ids FROM session_seen WHERE session_id = ANY($1)")
+                .bind(sessions)
                 .fetch_all(conn)
-                .await?;
-        Ok(seen.into_iter().collect())
+                .await?,
+        )
     }
 
     async fn parked(

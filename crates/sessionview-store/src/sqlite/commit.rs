@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
-use sessionview_projection::SessionRow;
+use sessionview_projection::{SeenIds, SessionRow};
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
@@ -14,7 +14,7 @@ use crate::columns::{
     kernel_values, parked_values, session_event_values, session_values,
 };
 use crate::live::{numbered, prune_below};
-use crate::protocol::Write;
+use crate::protocol::{Write, seen_bytes};
 use crate::sql::{Dialect, insert};
 use crate::{Advance, Commit, StoreError};
 use sessionview_projection::LiveEvent;
@@ -98,28 +98,46 @@ impl Write for Sqlite {
     }
 }
 
-/// Records the batch's event ids as seen; `false` when one is recorded already.
-async fn record_seen(
-    conn: &mut SqliteConnection,
-    seen: &[(Uuid, Uuid)],
-) -> Result<bool, StoreError> {
-    for chunk in seen.chunks(CHUNK) {
-        let mut qb =
-            QueryBuilder::<Sqlite>::new("INSERT INTO seen_events (event_id, session_id) VALUES ");
-        for (i, (event, session)) in chunk.iter().enumerate() {
-            qb.push(if i == 0 { "(" } else { ", (" });
-            Sqlite::push_value(&mut qb, Value::Uuid(Some(*event)));
-            qb.push(", ");
-            Sqlite::push_value(&mut qb, Value::Uuid(Some(*session)));
-            qb.push(")");
-        }
-        match qb.build().execute(&mut *conn).await {
-            Ok(_) => {}
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => return Ok(false),
-            Err(e) => return Err(e.into()),
-        }
+/// Appends the batch's event ids to their sessions' records; `false` when a record no longer
+/// holds the number of ids the batch loaded (or was created meanwhile).
+async fn record_seen(conn: &mut SqliteConnection, seen: &[SeenIds]) -> Result<bool, StoreError> {
+    let bytes: Vec<Vec<u8>> = seen.iter().map(|s| seen_bytes(&s.ids)).collect();
+    let records: Vec<(&SeenIds, &[u8])> =
+        seen.iter().zip(bytes.iter().map(Vec::as_slice)).collect();
+    let (appended, created): (Vec<_>, Vec<_>) =
+        records.into_iter().partition(|(s, _)| s.stored > 0);
+    let mut written = 0;
+    for chunk in appended.chunks(CHUNK) {
+        // `||` makes text of blobs, byte for byte (UTF-8 databases); CAST makes it a blob again.
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "UPDATE session_seen AS r SET ids = CAST(r.ids || u.column3 AS BLOB) FROM (VALUES ",
+        );
+        push_records(&mut qb, chunk);
+        qb.push(") AS u WHERE r.session_id = u.column1 AND length(r.ids) = u.column2 * 16");
+        written += qb.build().execute(&mut *conn).await?.rows_affected();
     }
-    Ok(true)
+    for chunk in created.chunks(CHUNK) {
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO session_seen (session_id, ids) SELECT column1, column3 FROM (VALUES ",
+        );
+        push_records(&mut qb, chunk);
+        qb.push(") WHERE true ON CONFLICT DO NOTHING");
+        written += qb.build().execute(&mut *conn).await?.rows_affected();
+    }
+    Ok(usize::try_from(written).is_ok_and(|n| n == seen.len()))
+}
+
+/// `(session, stored, ids), ...` for a `VALUES` list.
+fn push_records<'a>(qb: &mut QueryBuilder<'a, Sqlite>, records: &[(&SeenIds, &'a [u8])]) {
+    for (i, (s, ids)) in records.iter().enumerate() {
+        qb.push(if i == 0 { "(" } else { ", (" });
+        Sqlite::push_value(qb, Value::Uuid(Some(s.session_id)));
+        qb.push(", ");
+        Sqlite::push_value(qb, Value::Int8(Some(i64::from(s.stored))));
+        qb.push(", ");
+        Sqlite::push_value(qb, Value::Bytes(Some(ids)));
+        qb.push(")");
+    }
 }
 
 /// Sessions, kernels (whole or their statistics alike: an upsert) and dependencies.

@@ -1,8 +1,8 @@
 //! What the projector reads from SQLite before it folds a batch: sessions with their kernels and
-//! dependencies, seen event ids, parked events, kernel owners (ids in chunks of [`CHUNK`]); and
+//! dependencies, their sessions' event-id records, parked events, kernel owners (ids in chunks of [`CHUNK`]); and
 //! stored positions.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use sessionview_projection::{ParkedEvent, SessionState};
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
@@ -69,19 +69,23 @@ impl Load for Sqlite {
         Ok(out)
     }
 
-    async fn seen(conn: &mut SqliteConnection, ids: &[Uuid]) -> Result<HashSet<Uuid>, StoreError> {
-        let mut seen = HashSet::new();
-        for chunk in ids.chunks(CHUNK) {
-            let sql = "SELECT event_id FROM seen_events".to_owned();
-            for r in select(sql, "event_id", Some(chunk))
+    async fn seen(
+        conn: &mut SqliteConnection,
+        sessions: &[Uuid],
+    ) -> Result<Vec<(Uuid, Vec<u8>)>, StoreError> {
+        let mut records = Vec::new();
+        for chunk in sessions.chunks(CHUNK) {
+            let sql = "SELECT session_id, ids FROM session_seen".to_owned();
+            for r in select(sql, "session_id", Some(chunk))
                 .build()
                 .fetch_all(&mut *conn)
                 .await?
             {
-                seen.insert(SqliteCells::at(&r, 0, "seen_events").uuid()?);
+                let mut cells = SqliteCells::at(&r, 0, "session_seen");
+                records.push((cells.uuid()?, cells.bytes()?));
             }
         }
-        Ok(seen)
+        Ok(records)
     }
 
     async fn parked(

@@ -475,12 +475,16 @@ async fn dead_letters_retry_reapplies_what_now_applies_and_keeps_the_rest() {
     .execute(&mut conn)
     .await
     .unwrap();
-    sqlx::query("INSERT INTO seen_events (event_id, session_id) VALUES ($1, $2)")
-        .bind(event_id)
-        .bind(session_id)
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    // Its id recorded as seen, as the older version did when it dead-lettered it.
+    sqlx::query(
+        "INSERT INTO session_seen (session_id, ids) VALUES ($1, uuid_send($2)) \
+         ON CONFLICT (session_id) DO UPDATE SET ids = session_seen.ids || EXCLUDED.ids",
+    )
+    .bind(session_id)
+    .bind(event_id)
+    .execute(&mut conn)
+    .await
+    .unwrap();
     let store = db.store().await;
     let (expected, _) = model(&cfg);
     let before = store.all_sessions().await.unwrap();
