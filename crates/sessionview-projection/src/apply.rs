@@ -52,8 +52,12 @@ impl Reject {
 
 /// Applies one decoded event to the session it belongs to (`None` when not enqueued yet).
 ///
-/// On `Err` the state is unchanged: every check that can fail runs before the first mutation.
-pub fn apply(slot: &mut Option<SessionState>, event: &Event) -> Result<Effect, Reject> {
+/// On `Err` the state and the event are unchanged: every check that can fail runs before the
+/// first mutation. On `Ok(Effect::Applied)` the statistics the event carried (`stat` of
+/// `kernel_stat_sync`, `last_stat` of `kernel_terminated`) have moved into the kernel's row
+/// instead of being copied: half of a stream is statistics, and copying a JSON object costs an
+/// allocation per key.
+pub fn apply(slot: &mut Option<SessionState>, event: &mut Event) -> Result<Effect, Reject> {
     let at = event.occurred_at;
     let state = match (slot.as_mut(), &event.body) {
         (None, EventBody::SessionEnqueued(p)) => {
@@ -73,7 +77,7 @@ pub fn apply(slot: &mut Option<SessionState>, event: &Event) -> Result<Effect, R
             session,
             kernel: kernel_id,
         })?;
-        let effect = apply_to_kernel(kernel, &event.body, at);
+        let effect = apply_to_kernel(kernel, &mut event.body, at);
         if effect == Effect::Applied {
             if let EventBody::KernelStarted(p) = &event.body
                 && let Some(slots) = &p.occupied_slots
@@ -219,7 +223,7 @@ fn replace_slots(
     Ok(())
 }
 
-fn apply_to_kernel(k: &mut KernelRow, body: &EventBody, at: DateTime<Utc>) -> Effect {
+fn apply_to_kernel(k: &mut KernelRow, body: &mut EventBody, at: DateTime<Utc>) -> Effect {
     if k.status.is_terminal() {
         return Effect::IgnoredTerminal;
     }
@@ -240,8 +244,8 @@ fn apply_to_kernel(k: &mut KernelRow, body: &EventBody, at: DateTime<Utc>) -> Ef
         EventBody::KernelTerminated(p) => {
             set_status(k, Status::Terminated, Some(p.reason.clone()), at);
             k.terminated_at = Some(at);
-            if let Some(stat) = &p.last_stat {
-                k.last_stat = Some(stat.clone());
+            if let Some(stat) = p.last_stat.take() {
+                k.last_stat = Some(stat);
             }
         }
         EventBody::KernelCancelled(p) => {
@@ -249,7 +253,7 @@ fn apply_to_kernel(k: &mut KernelRow, body: &EventBody, at: DateTime<Utc>) -> Ef
             k.terminated_at = Some(at);
         }
         EventBody::KernelError(p) => set_status(k, Status::Error, Some(p.reason.clone()), at),
-        EventBody::KernelStatSync(p) => k.last_stat = Some(p.stat.clone()),
+        EventBody::KernelStatSync(p) => k.last_stat = Some(std::mem::take(&mut p.stat)),
         // Session events never reach a kernel.
         EventBody::SessionEnqueued(_)
         | EventBody::SessionScheduled(_)

@@ -500,7 +500,7 @@ impl Fold {
             .entry(event.session_id)
             .or_default()
             .push(event.event_id);
-        let outcome = self.apply_event(source, position, bytes, &event);
+        let outcome = self.apply_event(source, position, bytes, event);
         self.count(type_name, outcome)
     }
 
@@ -509,7 +509,7 @@ impl Fold {
         source: &str,
         position: Position,
         bytes: &[u8],
-        event: &Event,
+        mut event: Event,
     ) -> Outcome {
         let mut slot = self.sessions.remove(&event.session_id);
         let existed = slot.is_some();
@@ -526,8 +526,8 @@ impl Fold {
                             owner: *owner,
                         })
                 })
-                .map_or_else(|| apply(&mut slot, event), Err),
-            _ => apply(&mut slot, event),
+                .map_or_else(|| apply(&mut slot, &mut event), Err),
+            _ => apply(&mut slot, &mut event),
         };
         if let Some(state) = slot {
             self.sessions.insert(event.session_id, state);
@@ -537,8 +537,8 @@ impl Fold {
                 self.dirty
                     .entry(event.session_id)
                     .or_default()
-                    .record(event);
-                self.tell(event, before);
+                    .record(&event);
+                self.tell(&event, before);
                 if !existed {
                     if let Some(state) = self.sessions.get(&event.session_id) {
                         self.owners
@@ -567,7 +567,7 @@ impl Fold {
                 Outcome::Parked
             }
             Err(reject) => {
-                self.dead_letter(source, position, bytes, event, &reject);
+                self.dead_letter(source, position, bytes, &event, &reject);
                 Outcome::DeadLettered
             }
         }
@@ -589,7 +589,7 @@ impl Fold {
                 .map(|e| e.event_type().as_str())
                 .unwrap_or("unknown");
             let outcome = match decoded {
-                Ok(event) => self.apply_event(&p.source, p.position, &p.bytes, &event),
+                Ok(event) => self.apply_event(&p.source, p.position, &p.bytes, event),
                 Err(err) => {
                     self.dead_letters.push(DeadLetter::undecodable(
                         &p.source,

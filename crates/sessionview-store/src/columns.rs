@@ -11,10 +11,9 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 use serde_json::Value as Json;
 use sessionview_events::{JsonObject, ResourceSlots, Status};
-use sessionview_projection::{DeadLetter, KernelRow, LiveEvent, ParkedEvent, Position, SessionRow};
+use sessionview_projection::{DeadLetter, KernelRow, ParkedEvent, Position, SessionRow};
 use uuid::Uuid;
 
-use crate::live::SessionEvent;
 use crate::read::{KeyPair, Role};
 use crate::{StoreCounts, StoreError, StoredDeadLetter};
 
@@ -196,23 +195,6 @@ pub(crate) static DEAD_LETTERS: Table = Table {
     ],
 };
 
-/// `session_events`: the session event log (`crate::live`), `seq` first.
-pub(crate) static SESSION_EVENTS: Table = Table {
-    name: "session_events",
-    columns: &[
-        fixed("seq", Int8),
-        fixed("event", Text),
-        fixed("session_id", U),
-        fixed("kernel_id", U),
-        fixed("cluster_role", Text),
-        fixed("reason", Text),
-        fixed("session_name", Text),
-        fixed("access_key", Text),
-        fixed("domain_name", Text),
-        fixed("group_name", Text),
-    ],
-};
-
 /// `parked_events`, as a load reads them.
 pub(crate) static PARKED_EVENTS: Table = Table {
     name: "parked_events",
@@ -373,22 +355,6 @@ pub(crate) fn parked_values(e: &ParkedEvent) -> [Value<'_>; 6] {
         uuid(e.session_id),
         uuid(e.event_id),
         Value::Bytes(Some(&e.bytes)),
-    ]
-}
-
-/// A logged event's values, in the order of [`SESSION_EVENTS`].
-pub(crate) fn session_event_values(seq: i64, e: &LiveEvent) -> [Value<'_>; 10] {
-    [
-        Value::Int8(Some(seq)),
-        text(e.name),
-        uuid(e.session_id),
-        Value::Uuid(e.kernel_id),
-        Value::Text(e.cluster_role.as_deref()),
-        Value::Text(e.reason.as_deref()),
-        text(&e.session_name),
-        text(&e.access_key),
-        text(&e.domain_name),
-        text(&e.group_name),
     ]
 }
 
@@ -638,22 +604,6 @@ pub(crate) fn dead_letter_from(c: &mut impl Cells) -> Result<StoredDeadLetter, S
         reason: c.text()?,
         payload: c.bytes()?,
         recorded_at: c.time()?,
-    })
-}
-
-/// A logged event from the next [`SESSION_EVENTS`] cells.
-pub(crate) fn session_event_from(c: &mut impl Cells) -> Result<SessionEvent, StoreError> {
-    Ok(SessionEvent {
-        seq: c.int8()?,
-        name: c.text()?,
-        session_id: c.uuid()?,
-        kernel_id: c.opt_uuid()?,
-        cluster_role: c.opt_text()?,
-        reason: c.opt_text()?,
-        session_name: c.text()?,
-        access_key: c.text()?,
-        domain_name: c.text()?,
-        group_name: c.text()?,
     })
 }
 

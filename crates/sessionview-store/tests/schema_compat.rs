@@ -34,11 +34,11 @@ const NEWER_DESCRIPTION: &str = "newer binary table";
 
 /// A backend under test with a way to run plain SQL next to the store.
 trait Db: Sized {
-    type S: Store;
+    type S: Store + ReadModel;
     /// A one-byte blob, as an SQL literal.
     const BLOB_LITERAL: &'static str;
-    /// `seen_events` as the migrations before `session_seen` made it.
-    const SEEN_EVENTS_TABLE: &'static str;
+    /// `seen_events` and `session_events` as the migrations before level 2 made them.
+    const LEVEL_1_TABLES: &'static str;
     async fn fresh() -> Self;
     fn store(&self) -> &Self::S;
     fn migrations() -> Migrator;
@@ -62,8 +62,11 @@ impl PgDb {
 impl Db for PgDb {
     type S = PgStore;
     const BLOB_LITERAL: &'static str = "'\\x00'::bytea";
-    const SEEN_EVENTS_TABLE: &'static str =
-        "CREATE TABLE seen_events (event_id uuid PRIMARY KEY, session_id uuid NOT NULL)";
+    const LEVEL_1_TABLES: &'static str = "CREATE TABLE seen_events (event_id uuid PRIMARY KEY, session_id uuid NOT NULL); \
+         CREATE TABLE session_events (seq bigint PRIMARY KEY, event text NOT NULL, \
+            session_id uuid NOT NULL, kernel_id uuid, cluster_role text, reason text, \
+            session_name text NOT NULL, access_key text NOT NULL, domain_name text NOT NULL, \
+            group_name text NOT NULL)";
 
     async fn fresh() -> Self {
         let db = PgDatabase::new().await;
@@ -112,8 +115,12 @@ struct SqliteDb {
 impl Db for SqliteDb {
     type S = SqliteStore;
     const BLOB_LITERAL: &'static str = "X'00'";
-    const SEEN_EVENTS_TABLE: &'static str = "CREATE TABLE seen_events (event_id TEXT PRIMARY KEY, \
-        session_id TEXT NOT NULL) WITHOUT ROWID";
+    const LEVEL_1_TABLES: &'static str = "CREATE TABLE seen_events (event_id TEXT PRIMARY KEY, \
+        session_id TEXT NOT NULL) WITHOUT ROWID; \
+        CREATE TABLE session_events (seq INTEGER PRIMARY KEY, event TEXT NOT NULL, \
+            session_id TEXT NOT NULL, kernel_id TEXT, cluster_role TEXT, reason TEXT, \
+            session_name TEXT NOT NULL, access_key TEXT NOT NULL, domain_name TEXT NOT NULL, \
+            group_name TEXT NOT NULL)";
 
     async fn fresh() -> Self {
         let db = SqliteDatabase::new();
@@ -181,7 +188,7 @@ on_every_backend!(
     a_newer_binarys_additive_migration_is_tolerated,
     an_incompatible_level_refuses_before_changing_anything,
     a_known_migration_with_other_content_stays_an_error,
-    recorded_event_ids_are_carried_into_the_per_session_records,
+    level_1_bookkeeping_is_carried_over,
 );
 
 /// This build's migrations, by version and description.
@@ -222,10 +229,12 @@ async fn a_fresh_database_is_pending_until_migrated<D: Db>(db: &D) {
         msg.starts_with("the database lacks migrations 20261126000001 (read model), "),
         "{msg}"
     );
+    let last = known::<D>().last().unwrap().clone();
     assert!(
-        msg.ends_with(
-            "20261207000001 (session seen): run `sessionview migrate` with this version first"
-        ),
+        msg.ends_with(&format!(
+            "{} ({}): run `sessionview migrate` with this version first",
+            last.version, last.description
+        )),
         "{msg}"
     );
     // Checking changed nothing.
@@ -292,9 +301,9 @@ async fn a_newer_binarys_additive_migration_is_tolerated<D: Db>(db: &D) {
 
     // This build's next migrations land below the newer one; a migrate that applies one records
     // this build as the writer.
-    undo_the_latest_migration(db).await;
+    undo_level_2(db).await;
     let applied = store.apply_migrations().await.unwrap();
-    assert_eq!(applied, vec![known::<D>().last().unwrap().clone()]);
+    assert_eq!(applied, level_2::<D>());
     let status = store.schema_status().await.unwrap();
     assert_eq!(
         status.database.as_ref().map(|c| c.written_by.as_str()),
@@ -303,27 +312,42 @@ async fn a_newer_binarys_additive_migration_is_tolerated<D: Db>(db: &D) {
     assert_eq!(status.newer().len(), 1);
 }
 
-/// The database as the build before the latest migration (per-session event-id records) left
-/// it: that migration's history row and objects gone, `seen_events` back, level 1.
-async fn undo_the_latest_migration<D: Db>(db: &D) {
-    let latest = known::<D>().last().unwrap().clone();
-    assert_eq!(latest.description, "session seen");
-    db.execute(&format!(
-        "DELETE FROM _sqlx_migrations WHERE version = {}",
-        latest.version
-    ))
-    .await;
+/// This build's migrations from the first of level 2 on (the rest are additive).
+fn level_2<D: Db>() -> Vec<MigrationId> {
+    let known = known::<D>();
+    let first = known
+        .iter()
+        .position(|m| m.description == "session seen")
+        .unwrap();
+    let level_2 = known[first..].to_vec();
+    let names: Vec<&str> = level_2.iter().map(|m| m.description.as_str()).collect();
+    assert_eq!(names[..2], ["session seen", "session event pages"]);
+    level_2
+}
+
+/// The database as the build before level 2 left it: those migrations' history rows and objects
+/// gone, `seen_events` and `session_events` back, level 1.
+async fn undo_level_2<D: Db>(db: &D) {
+    for m in level_2::<D>() {
+        db.execute(&format!(
+            "DELETE FROM _sqlx_migrations WHERE version = {}",
+            m.version
+        ))
+        .await;
+    }
     db.execute("DROP TABLE session_seen").await;
-    db.execute(D::SEEN_EVENTS_TABLE).await;
+    db.execute("DROP TABLE session_event_pages").await;
+    db.execute(D::LEVEL_1_TABLES).await;
     db.execute("UPDATE schema_compatibility SET level = 1")
         .await;
 }
 
-/// The ids a database of level 1 recorded stay recorded: each session's in its record.
-async fn recorded_event_ids_are_carried_into_the_per_session_records<D: Db>(db: &D) {
+/// What a database of level 1 recorded stays: each session's event ids in its record, the
+/// logged events in pages of the log, with their numbers.
+async fn level_1_bookkeeping_is_carried_over<D: Db>(db: &D) {
     let store = db.store();
     migrated(db).await;
-    undo_the_latest_migration(db).await;
+    undo_level_2(db).await;
     let id = |n: u128| Uuid::from_u128(n);
     for (event, session) in [(11, 1), (12, 2), (13, 1)] {
         db.execute(&format!(
@@ -333,8 +357,38 @@ async fn recorded_event_ids_are_carried_into_the_per_session_records<D: Db>(db: 
         ))
         .await;
     }
+    for (seq, kernel, reason) in [
+        (41, "NULL", "'a \"quoted\" reason'"),
+        (42, "'00000000-0000-0000-0000-000000000001'", "NULL"),
+    ] {
+        db.execute(&format!(
+            "INSERT INTO session_events (seq, event, session_id, kernel_id, cluster_role, reason, \
+             session_name, access_key, domain_name, group_name) VALUES ({seq}, 'kernel_started', \
+             '{}', {kernel}, NULL, {reason}, 'name', 'AK', 'default', 'g')",
+            id(1)
+        ))
+        .await;
+    }
+    db.execute("UPDATE session_events_head SET seq = 42").await;
     let applied = store.apply_migrations().await.unwrap();
-    assert_eq!(applied, vec![known::<D>().last().unwrap().clone()]);
+    assert_eq!(applied, level_2::<D>());
+    let logged = store.session_events(40, 10).await.unwrap();
+    assert_eq!(
+        logged
+            .iter()
+            .map(|e| (
+                e.seq,
+                e.kernel_id,
+                e.reason.as_deref(),
+                e.session_name.as_str()
+            ))
+            .collect::<Vec<_>>(),
+        vec![
+            (41, None, Some("a \"quoted\" reason"), "name"),
+            (42, Some(id(1)), None, "name")
+        ]
+    );
+    assert_eq!(store.session_events(41, 10).await.unwrap().len(), 1);
     let status = store.schema_status().await.unwrap();
     assert_eq!(status.database.unwrap().level, SCHEMA_COMPATIBILITY);
     assert_eq!(store.counts().await.unwrap().seen_events, 3);

@@ -71,7 +71,7 @@ fn enqueued() -> Event {
 
 fn session() -> Option<SessionState> {
     let mut slot = None;
-    assert_eq!(apply(&mut slot, &enqueued()), Ok(Effect::Applied));
+    assert_eq!(apply(&mut slot, &mut enqueued()), Ok(Effect::Applied));
     slot
 }
 
@@ -118,7 +118,7 @@ fn enqueue_creates_pending_session_and_kernels_master_first() {
 #[test]
 fn events_before_enqueue_park() {
     let mut slot = None;
-    assert_eq!(apply(&mut slot, &started(1, S)), Ok(Effect::Park));
+    assert_eq!(apply(&mut slot, &mut started(1, S)), Ok(Effect::Park));
     assert!(slot.is_none());
 }
 
@@ -127,7 +127,7 @@ fn second_enqueue_is_rejected_and_changes_nothing() {
     let mut slot = session();
     let before = slot.clone();
     assert_eq!(
-        apply(&mut slot, &enqueued()),
+        apply(&mut slot, &mut enqueued()),
         Err(Reject::AlreadyEnqueued(S))
     );
     assert_eq!(slot, before);
@@ -139,7 +139,7 @@ fn scheduled_sets_agents_scaling_group_and_prepares_pending_kernels() {
     let mut agents = BTreeMap::new();
     agents.insert(S, "i-agent01".to_string());
     agents.insert(K2, "i-agent02".to_string());
-    let e = ev(
+    let mut e = ev(
         1,
         None,
         EventBody::SessionScheduled(SessionScheduled {
@@ -147,7 +147,7 @@ fn scheduled_sets_agents_scaling_group_and_prepares_pending_kernels() {
             agents,
         }),
     );
-    assert_eq!(apply(&mut slot, &e), Ok(Effect::Applied));
+    assert_eq!(apply(&mut slot, &mut e), Ok(Effect::Applied));
     let s = slot.unwrap();
     assert_eq!(s.session.scaling_group.as_deref(), Some("gpu"));
     assert_eq!(s.kernels[0].agent.as_deref(), Some("i-agent01"));
@@ -162,8 +162,8 @@ fn scheduled_sets_agents_scaling_group_and_prepares_pending_kernels() {
 #[test]
 fn scheduled_only_moves_pending_kernels_but_always_records_agent() {
     let mut slot = session();
-    apply(&mut slot, &started(1, S)).unwrap();
-    let e = ev(
+    apply(&mut slot, &mut started(1, S)).unwrap();
+    let mut e = ev(
         2,
         None,
         EventBody::SessionScheduled(SessionScheduled {
@@ -171,7 +171,7 @@ fn scheduled_only_moves_pending_kernels_but_always_records_agent() {
             agents: BTreeMap::from([(S, "i-late".to_string())]),
         }),
     );
-    apply(&mut slot, &e).unwrap();
+    apply(&mut slot, &mut e).unwrap();
     let s = slot.unwrap();
     assert_eq!(s.kernels[0].status, Status::Running);
     assert_eq!(s.kernels[0].agent.as_deref(), Some("i-late"));
@@ -181,7 +181,7 @@ fn scheduled_only_moves_pending_kernels_but_always_records_agent() {
 fn scheduled_with_unknown_kernel_is_rejected_before_any_change() {
     let mut slot = session();
     let before = slot.clone();
-    let e = ev(
+    let mut e = ev(
         1,
         None,
         EventBody::SessionScheduled(SessionScheduled {
@@ -190,7 +190,7 @@ fn scheduled_with_unknown_kernel_is_rejected_before_any_change() {
         }),
     );
     assert!(matches!(
-        apply(&mut slot, &e),
+        apply(&mut slot, &mut e),
         Err(Reject::UnknownKernel { .. })
     ));
     assert_eq!(slot, before);
@@ -199,8 +199,8 @@ fn scheduled_with_unknown_kernel_is_rejected_before_any_change() {
 #[test]
 fn status_changed_moves_only_when_status_changes() {
     let mut slot = session();
-    apply(&mut slot, &ev(1, Some(S), EventBody::KernelPreparing)).unwrap();
-    apply(&mut slot, &ev(2, Some(S), EventBody::KernelCreating)).unwrap();
+    apply(&mut slot, &mut ev(1, Some(S), EventBody::KernelPreparing)).unwrap();
+    apply(&mut slot, &mut ev(2, Some(S), EventBody::KernelCreating)).unwrap();
     let s = slot.as_ref().unwrap();
     assert_eq!(s.kernels[0].status, Status::Preparing);
     assert_eq!(
@@ -209,7 +209,7 @@ fn status_changed_moves_only_when_status_changes() {
         "PREPARING → PREPARING is no change"
     );
     assert_eq!(s.session.status_changed, t(1));
-    apply(&mut slot, &started(3, S)).unwrap();
+    apply(&mut slot, &mut started(3, S)).unwrap();
     assert_eq!(slot.as_ref().unwrap().session.status_changed, t(3));
 }
 
@@ -244,7 +244,7 @@ fn each_kernel_event_sets_status_and_info() {
     ];
     for (body, status, info) in cases {
         let mut slot = session();
-        apply(&mut slot, &ev(5, Some(K2), body)).unwrap();
+        apply(&mut slot, &mut ev(5, Some(K2), body)).unwrap();
         let k = &slot.as_ref().unwrap().kernels[1];
         assert_eq!((k.status, k.status_info.as_deref()), (status, info));
         assert_eq!(k.status_changed, t(5));
@@ -260,7 +260,7 @@ fn started_sets_container_ports_and_may_replace_slots() {
     if let EventBody::KernelStarted(p) = &mut e.body {
         p.occupied_slots = Some(slots(&[("cpu", "4"), ("mem", "1024")]));
     }
-    apply(&mut slot, &e).unwrap();
+    apply(&mut slot, &mut e).unwrap();
     let s = slot.unwrap();
     assert_eq!(s.kernels[1].container_id.as_deref(), Some("c1"));
     assert_eq!(s.kernels[1].status_info, None);
@@ -277,7 +277,7 @@ fn started_sets_container_ports_and_may_replace_slots() {
 #[test]
 fn session_service_ports_are_the_masters_once_started() {
     let mut slot = session();
-    apply(&mut slot, &started(1, S)).unwrap();
+    apply(&mut slot, &mut started(1, S)).unwrap();
     assert_eq!(
         slot.unwrap().session.service_ports,
         Some(json!([{"name": "jupyter"}]))
@@ -287,11 +287,11 @@ fn session_service_ports_are_the_masters_once_started() {
 #[test]
 fn restart_then_start_brings_back_running_with_new_container() {
     let mut slot = session();
-    apply(&mut slot, &started(1, S)).unwrap();
-    apply(&mut slot, &ev(2, Some(S), EventBody::KernelRestarting)).unwrap();
+    apply(&mut slot, &mut started(1, S)).unwrap();
+    apply(&mut slot, &mut ev(2, Some(S), EventBody::KernelRestarting)).unwrap();
     assert_eq!(slot.as_ref().unwrap().session.status, Status::Restarting);
     assert_eq!(slot.as_ref().unwrap().session.status_info, None);
-    apply(&mut slot, &started(3, S)).unwrap();
+    apply(&mut slot, &mut started(3, S)).unwrap();
     let s = slot.unwrap();
     assert_eq!(s.session.status, Status::Running);
     assert_eq!(s.kernels[0].container_id.as_deref(), Some("c3"));
@@ -303,14 +303,14 @@ fn terminated_sets_terminated_at_and_last_stat_when_given() {
     let stat: JsonObject = JsonObject::from_iter([("cpu".into(), json!("1"))]);
     apply(
         &mut slot,
-        &ev(
+        &mut ev(
             1,
             Some(S),
             EventBody::KernelStatSync(KernelStatSync { stat: stat.clone() }),
         ),
     )
     .unwrap();
-    let e = ev(
+    let mut e = ev(
         2,
         Some(S),
         EventBody::KernelTerminated(KernelTerminated {
@@ -319,7 +319,7 @@ fn terminated_sets_terminated_at_and_last_stat_when_given() {
             last_stat: None,
         }),
     );
-    apply(&mut slot, &e).unwrap();
+    apply(&mut slot, &mut e).unwrap();
     let s = slot.unwrap();
     assert_eq!(s.session.status, Status::Terminated);
     assert_eq!(s.session.terminated_at, Some(t(2)));
@@ -336,7 +336,7 @@ fn cancelled_sets_terminated_at() {
     let mut slot = session();
     apply(
         &mut slot,
-        &ev(4, Some(S), EventBody::KernelCancelled(reason("x"))),
+        &mut ev(4, Some(S), EventBody::KernelCancelled(reason("x"))),
     )
     .unwrap();
     assert_eq!(slot.unwrap().session.terminated_at, Some(t(4)));
@@ -353,9 +353,9 @@ fn terminal_is_final_for_status_and_stats() {
         }),
     ] {
         let mut slot = session();
-        apply(&mut slot, &ev(1, Some(S), terminal)).unwrap();
+        apply(&mut slot, &mut ev(1, Some(S), terminal)).unwrap();
         let before = slot.clone();
-        for later in [
+        for mut later in [
             started(2, S),
             ev(3, Some(S), EventBody::KernelError(reason("late"))),
             ev(
@@ -366,7 +366,7 @@ fn terminal_is_final_for_status_and_stats() {
                 }),
             ),
         ] {
-            assert_eq!(apply(&mut slot, &later), Ok(Effect::IgnoredTerminal));
+            assert_eq!(apply(&mut slot, &mut later), Ok(Effect::IgnoredTerminal));
         }
         assert_eq!(slot, before);
     }
@@ -377,10 +377,10 @@ fn error_is_not_terminal() {
     let mut slot = session();
     apply(
         &mut slot,
-        &ev(1, Some(S), EventBody::KernelError(reason("x"))),
+        &mut ev(1, Some(S), EventBody::KernelError(reason("x"))),
     )
     .unwrap();
-    apply(&mut slot, &started(2, S)).unwrap();
+    apply(&mut slot, &mut started(2, S)).unwrap();
     assert_eq!(slot.unwrap().session.status, Status::Running);
 }
 
@@ -389,7 +389,7 @@ fn session_events_are_not_blocked_by_a_terminal_master() {
     let mut slot = session();
     apply(
         &mut slot,
-        &ev(1, Some(S), EventBody::KernelCancelled(reason("x"))),
+        &mut ev(1, Some(S), EventBody::KernelCancelled(reason("x"))),
     )
     .unwrap();
     let outcome = SessionOutcome {
@@ -398,15 +398,19 @@ fn session_events_are_not_blocked_by_a_terminal_master() {
     };
     apply(
         &mut slot,
-        &ev(2, None, EventBody::SessionSuccess(outcome.clone())),
+        &mut ev(2, None, EventBody::SessionSuccess(outcome.clone())),
     )
     .unwrap();
-    apply(&mut slot, &ev(3, None, EventBody::ExecutionStarted)).unwrap();
-    apply(&mut slot, &ev(4, None, EventBody::ExecutionStarted)).unwrap();
+    apply(&mut slot, &mut ev(3, None, EventBody::ExecutionStarted)).unwrap();
+    apply(&mut slot, &mut ev(4, None, EventBody::ExecutionStarted)).unwrap();
     let s = slot.as_ref().unwrap();
     assert_eq!(s.session.result, "SUCCESS");
     assert_eq!(s.session.num_queries, 2);
-    apply(&mut slot, &ev(5, None, EventBody::SessionFailure(outcome))).unwrap();
+    apply(
+        &mut slot,
+        &mut ev(5, None, EventBody::SessionFailure(outcome)),
+    )
+    .unwrap();
     assert_eq!(slot.unwrap().session.result, "FAILURE");
 }
 
@@ -415,7 +419,7 @@ fn unknown_kernel_is_rejected() {
     let mut slot = session();
     let other = Uuid::from_u128(5);
     assert_eq!(
-        apply(&mut slot, &started(1, other)),
+        apply(&mut slot, &mut started(1, other)),
         Err(Reject::UnknownKernel {
             session: S,
             kernel: other
@@ -426,16 +430,36 @@ fn unknown_kernel_is_rejected() {
 #[test]
 fn stat_sync_leaves_status_alone() {
     let mut slot = session();
-    apply(&mut slot, &started(1, S)).unwrap();
-    let e = ev(
+    apply(&mut slot, &mut started(1, S)).unwrap();
+    let mut e = ev(
         9,
         Some(S),
         EventBody::KernelStatSync(KernelStatSync {
             stat: JsonObject::from_iter([("mem".into(), json!("5"))]),
         }),
     );
-    apply(&mut slot, &e).unwrap();
+    apply(&mut slot, &mut e).unwrap();
     let s = slot.unwrap();
     assert_eq!(s.session.status_changed, t(1));
     assert_eq!(s.kernels[0].last_stat.as_ref().unwrap()["mem"], "5");
+}
+
+#[test]
+fn applied_statistics_move_from_the_event_into_the_row() {
+    let mut slot = session();
+    let stat: JsonObject =
+        serde_json::from_value(json!({"cpu_util": {"current": "12.5"}})).unwrap();
+    let mut e = ev(
+        5,
+        Some(S),
+        EventBody::KernelStatSync(KernelStatSync { stat: stat.clone() }),
+    );
+    assert_eq!(apply(&mut slot, &mut e), Ok(Effect::Applied));
+    let state = slot.unwrap();
+    let master = state.kernels.iter().find(|k| k.id == S).unwrap();
+    assert_eq!(master.last_stat.as_ref(), Some(&stat));
+    assert!(
+        matches!(&e.body, EventBody::KernelStatSync(p) if p.stat.is_empty()),
+        "moved, not copied"
+    );
 }

@@ -12,10 +12,10 @@ use sqlx::{PgConnection, PgPool, Postgres, Row};
 use uuid::Uuid;
 
 use crate::columns::{
-    DEAD_LETTERS, KERNELS, Kind, PARKED_EVENTS, SESSION_EVENTS, SESSIONS, Table, Value,
-    dead_letter_values, kernel_values, parked_values, session_event_values, session_values,
+    DEAD_LETTERS, KERNELS, Kind, PARKED_EVENTS, SESSIONS, Table, Value, dead_letter_values,
+    kernel_values, parked_values, session_values,
 };
-use crate::live::{SESSION_EVENTS_CHANNEL, numbered, prune_below};
+use crate::live::{SESSION_EVENTS_CHANNEL, pages, prune_below};
 use crate::protocol::{Write, seen_bytes};
 use crate::{Advance, Commit, StoreError};
 use sessionview_projection::LiveEvent;
@@ -98,13 +98,21 @@ impl Write for Postgres {
         .bind(n)
         .fetch_one(&mut *conn)
         .await?;
-        let rows = numbered(events, head - n + 1).map(|(seq, e)| session_event_values(seq, e));
-        Columnar::of(&SESSION_EVENTS, rows)
-            .bind(&SESSION_EVENTS, sqlx::query(&INSERT_SESSION_EVENTS))?
-            .execute(&mut *conn)
-            .await?;
+        let pages = pages(events, head - n + 1)?;
+        let firsts: Vec<i64> = pages.iter().map(|p| p.first_seq).collect();
+        let lasts: Vec<i64> = pages.iter().map(|p| p.last_seq).collect();
+        let texts: Vec<&str> = pages.iter().map(|p| p.events.as_str()).collect();
+        sqlx::query(
+            "INSERT INTO session_event_pages (first_seq, last_seq, events) \
+             SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::text[])",
+        )
+        .bind(&firsts)
+        .bind(&lasts)
+        .bind(&texts)
+        .execute(&mut *conn)
+        .await?;
         if let Some(below) = prune_below(head, n) {
-            sqlx::query("DELETE FROM session_events WHERE seq < $1")
+            sqlx::query("DELETE FROM session_event_pages WHERE last_seq < $1")
                 .bind(below)
                 .execute(&mut *conn)
                 .await?;
@@ -117,9 +125,6 @@ impl Write for Postgres {
         Ok(())
     }
 }
-
-static INSERT_SESSION_EVENTS: LazyLock<String> =
-    LazyLock::new(|| unnest_insert(&SESSION_EVENTS, 1));
 
 /// One table's rows as one array per column, for `UNNEST`.
 struct Columnar<'a> {

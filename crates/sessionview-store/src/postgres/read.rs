@@ -13,7 +13,6 @@ use crate::columns::{
     KERNEL_SCALARS, KERNELS, KEYPAIRS, SESSIONS, kernel_from, keypair_from, keypair_values,
     session_from,
 };
-use crate::columns::{SESSION_EVENTS, session_event_from};
 use crate::live::{self, CommittedPosition, LogExtent, SessionEvent};
 use crate::read::{
     CONTAINER_ORDER_KEYS, ContainerListQuery, KernelFields, KeyPair, KeyPairAdmin, Page,
@@ -300,11 +299,12 @@ impl ReadModel for PgStore {
 
     fn session_events(&self, after: i64, limit: i64) -> ReadFuture<'_, Vec<SessionEvent>> {
         Box::pin(async move {
-            let mut qb = live::after_query::<Postgres>(after, limit);
+            let mut qb = live::pages_query::<Postgres>(after, limit);
             let rows = self.reads.fetch_all(qb.build()).await?;
-            rows.iter()
-                .map(|r| session_event_from(&mut PgCells::at(r, 0, SESSION_EVENTS.name)))
-                .collect()
+            let pages = rows
+                .iter()
+                .map(|r| live::page_from(&mut PgCells::at(r, 0, live::PAGES_TABLE)));
+            live::events_after(pages, after, limit)
         })
     }
 

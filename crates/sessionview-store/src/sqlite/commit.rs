@@ -10,10 +10,10 @@ use uuid::Uuid;
 
 use super::CHUNK;
 use crate::columns::{
-    DEAD_LETTERS, KERNELS, PARKED_EVENTS, SESSION_EVENTS, SESSIONS, Value, dead_letter_values,
-    kernel_values, parked_values, session_event_values, session_values,
+    DEAD_LETTERS, KERNELS, PARKED_EVENTS, SESSIONS, Value, dead_letter_values, kernel_values,
+    parked_values, session_values,
 };
-use crate::live::{numbered, prune_below};
+use crate::live::{pages, prune_below};
 use crate::protocol::{Write, seen_bytes};
 use crate::sql::{Dialect, insert};
 use crate::{Advance, Commit, StoreError};
@@ -78,18 +78,18 @@ impl Write for Sqlite {
         .bind(n)
         .fetch_one(&mut *conn)
         .await?;
-        let rows: Vec<_> = numbered(events, head - n + 1).collect();
-        for chunk in rows.chunks(CHUNK) {
-            insert::<Sqlite, 10>(
-                &SESSION_EVENTS,
-                chunk.iter().map(|(seq, e)| session_event_values(*seq, e)),
+        for page in pages(events, head - n + 1)? {
+            sqlx::query(
+                "INSERT INTO session_event_pages (first_seq, last_seq, events) VALUES (?, ?, ?)",
             )
-            .build()
+            .bind(page.first_seq)
+            .bind(page.last_seq)
+            .bind(page.events)
             .execute(&mut *conn)
             .await?;
         }
         if let Some(below) = prune_below(head, n) {
-            sqlx::query("DELETE FROM session_events WHERE seq < ?")
+            sqlx::query("DELETE FROM session_event_pages WHERE last_seq < ?")
                 .bind(below)
                 .execute(&mut *conn)
                 .await?;

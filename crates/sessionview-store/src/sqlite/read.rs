@@ -12,7 +12,6 @@ use crate::columns::{
     Cells, KERNELS, KEYPAIRS, SESSIONS, Value, kernel_from, keypair_from, keypair_values,
     session_from,
 };
-use crate::columns::{SESSION_EVENTS, session_event_from};
 use crate::live::{self, CommittedPosition, LogExtent, SessionEvent};
 use crate::read::{
     CONTAINER_ORDER_KEYS, ContainerListQuery, KeyPair, KeyPairAdmin, Page, ReadFuture, ReadModel,
@@ -189,11 +188,12 @@ impl ReadModel for SqliteStore {
 
     fn session_events(&self, after: i64, limit: i64) -> ReadFuture<'_, Vec<SessionEvent>> {
         Box::pin(async move {
-            let mut qb = live::after_query::<Sqlite>(after, limit);
+            let mut qb = live::pages_query::<Sqlite>(after, limit);
             let rows = qb.build().fetch_all(&self.pool).await?;
-            rows.iter()
-                .map(|r| session_event_from(&mut SqliteCells::at(r, 0, SESSION_EVENTS.name)))
-                .collect()
+            let pages = rows
+                .iter()
+                .map(|r| live::page_from(&mut SqliteCells::at(r, 0, live::PAGES_TABLE)));
+            live::events_after(pages, after, limit)
         })
     }
 
