@@ -431,6 +431,55 @@ pub(crate) fn cpu_secs(pid: u32) -> Option<f64> {
     Some((utime + stime) / TICKS)
 }
 
+/// CPU seconds the whole machine has spent busy since boot (every core: user, nice, system, irq,
+/// softirq, steal), from /proc/stat.
+pub(crate) fn machine_cpu_secs() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return 0.0;
+    };
+    let Some(cpu) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0.0;
+    };
+    let f: Vec<f64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let busy: f64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| f.get(i)).sum();
+    busy / TICKS
+}
+
+/// CPU seconds of every PostgreSQL server process on this machine, with those of its exited
+/// backends (each connection is a process; its CPU is added to the postmaster's children's).
+pub(crate) fn postgres_cpu_secs() -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "postgres")
+        })
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let rest = stat.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // utime stime cutime cstime
+            let ticks: f64 = (11..=14)
+                .filter_map(|i| f.get(i)?.parse::<f64>().ok())
+                .sum();
+            Some(ticks / TICKS)
+        })
+        .sum()
+}
+
+/// The machine's cores.
+pub(crate) fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+}
+
 /// Waits until no autovacuum worker runs (at most five minutes): one left by an earlier
 /// scenario's bulk load would take a core from the servers under measurement.
 pub(crate) async fn quiet_database(url: &str) -> anyhow::Result<()> {

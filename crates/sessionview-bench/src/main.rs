@@ -44,6 +44,23 @@ struct ProjectFileArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+struct ScaleOutArgs {
+    #[command(flatten)]
+    size: Size,
+    /// Partitions of the topic.
+    #[arg(long, env = "SESSIONVIEW_BENCH_PARTITIONS", default_value_t = 8)]
+    partitions: i32,
+    /// How many projector instances to run, one count after the other.
+    #[arg(
+        long,
+        env = "SESSIONVIEW_BENCH_INSTANCES",
+        value_delimiter = ',',
+        default_value = "1,2,4"
+    )]
+    instances: Vec<usize>,
+}
+
+#[derive(Debug, Clone, Args)]
 struct FreshnessArgs {
     /// Events published per second.
     #[arg(long, env = "SESSIONVIEW_BENCH_RATE", default_value_t = 5000)]
@@ -108,6 +125,9 @@ enum Scenario {
     Peer(QueryArgs),
     /// `sessionview replay` of the stream from a file and from Kafka.
     Rebuild(Size),
+    /// `sessionview project` as 1, 2 and 4 instances of one consumer group on an 8-partition
+    /// topic: events/s, and the CPU of the instances, PostgreSQL and the machine.
+    ScaleOut(ScaleOutArgs),
     /// A stream with 1 % hostile events (file and Kafka) beside the clean one; then the server
     /// under a hostile request mix beside a normal signed query load.
     Hostile(hostile::HostileArgs),
@@ -128,6 +148,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Query(a) => load::query(&mut bench, &a, false).await,
             Scenario::Peer(a) => load::query(&mut bench, &a, true).await,
             Scenario::Rebuild(s) => scenarios::rebuild(&mut bench, s).await,
+            Scenario::ScaleOut(a) => scenarios::scale_out(&mut bench, a).await,
             Scenario::Hostile(a) => hostile::hostile_scenario(&mut bench, a).await,
         };
         bench.shutdown().await;

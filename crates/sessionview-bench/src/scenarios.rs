@@ -15,7 +15,7 @@ use tokio::sync::Mutex;
 use crate::harness::{self, Bench, Measured, measure, table, thousands};
 use crate::kafka;
 use crate::load::Signer;
-use crate::{FreshnessArgs, ProjectFileArgs, Size};
+use crate::{FreshnessArgs, ProjectFileArgs, ScaleOutArgs, Size};
 
 /// Tables of the read model whose rows a projection produces.
 const ROW_TABLES: &[&str] = &["sessions", "kernels", "session_dependencies"];
@@ -253,10 +253,12 @@ pub(crate) async fn project_file(bench: &mut Bench, args: ProjectFileArgs) -> an
 
     let url = bench.fresh_db("project_file").await?;
     migrate(bench, &url).await?;
+    checkpoint(&url).await?;
     let wal_before = wal_lsn(&url).await?;
     let pg = project(bench, &url, &source, &[]).await?;
     let wal = wal_bytes_since(&url, &wal_before).await?;
-    let footprint = footprint(&url).await?;
+    let mut footprint = footprint(&url).await?;
+    footprint.compact(&url).await?;
 
     let lite = if args.postgres_only {
         None
@@ -289,6 +291,14 @@ pub(crate) async fn project_file(bench: &mut Bench, args: ProjectFileArgs) -> an
 
 const MIB: f64 = 1024.0 * 1024.0;
 
+/// Writes every dirty buffer out now, so that a measured run does not pay for the writes of what
+/// ran before it (the ceiling's tables, a previous run).
+async fn checkpoint(url: &str) -> anyhow::Result<()> {
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    sqlx::query("CHECKPOINT").execute(&mut conn).await?;
+    Ok(())
+}
+
 /// PostgreSQL's current write-ahead log position.
 async fn wal_lsn(url: &str) -> anyhow::Result<String> {
     let mut conn = sqlx::PgConnection::connect(url).await?;
@@ -308,10 +318,14 @@ async fn wal_bytes_since(url: &str, lsn: &str) -> anyhow::Result<i64> {
     )
 }
 
-/// The read model's size on disk after a projection, by table (heap, indexes and TOAST).
+/// The read model's size on disk after a projection, by table (heap, indexes and TOAST): as the
+/// run left it (with the dead row versions of its updates that autovacuum had not yet made
+/// reusable), and rewritten by `VACUUM FULL` (live rows only: what a table settles to once its
+/// sessions have ended and their space is reused).
 struct Footprint {
     sessions: i64,
-    tables: Vec<(String, i64, i64)>,
+    /// Name, rows, bytes after the run, bytes compacted.
+    tables: Vec<(String, i64, i64, i64)>,
 }
 
 /// Every table of the database's public schema with its rows and total bytes.
@@ -332,18 +346,35 @@ async fn footprint(url: &str) -> anyhow::Result<Footprint> {
         ))
         .fetch_one(&mut conn)
         .await?;
-        tables.push((name, rows, bytes));
+        tables.push((name, rows, bytes, 0));
     }
     let sessions = tables
         .iter()
-        .find(|(n, _, _)| n == "sessions")
-        .map_or(0, |(_, rows, _)| *rows);
+        .find(|(n, _, _, _)| n == "sessions")
+        .map_or(0, |(_, rows, _, _)| *rows);
     Ok(Footprint { sessions, tables })
 }
 
 impl Footprint {
+    /// Rewrites every table (`VACUUM FULL`) and records its compacted size.
+    async fn compact(&mut self, url: &str) -> anyhow::Result<()> {
+        let mut conn = sqlx::PgConnection::connect(url).await?;
+        eprintln!("VACUUM FULL of the projected tables...");
+        for (name, _, _, compacted) in &mut self.tables {
+            sqlx::query(&format!("VACUUM FULL \"{name}\""))
+                .execute(&mut conn)
+                .await?;
+            *compacted =
+                sqlx::query_scalar(&format!("SELECT pg_total_relation_size('\"{name}\"')"))
+                    .fetch_one(&mut conn)
+                    .await?;
+        }
+        Ok(())
+    }
+
     fn print(&self, events: u64) {
-        let total: i64 = self.tables.iter().map(|(_, _, b)| b).sum();
+        let total: i64 = self.tables.iter().map(|(_, _, b, _)| b).sum();
+        let compacted: i64 = self.tables.iter().map(|(_, _, _, c)| c).sum();
         let per = |bytes: i64, n: i64| {
             if n > 0 {
                 thousands(bytes as f64 / n as f64)
@@ -355,14 +386,17 @@ impl Footprint {
         let mut rows: Vec<Vec<String>> = self
             .tables
             .iter()
-            .filter(|(_, _, bytes)| *bytes > 8192 * 3)
-            .map(|(name, rows, bytes)| {
+            .filter(|(_, _, bytes, _)| *bytes > 8192 * 3)
+            .map(|(name, rows, bytes, compacted)| {
                 vec![
                     name.clone(),
                     thousands(*rows as f64),
                     format!("{:.1}", *bytes as f64 / MIB),
                     per(*bytes, self.sessions),
                     per(*bytes, events),
+                    format!("{:.1}", *compacted as f64 / MIB),
+                    per(*compacted, self.sessions),
+                    per(*compacted, events),
                 ]
             })
             .collect();
@@ -372,12 +406,18 @@ impl Footprint {
             format!("{:.1}", total as f64 / MIB),
             per(total, self.sessions),
             per(total, events),
+            format!("{:.1}", compacted as f64 / MIB),
+            per(compacted, self.sessions),
+            per(compacted, events),
         ]);
         table(
             &[
-                "table (PostgreSQL, after the run)",
+                "table (PostgreSQL)",
                 "rows",
-                "MiB",
+                "MiB after the run",
+                "B a session",
+                "B an event",
+                "MiB compacted",
                 "B a session",
                 "B an event",
             ],
@@ -388,9 +428,18 @@ impl Footprint {
 
 /// Publishes the stream to a new 4-partition topic; returns the topic and the publish figures.
 async fn publish(bench: &mut Bench, size: Size) -> anyhow::Result<(String, String, u64, Duration)> {
+    publish_to(bench, size, 4).await
+}
+
+/// Publishes the stream to a new topic of `partitions`; returns the topic and the publish figures.
+async fn publish_to(
+    bench: &mut Bench,
+    size: Size,
+    partitions: i32,
+) -> anyhow::Result<(String, String, u64, Duration)> {
     let brokers = bench.broker().await?;
     let topic = format!("bench-{}", uuid::Uuid::new_v4().simple());
-    kafka::create_topic(&brokers, &topic, 4).await?;
+    kafka::create_topic(&brokers, &topic, partitions).await?;
     eprintln!("publishing {} events to {topic}...", size.events);
     let (n, took) =
         kafka::publish_all(&brokers, &topic, harness::stream(size.events, size.seed)).await?;
@@ -985,6 +1034,92 @@ pub(crate) async fn freshness(bench: &mut Bench, args: FreshnessArgs) -> anyhow:
             "projector CPU (of a core)",
             "broker CPU",
             "PostgreSQL CPU",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+/// `sessionview project` as 1, 2, 4, ... instances of one consumer group on a topic of
+/// `--partitions`, each count into a fresh database: events/s of the group, and where the CPU went
+/// (the instances, PostgreSQL, the whole machine), which is what limits a scale-out on one machine.
+pub(crate) async fn scale_out(bench: &mut Bench, args: ScaleOutArgs) -> anyhow::Result<()> {
+    let (brokers, topic, n, _) = publish_to(bench, args.size, args.partitions).await?;
+    let mut rows = Vec::new();
+    for &instances in &args.instances {
+        let url = bench.fresh_db(&format!("scale_out_{instances}")).await?;
+        migrate(bench, &url).await?;
+        let group = format!("bench-{}", uuid::Uuid::new_v4().simple());
+        checkpoint(&url).await?;
+        let machine_before = harness::machine_cpu_secs();
+        let postgres_before = harness::postgres_cpu_secs();
+        eprintln!("{instances} instance(s) of sessionview project...");
+        let runs = (0..instances).map(|_| {
+            let mut cmd = bench.sessionview();
+            cmd.args(["project", "--database-url", &url])
+                .arg("--source")
+                .arg(format!("kafka://{brokers}/{topic}"))
+                .args(["--exit-at-end", "--group", &group]);
+            measure(cmd, "sessionview project")
+        });
+        let measured = futures_util::future::try_join_all(runs).await?;
+        let wall = measured
+            .iter()
+            .map(|(m, _, _)| m.wall)
+            .max()
+            .unwrap_or_default();
+        let machine = harness::machine_cpu_secs() - machine_before;
+        let postgres = harness::postgres_cpu_secs() - postgres_before;
+        let projectors: f64 = measured.iter().map(|(m, _, _)| m.cpu_secs).sum();
+        let peak = measured
+            .iter()
+            .map(|(m, _, _)| m.peak_rss_mib)
+            .fold(0.0, f64::max);
+        let secs = wall.as_secs_f64();
+        rows.push(vec![
+            instances.to_string(),
+            format!("{secs:.1}"),
+            thousands(n as f64 / secs),
+            format!("{projectors:.1}"),
+            format!("{postgres:.1}"),
+            format!(
+                "{:.0} %",
+                100.0 * machine / (secs * harness::cores() as f64)
+            ),
+            format!("{peak:.0}"),
+        ]);
+    }
+    bench.header(
+        "scale-out",
+        &[
+            (
+                "stream",
+                format!(
+                    "{} events (seed {}), published first to a {}-partition topic",
+                    thousands(n as f64),
+                    args.size.seed,
+                    args.partitions
+                ),
+            ),
+            ("broker", bench.broker_description()),
+            (
+                "command",
+                "N × sessionview project --source kafka://... --group G --exit-at-end, started \
+                 together, into a fresh database each time; seconds until the last exits (group \
+                 join included)"
+                    .into(),
+            ),
+        ],
+    );
+    table(
+        &[
+            "instances",
+            "seconds",
+            "events/s",
+            "projectors' CPU s",
+            "PostgreSQL CPU s",
+            "machine busy",
+            "peak RSS MiB (largest instance)",
         ],
         &rows,
     );
