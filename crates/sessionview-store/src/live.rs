@@ -28,10 +28,12 @@ pub const SESSION_EVENTS_CHANNEL: &str = "sessionview_session_events";
 /// projector's process (`run`, `demo`) follow its commits without polling.
 pub static COMMITTED: Notify = Notify::const_new();
 
-/// One logged event, as the stream sends it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One logged event, as the stream sends it. A page stores it as an array of its fields after
+/// `seq` (which the page's place gives), in this order.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 pub struct SessionEvent {
     /// Its place in the log: the stream's `id`.
+    #[serde(skip)]
     pub seq: i64,
     pub name: String,
     pub session_id: Uuid,
@@ -63,7 +65,7 @@ pub(crate) fn prune_below(head: i64, logged: i64) -> Option<i64> {
     (crossed && head > SESSION_EVENT_WINDOW).then(|| head - SESSION_EVENT_WINDOW + 1)
 }
 
-/// One event as a page stores it: an array, in this order.
+/// One event as a page stores it: an array, in [`SessionEvent`]'s order (less `seq`).
 type PageEvent<'a> = (
     &'a str,
     Uuid,
@@ -74,19 +76,6 @@ type PageEvent<'a> = (
     &'a str,
     &'a str,
     &'a str,
-);
-
-/// One event as a reader decodes it from a page.
-type ReadEvent = (
-    String,
-    Uuid,
-    Option<Uuid>,
-    Option<String>,
-    Option<String>,
-    String,
-    String,
-    String,
-    String,
 );
 
 /// One page of a commit's events: its first and last `seq` and its JSON text.
@@ -168,41 +157,20 @@ pub(crate) fn events_after(
     let mut out = Vec::new();
     for row in rows {
         let (first_seq, text) = row?;
-        let page: Vec<ReadEvent> =
+        let page: Vec<SessionEvent> =
             serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
                 table: PAGES_TABLE,
                 detail: format!("the page from seq {first_seq} is not a list of events: {e}"),
             })?;
-        for (seq, e) in (first_seq..).zip(page) {
+        for (seq, mut e) in (first_seq..).zip(page) {
             if seq <= after {
                 continue;
             }
             if out.len() as i64 >= limit {
                 return Ok(out);
             }
-            let (
-                name,
-                session_id,
-                kernel_id,
-                cluster_role,
-                reason,
-                session_name,
-                access_key,
-                domain_name,
-                group_name,
-            ) = e;
-            out.push(SessionEvent {
-                seq,
-                name,
-                session_id,
-                kernel_id,
-                cluster_role,
-                reason,
-                session_name,
-                access_key,
-                domain_name,
-                group_name,
-            });
+            e.seq = seq;
+            out.push(e);
         }
     }
     Ok(out)
