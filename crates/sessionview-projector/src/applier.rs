@@ -20,7 +20,7 @@ use crate::source::{Item, PartitionState, Shared, SourceMessage};
 use crate::{BatchConfig, ProjectorError, Summary, Until};
 
 /// A batch folded and not yet committed.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Folded {
     /// The admitted messages.
     batch: Vec<SourceMessage>,
@@ -292,21 +292,27 @@ impl<S: ProjectorStore> Applier<S> {
         let shared = Arc::clone(&self.shared);
         let mut owned = shared.owned.lock().await;
         let batch = self.admit(batch, &owned);
-        let (committed, folded) = tokio::join!(
-            async {
-                match &pending {
-                    Some(p) => Some(self.commit(p, &owned, shutdown).await),
-                    None => None,
-                }
-            },
-            async {
-                if batch.is_empty() {
-                    Ok(None)
-                } else {
-                    self.fold(batch, &owned, pending.as_ref(), shutdown).await
-                }
-            },
-        );
+        // The pending batch commits on another worker thread while this one folds the next.
+        let pending = pending.map(Arc::new);
+        let committing = pending
+            .as_ref()
+            .map(|p| self.spawn_commit(p, &owned, shutdown));
+        let folded = if batch.is_empty() {
+            Ok(None)
+        } else {
+            self.fold(batch, &owned, pending.as_deref(), shutdown).await
+        };
+        let committed = match committing {
+            Some(task) => Some(match task.await {
+                Ok(committed) => committed,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                // Only a runtime shutting down cancels it: what it did is what the database says.
+                Err(_) => Ok(Committed::Abandoned),
+            }),
+            None => None,
+        };
+        // The commit's task is done: the batch is this step's alone again.
+        let pending = pending.map(|p| Arc::try_unwrap(p).unwrap_or_else(|p| (*p).clone()));
         let mut keep = true;
         let mut refused = None;
         if let (Some(committed), Some(p)) = (committed, &pending) {
@@ -576,49 +582,29 @@ impl<S: ProjectorStore> Applier<S> {
         owned: &HashMap<i32, PartitionState>,
         shutdown: &CancellationToken,
     ) -> Result<Committed, ProjectorError> {
-        let mut advances: BTreeMap<i32, Advance> = BTreeMap::new();
-        for m in &folded.batch {
-            let Some(st) = owned.get(&m.partition) else {
-                return Ok(Committed::Stale);
-            };
-            if folded.epochs.get(&m.partition) != Some(&st.epoch) {
-                return Ok(Committed::Stale);
-            }
-            let a = advances.entry(m.partition).or_insert(Advance {
-                partition: m.partition,
-                expected: st.next,
-                next: m.offset + 1,
-            });
-            a.next = a.next.max(m.offset + 1);
-        }
-        let advances: Vec<Advance> = advances.into_values().collect();
-        let first = folded.batch.first().map(|m| (m.partition, m.offset));
-        let last = folded.batch.last().map(|m| (m.partition, m.offset));
-        let span =
-            info_span!("batch", source = %self.source, events = folded.batch.len(), ?first, ?last);
-        let attempt = || async {
-            let started = Instant::now();
-            let outcome = self
-                .store
-                .commit(Commit {
-                    source: &self.source,
-                    advances: &advances,
-                    changes: &folded.changes,
-                    retire: &[],
-                })
-                .await?;
-            Ok::<_, StoreError>((outcome, started.elapsed()))
+        let Some(advances) = advances_of(folded, owned) else {
+            return Ok(Committed::Stale);
         };
-        let (outcome, commit_time) = match with_retries(attempt, shutdown).instrument(span).await {
-            Ok(Some(done)) => done,
-            Ok(None) => return Ok(Committed::Abandoned),
-            Err(e) if e.is_data() => return Ok(Committed::Refused(e)),
-            Err(e) => return Err(e.into()),
+        commit_folded(&self.store, &self.source, folded, advances, shutdown).await
+    }
+
+    /// [`Self::commit`] in a task of its own, so that it runs on another worker thread while this
+    /// one folds the next batch (in one task, the fold's CPU work would hold back the commit's
+    /// round trips until it yields).
+    fn spawn_commit(
+        &self,
+        folded: &Arc<Folded>,
+        owned: &HashMap<i32, PartitionState>,
+        shutdown: &CancellationToken,
+    ) -> tokio::task::JoinHandle<Result<Committed, ProjectorError>> {
+        let Some(advances) = advances_of(folded, owned) else {
+            return tokio::spawn(async { Ok(Committed::Stale) });
         };
-        Ok(match outcome {
-            CommitOutcome::Committed => Committed::Done(advances, commit_time),
-            CommitOutcome::Conflict { partitions } => Committed::Conflict(partitions),
-        })
+        let (store, source) = (self.store.clone(), self.source.clone());
+        let (folded, shutdown) = (Arc::clone(folded), shutdown.clone());
+        tokio::spawn(
+            async move { commit_folded(&store, &source, &folded, advances, &shutdown).await },
+        )
     }
 
     /// Turns this instance's parked events older than `--park-retention` into dead letters. Run
@@ -703,6 +689,60 @@ impl<S: ProjectorStore> Applier<S> {
             "batch committed"
         );
     }
+}
+
+/// Where each partition of `folded` moves, from the positions it owns now; `None` when a
+/// partition was revoked or re-seeked since the batch was folded (the batch is stale).
+fn advances_of(folded: &Folded, owned: &HashMap<i32, PartitionState>) -> Option<Vec<Advance>> {
+    let mut advances: BTreeMap<i32, Advance> = BTreeMap::new();
+    for m in &folded.batch {
+        let st = owned.get(&m.partition)?;
+        if folded.epochs.get(&m.partition) != Some(&st.epoch) {
+            return None;
+        }
+        let a = advances.entry(m.partition).or_insert(Advance {
+            partition: m.partition,
+            expected: st.next,
+            next: m.offset + 1,
+        });
+        a.next = a.next.max(m.offset + 1);
+    }
+    Some(advances.into_values().collect())
+}
+
+/// Commits a folded batch to `advances`, retrying transient errors.
+async fn commit_folded<S: ProjectorStore>(
+    store: &S,
+    source: &str,
+    folded: &Folded,
+    advances: Vec<Advance>,
+    shutdown: &CancellationToken,
+) -> Result<Committed, ProjectorError> {
+    let first = folded.batch.first().map(|m| (m.partition, m.offset));
+    let last = folded.batch.last().map(|m| (m.partition, m.offset));
+    let span = info_span!("batch", source = %source, events = folded.batch.len(), ?first, ?last);
+    let attempt = || async {
+        let started = Instant::now();
+        let outcome = store
+            .commit(Commit {
+                source,
+                advances: &advances,
+                changes: &folded.changes,
+                retire: &[],
+            })
+            .await?;
+        Ok::<_, StoreError>((outcome, started.elapsed()))
+    };
+    let (outcome, commit_time) = match with_retries(attempt, shutdown).instrument(span).await {
+        Ok(Some(done)) => done,
+        Ok(None) => return Ok(Committed::Abandoned),
+        Err(e) if e.is_data() => return Ok(Committed::Refused(e)),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(match outcome {
+        CommitOutcome::Committed => Committed::Done(advances, commit_time),
+        CommitOutcome::Conflict { partitions } => Committed::Conflict(partitions),
+    })
 }
 
 #[cfg(test)]
