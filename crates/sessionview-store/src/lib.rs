@@ -26,6 +26,7 @@ mod sqlite;
 
 pub use error::StoreError;
 pub use postgres::{Freeze, LIVE_SCHEMA, PgSettings, PgStore, PlanCache, SESSION_COUNTS_TABLE};
+pub use protocol::SEEN_CHUNK_IDS;
 pub use read::{
     CONTAINER_ORDER_KEYS, ContainerListQuery, KernelFields, KeyPair, KeyPairAdmin, Order, Page,
     PageWithContainers, ReadConnections, ReadFuture, ReadModel, Role, SESSION_ORDER_KEYS, Scope,

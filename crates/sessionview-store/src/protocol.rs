@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 
-use sessionview_projection::{EventKey, LoadRequest, Loaded, ParkedEvent, SessionState};
+use sessionview_projection::{EventKey, LoadRequest, Loaded, ParkedEvent, SeenIds, SessionState};
 use sqlx::{Database, Pool};
 use uuid::Uuid;
 
@@ -21,7 +21,7 @@ pub(crate) trait Load: Database {
         ids: Option<&'c [Uuid]>,
     ) -> impl Future<Output = Result<HashMap<Uuid, SessionState>, StoreError>> + Send + 'c;
 
-    /// The event-id records (`session_seen`: 16 bytes an id) of these sessions that have one.
+    /// The chunks of the event-id records (`session_seen`: 16 bytes an id) of these sessions.
     fn seen<'c>(
         conn: &'c mut Self::Connection,
         sessions: &'c [Uuid],
@@ -101,7 +101,10 @@ fn seen_in(
         }
         let n = u32::try_from(ids.len() / 16)
             .map_err(|_| corrupt(format!("session {session_id} has over 2^32 event ids")))?;
-        counts.insert(session_id, n);
+        let count = counts.entry(session_id).or_insert(0u32);
+        *count = count
+            .checked_add(n)
+            .ok_or_else(|| corrupt(format!("session {session_id} has over 2^32 event ids")))?;
         if let Some(wanted) = asked.get(&session_id) {
             seen.extend(
                 chunks
@@ -117,9 +120,44 @@ fn seen_in(
     Ok((seen, counts))
 }
 
-/// `ids` as a record's bytes (16 an id), to append to the session's record.
-pub(crate) fn seen_bytes(ids: &[Uuid]) -> Vec<u8> {
-    ids.iter().flat_map(|id| *id.as_bytes()).collect()
+/// How many event ids one chunk of a session's record holds: chunk k holds the session's ids
+/// k·120 to k·120+119 (1,920 bytes, within a page: only the last chunk is ever rewritten).
+pub const SEEN_CHUNK_IDS: u32 = 120;
+
+/// One write of a commit to a chunk of a session's record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SeenPiece {
+    pub session_id: Uuid,
+    pub chunk: i32,
+    /// Ids the chunk holds already: it is appended to where it still holds that many, created
+    /// where it is 0 and no chunk exists.
+    pub stored: i64,
+    /// The ids to add (16 bytes each).
+    pub ids: Vec<u8>,
+}
+
+/// The writes that append `seen` to the sessions' records: the rest of each session's last
+/// chunk, then new chunks.
+pub(crate) fn seen_pieces(seen: &[SeenIds]) -> Vec<SeenPiece> {
+    let mut pieces = Vec::with_capacity(seen.len());
+    for s in seen {
+        let mut at = s.stored;
+        let mut rest = s.ids.as_slice();
+        while !rest.is_empty() {
+            let in_chunk = at % SEEN_CHUNK_IDS;
+            let room = (SEEN_CHUNK_IDS - in_chunk) as usize;
+            let (now, later) = rest.split_at(room.min(rest.len()));
+            pieces.push(SeenPiece {
+                session_id: s.session_id,
+                chunk: i32::try_from(at / SEEN_CHUNK_IDS).unwrap_or(i32::MAX),
+                stored: i64::from(in_chunk),
+                ids: now.iter().flat_map(|id| *id.as_bytes()).collect(),
+            });
+            at = at.saturating_add(u32::try_from(now.len()).unwrap_or(u32::MAX));
+            rest = later;
+        }
+    }
+    pieces
 }
 
 /// Every session with its kernels, ordered by id.
@@ -295,3 +333,45 @@ macro_rules! store_traits {
 }
 
 pub(crate) use store_traits;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appends_fill_the_last_chunk_then_start_new_ones() {
+        let ids = |n: usize| -> Vec<Uuid> { (0..n).map(|i| Uuid::from_u128(i as u128)).collect() };
+        let session_id = Uuid::from_u128(7);
+        let shape = |stored: u32, n: usize| -> Vec<(i32, i64, usize)> {
+            seen_pieces(&[SeenIds {
+                session_id,
+                stored,
+                ids: ids(n),
+            }])
+            .into_iter()
+            .map(|p| (p.chunk, p.stored, p.ids.len() / 16))
+            .collect()
+        };
+        assert_eq!(shape(0, 3), vec![(0, 0, 3)], "a new record");
+        assert_eq!(shape(5, 3), vec![(0, 5, 3)]);
+        assert_eq!(
+            shape(118, 3),
+            vec![(0, 118, 2), (1, 0, 1)],
+            "across a boundary"
+        );
+        assert_eq!(shape(120, 1), vec![(1, 0, 1)], "a full chunk is left alone");
+        assert_eq!(
+            shape(100, 300),
+            vec![(0, 100, 20), (1, 0, 120), (2, 0, 120), (3, 0, 40)]
+        );
+        let bytes: Vec<u8> = seen_pieces(&[SeenIds {
+            session_id,
+            stored: 0,
+            ids: ids(2),
+        }])
+        .remove(0)
+        .ids;
+        assert_eq!(bytes[..16], *Uuid::from_u128(0).as_bytes());
+        assert_eq!(bytes[16..], *Uuid::from_u128(1).as_bytes());
+    }
+}

@@ -23,6 +23,7 @@ use sessionview_store::{
     KeyPairAdmin, Order, PgStore, ReadModel, Role, Scope, SessionListQuery, SqliteStore, Store,
     StoreCounts,
 };
+use sessionview_testkit::events::Story;
 use sessionview_testkit::{PgDatabase, SqliteDatabase};
 use sqlx::Connection;
 use uuid::Uuid;
@@ -100,6 +101,7 @@ conformance!(
     rows_equal_the_pure_fold_in_large_batches,
     rows_equal_the_pure_fold_in_small_batches,
     a_stream_delivered_again_changes_nothing,
+    a_long_sessions_record_spans_chunks,
     positions_advance_only_by_compare_and_set,
     the_session_event_log_holds_what_commits_applied,
     racing_instances_apply_a_batch_once,
@@ -292,6 +294,40 @@ fn recorded(messages: &[Vec<u8>]) -> HashSet<EventKey> {
         .filter_map(|m| Event::decode(m).ok())
         .map(|e| EventKey::of(&e))
         .collect()
+}
+
+/// A long-running session: more event ids than several chunks of its record hold, appended
+/// across batches of every size; then all of it delivered again is all duplicates, in one batch
+/// and one by one.
+async fn a_long_sessions_record_spans_chunks<S: Backend>(store: &S) {
+    let chunk = sessionview_store::SEEN_CHUNK_IDS as usize;
+    let mut story = Story::new(Uuid::from_u128(0x5e55), "long", "AK", "default");
+    let mut msgs = vec![
+        story.enqueued(),
+        story.kernel("kernel_started", serde_json::json!({"container_id": "c"})),
+    ];
+    for i in 0..(3 * chunk + 17) {
+        msgs.push(story.kernel("kernel_stat_sync", serde_json::json!({"stat": {"n": i}})));
+    }
+    let mut offset = 0;
+    for size in [1, 119, 2, 250, 7, 1000] {
+        let end = (offset + size).min(msgs.len());
+        project(store, &msgs[offset..end], offset as i64, size).await;
+        offset = end;
+        if offset == msgs.len() {
+            break;
+        }
+    }
+    assert_eq!(offset, msgs.len());
+    let (expected, _) = model(&msgs);
+    assert_eq!(store.all_sessions().await.unwrap(), expected);
+    let counts = store.counts().await.unwrap();
+    assert_eq!(counts.seen_events as usize, msgs.len());
+    let n = msgs.len() as i64;
+    project(store, &msgs, n, msgs.len()).await;
+    project(store, &msgs[..150], 2 * n, 1).await;
+    assert_eq!(store.all_sessions().await.unwrap(), expected);
+    assert_eq!(store.counts().await.unwrap(), counts, "all duplicates");
 }
 
 /// The whole stream delivered a second time, in other batches, is all duplicates: the rows and

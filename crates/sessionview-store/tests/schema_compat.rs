@@ -21,7 +21,7 @@ use sessionview_projection::{EventKey, LoadRequest};
 use sessionview_store::prelude::*;
 use sessionview_store::{
     BUILD_VERSION, Compatibility, MigrationId, MigrationState, PgStore, SCHEMA_COMPATIBILITY,
-    SqliteStore, Store, StoreError,
+    SEEN_CHUNK_IDS, SqliteStore, Store, StoreError,
 };
 use sessionview_testkit::{PgDatabase, SqliteDatabase, admin_exec};
 use sqlx::migrate::Migrator;
@@ -349,7 +349,9 @@ async fn level_1_bookkeeping_is_carried_over<D: Db>(db: &D) {
     migrated(db).await;
     undo_level_2(db).await;
     let id = |n: u128| Uuid::from_u128(n);
-    for (event, session) in [(11, 1), (12, 2), (13, 1)] {
+    // Session 4's ids fill more than one chunk of its record.
+    let long = (1000..1000 + SEEN_CHUNK_IDS as u128 + 10).map(|e| (e, 4));
+    for (event, session) in [(11, 1), (12, 2), (13, 1)].into_iter().chain(long) {
         db.execute(&format!(
             "INSERT INTO seen_events (event_id, session_id) VALUES ('{}', '{}')",
             id(event),
@@ -391,27 +393,39 @@ async fn level_1_bookkeeping_is_carried_over<D: Db>(db: &D) {
     assert_eq!(store.session_events(41, 10).await.unwrap().len(), 1);
     let status = store.schema_status().await.unwrap();
     assert_eq!(status.database.unwrap().level, SCHEMA_COMPATIBILITY);
-    assert_eq!(store.counts().await.unwrap().seen_events, 3);
     let key = |session, event| EventKey {
         session_id: id(session),
         event_id: id(event),
     };
     let loaded = store
         .load(&LoadRequest {
-            events: vec![key(1, 11), key(1, 14), key(2, 12), key(2, 13), key(3, 11)],
+            events: vec![
+                key(1, 11),
+                key(1, 14),
+                key(2, 12),
+                key(2, 13),
+                key(3, 11),
+                key(4, 1000),
+                key(4, 1129),
+                key(4, 1130),
+            ],
             ..LoadRequest::default()
         })
         .await
         .unwrap();
     assert_eq!(
         loaded.seen,
-        [key(1, 11), key(2, 12)].into_iter().collect(),
+        [key(1, 11), key(2, 12), key(4, 1000), key(4, 1129)]
+            .into_iter()
+            .collect(),
         "each id recorded for its own session only"
     );
+    let n = SEEN_CHUNK_IDS + 10;
     assert_eq!(
         loaded.seen_counts,
-        [(id(1), 2), (id(2), 1)].into_iter().collect()
+        [(id(1), 2), (id(2), 1), (id(4), n)].into_iter().collect()
     );
+    assert_eq!(store.counts().await.unwrap().seen_events, 3 + i64::from(n));
 }
 
 async fn an_incompatible_level_refuses_before_changing_anything<D: Db>(db: &D) {

@@ -16,7 +16,7 @@ use crate::columns::{
     kernel_values, parked_values, session_values,
 };
 use crate::live::{SESSION_EVENTS_CHANNEL, pages, prune_below};
-use crate::protocol::{Write, seen_bytes};
+use crate::protocol::{Write, seen_pieces};
 use crate::{Advance, Commit, StoreError};
 use sessionview_projection::LiveEvent;
 
@@ -256,7 +256,7 @@ fn unnest_insert(table: &Table, first: usize) -> String {
 /// by its statistics), and the two of `session_seen`, whose sessions are disjoint (a record is
 /// appended to, or created). An empty array makes its part a no-op, so the statement text (and
 /// its prepared plan) is one for every batch. It returns how many records it appended to or
-/// created: one per session of the batch's seen ids, or the batch must not commit.
+/// created: one per [`crate::protocol::SeenPiece`] of the batch, or the batch must not commit.
 static WRITE_ROWS: LazyLock<String> = LazyLock::new(|| {
     let k = 1 + SESSIONS.columns.len();
     let stat = k + KERNELS.columns.len();
@@ -277,14 +277,14 @@ static WRITE_ROWS: LazyLock<String> = LazyLock::new(|| {
          dependencies_written AS ( \
             INSERT INTO session_dependencies (session_id, ordinal, depends_on) \
             SELECT * FROM UNNEST(${deps}::uuid[], ${}::int4[], ${}::uuid[]) ON CONFLICT DO NOTHING), \
-         seen AS MATERIALIZED (SELECT * FROM UNNEST(${seen}::uuid[], ${}::int8[], ${}::bytea[]) \
-            AS u(session_id, stored, ids)), \
+         seen AS MATERIALIZED (SELECT * FROM UNNEST(${seen}::uuid[], ${}::int4[], ${}::int8[], \
+            ${}::bytea[]) AS u(session_id, chunk, stored, ids)), \
          seen_appended AS (UPDATE session_seen r SET ids = r.ids || u.ids FROM seen u \
-            WHERE u.stored > 0 AND r.session_id = u.session_id \
+            WHERE u.stored > 0 AND r.session_id = u.session_id AND r.chunk = u.chunk \
                 AND octet_length(r.ids)::int8 = u.stored * 16 \
             RETURNING 1), \
-         seen_created AS (INSERT INTO session_seen (session_id, ids) \
-            SELECT session_id, ids FROM seen WHERE stored = 0 ORDER BY session_id \
+         seen_created AS (INSERT INTO session_seen (session_id, chunk, ids) \
+            SELECT session_id, chunk, ids FROM seen WHERE stored = 0 ORDER BY session_id, chunk \
             ON CONFLICT DO NOTHING RETURNING 1) \
          SELECT (SELECT count(*) FROM seen_appended) + (SELECT count(*) FROM seen_created)",
         unnest_insert(&SESSIONS, 1),
@@ -301,6 +301,7 @@ static WRITE_ROWS: LazyLock<String> = LazyLock::new(|| {
         deps + 2,
         seen + 1,
         seen + 2,
+        seen + 3,
     )
 });
 
@@ -352,9 +353,11 @@ async fn write_rows(conn: &mut PgConnection, commit: &Commit<'_>) -> Result<bool
 
     // Seen ids, appended to their sessions' records if those still hold what the batch loaded
     // (sessions in id order, as the fold gives them: concurrent writers lock records in one order).
-    let seen_sessions: Vec<Uuid> = changes.seen.iter().map(|s| s.session_id).collect();
-    let seen_stored: Vec<i64> = changes.seen.iter().map(|s| i64::from(s.stored)).collect();
-    let seen_ids: Vec<Vec<u8>> = changes.seen.iter().map(|s| seen_bytes(&s.ids)).collect();
+    let pieces = seen_pieces(&changes.seen);
+    let seen_sessions: Vec<Uuid> = pieces.iter().map(|p| p.session_id).collect();
+    let seen_chunks: Vec<i32> = pieces.iter().map(|p| p.chunk).collect();
+    let seen_stored: Vec<i64> = pieces.iter().map(|p| p.stored).collect();
+    let seen_ids: Vec<&[u8]> = pieces.iter().map(|p| p.ids.as_slice()).collect();
 
     let q = sqlx::query(&WRITE_ROWS);
     let q = sessions.bind(&SESSIONS, q)?;
@@ -372,12 +375,13 @@ async fn write_rows(conn: &mut PgConnection, commit: &Commit<'_>) -> Result<bool
         .bind(&dep_ordinal)
         .bind(&dep_on)
         .bind(&seen_sessions)
+        .bind(&seen_chunks)
         .bind(&seen_stored)
         .bind(&seen_ids)
         .fetch_one(&mut *conn)
         .await?;
     let written: i64 = written.try_get(0)?;
-    Ok(usize::try_from(written).is_ok_and(|n| n == changes.seen.len()))
+    Ok(usize::try_from(written).is_ok_and(|n| n == pieces.len()))
 }
 
 static INSERT_PARKED: LazyLock<String> = LazyLock::new(|| {
@@ -472,7 +476,7 @@ mod tests {
             .collect();
         numbers.sort_unstable();
         numbers.dedup();
-        assert_eq!(numbers, (1..=60).collect::<Vec<_>>(), "{sql}");
+        assert_eq!(numbers, (1..=61).collect::<Vec<_>>(), "{sql}");
         assert!(
             sql.contains("$23::text[]::jsonb[]"),
             "resource_opts is JSON: {sql}"

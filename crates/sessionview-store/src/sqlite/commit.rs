@@ -14,7 +14,7 @@ use crate::columns::{
     parked_values, session_values,
 };
 use crate::live::{pages, prune_below};
-use crate::protocol::{Write, seen_bytes};
+use crate::protocol::{SeenPiece, Write, seen_pieces};
 use crate::sql::{Dialect, insert};
 use crate::{Advance, Commit, StoreError};
 use sessionview_projection::LiveEvent;
@@ -98,44 +98,48 @@ impl Write for Sqlite {
     }
 }
 
-/// Appends the batch's event ids to their sessions' records; `false` when a record no longer
-/// holds the number of ids the batch loaded (or was created meanwhile).
+/// Appends the batch's event ids to their sessions' records; `false` when a chunk no longer holds
+/// the number of ids the batch loaded (or was created meanwhile).
 async fn record_seen(conn: &mut SqliteConnection, seen: &[SeenIds]) -> Result<bool, StoreError> {
-    let bytes: Vec<Vec<u8>> = seen.iter().map(|s| seen_bytes(&s.ids)).collect();
-    let records: Vec<(&SeenIds, &[u8])> =
-        seen.iter().zip(bytes.iter().map(Vec::as_slice)).collect();
-    let (appended, created): (Vec<_>, Vec<_>) =
-        records.into_iter().partition(|(s, _)| s.stored > 0);
+    let pieces = seen_pieces(seen);
+    let (appended, created): (Vec<&SeenPiece>, Vec<&SeenPiece>) =
+        pieces.iter().partition(|p| p.stored > 0);
     let mut written = 0;
     for chunk in appended.chunks(CHUNK) {
         // `||` makes text of blobs, byte for byte (UTF-8 databases); CAST makes it a blob again.
         let mut qb = QueryBuilder::<Sqlite>::new(
-            "UPDATE session_seen AS r SET ids = CAST(r.ids || u.column3 AS BLOB) FROM (VALUES ",
+            "UPDATE session_seen AS r SET ids = CAST(r.ids || u.column4 AS BLOB) FROM (VALUES ",
         );
-        push_records(&mut qb, chunk);
-        qb.push(") AS u WHERE r.session_id = u.column1 AND length(r.ids) = u.column2 * 16");
+        push_pieces(&mut qb, chunk);
+        qb.push(
+            ") AS u WHERE r.session_id = u.column1 AND r.chunk = u.column2 \
+             AND length(r.ids) = u.column3 * 16",
+        );
         written += qb.build().execute(&mut *conn).await?.rows_affected();
     }
     for chunk in created.chunks(CHUNK) {
         let mut qb = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO session_seen (session_id, ids) SELECT column1, column3 FROM (VALUES ",
+            "INSERT INTO session_seen (session_id, chunk, ids) \
+             SELECT column1, column2, column4 FROM (VALUES ",
         );
-        push_records(&mut qb, chunk);
+        push_pieces(&mut qb, chunk);
         qb.push(") WHERE true ON CONFLICT DO NOTHING");
         written += qb.build().execute(&mut *conn).await?.rows_affected();
     }
-    Ok(usize::try_from(written).is_ok_and(|n| n == seen.len()))
+    Ok(usize::try_from(written).is_ok_and(|n| n == pieces.len()))
 }
 
-/// `(session, stored, ids), ...` for a `VALUES` list.
-fn push_records<'a>(qb: &mut QueryBuilder<'a, Sqlite>, records: &[(&SeenIds, &'a [u8])]) {
-    for (i, (s, ids)) in records.iter().enumerate() {
+/// `(session, chunk, stored, ids), ...` for a `VALUES` list.
+fn push_pieces<'a>(qb: &mut QueryBuilder<'a, Sqlite>, pieces: &[&'a SeenPiece]) {
+    for (i, p) in pieces.iter().enumerate() {
         qb.push(if i == 0 { "(" } else { ", (" });
-        Sqlite::push_value(qb, Value::Uuid(Some(s.session_id)));
+        Sqlite::push_value(qb, Value::Uuid(Some(p.session_id)));
         qb.push(", ");
-        Sqlite::push_value(qb, Value::Int8(Some(i64::from(s.stored))));
+        Sqlite::push_value(qb, Value::Int4(Some(p.chunk)));
         qb.push(", ");
-        Sqlite::push_value(qb, Value::Bytes(Some(ids)));
+        Sqlite::push_value(qb, Value::Int8(Some(p.stored)));
+        qb.push(", ");
+        Sqlite::push_value(qb, Value::Bytes(Some(&p.ids)));
         qb.push(")");
     }
 }

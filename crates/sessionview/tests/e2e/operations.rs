@@ -477,8 +477,8 @@ async fn dead_letters_retry_reapplies_what_now_applies_and_keeps_the_rest() {
     .unwrap();
     // Its id recorded as seen, as the older version did when it dead-lettered it.
     sqlx::query(
-        "INSERT INTO session_seen (session_id, ids) VALUES ($1, uuid_send($2)) \
-         ON CONFLICT (session_id) DO UPDATE SET ids = session_seen.ids || EXCLUDED.ids",
+        "INSERT INTO session_seen (session_id, chunk, ids) VALUES ($1, 0, uuid_send($2)) \
+         ON CONFLICT (session_id, chunk) DO UPDATE SET ids = session_seen.ids || EXCLUDED.ids",
     )
     .bind(session_id)
     .bind(event_id)
