@@ -422,13 +422,19 @@ impl ProcStat {
 
 /// User + system CPU seconds of `pid`.
 pub(crate) fn cpu_secs(pid: u32) -> Option<f64> {
+    cpu_ticks(pid, false).map(|t| t / TICKS)
+}
+
+/// User + system clock ticks of `pid` from /proc/PID/stat, with those of its waited-for exited
+/// children when `children`.
+fn cpu_ticks(pid: u32, children: bool) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces) start after the last ')'.
+    // Fields after the command name (which may hold spaces) start after the last ')'; from
+    // there utime, stime, cutime and cstime are the 12th to 15th.
     let rest = stat.rsplit_once(')')?.1;
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = f.get(11)?.parse().ok()?;
-    let stime: f64 = f.get(12)?.parse().ok()?;
-    Some((utime + stime) / TICKS)
+    let last = if children { 14 } else { 12 };
+    (11..=last).map(|i| f.get(i)?.parse::<f64>().ok()).sum()
 }
 
 /// CPU seconds the whole machine has spent busy since boot (every core: user, nice, system, irq,
@@ -462,17 +468,9 @@ pub(crate) fn postgres_cpu_secs() -> f64 {
             std::fs::read_to_string(format!("/proc/{pid}/comm"))
                 .is_ok_and(|c| c.trim() == "postgres")
         })
-        .filter_map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let rest = stat.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            // utime stime cutime cstime
-            let ticks: f64 = (11..=14)
-                .filter_map(|i| f.get(i)?.parse::<f64>().ok())
-                .sum();
-            Some(ticks / TICKS)
-        })
-        .sum()
+        .filter_map(|pid| cpu_ticks(pid, true))
+        .sum::<f64>()
+        / TICKS
 }
 
 /// The machine's cores.
