@@ -633,7 +633,7 @@ pub(crate) fn counts_from(c: &mut impl Cells) -> Result<StoreCounts, StoreError>
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::VecDeque;
 
     use chrono::TimeZone;
@@ -642,10 +642,10 @@ mod tests {
     use super::*;
 
     /// Cells that give back values as a backend would have stored them.
-    struct Stored(VecDeque<Value<'static>>);
+    pub(crate) struct Stored(VecDeque<Value<'static>>);
 
     impl Stored {
-        fn of(values: &[Value<'_>]) -> Self {
+        pub(crate) fn of(values: &[Value<'_>]) -> Self {
             Stored(
                 values
                     .iter()
@@ -730,7 +730,7 @@ mod tests {
             .unwrap_or_default()
     }
 
-    fn session() -> SessionRow {
+    pub(crate) fn session() -> SessionRow {
         SessionRow {
             id: Uuid::from_u128(1),
             name: "name".into(),

@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use sessionview_projection::{Changes, LoadRequest, Loaded, SessionState};
 use uuid::Uuid;
 
+pub mod changes;
 mod columns;
 mod error;
 pub mod live;

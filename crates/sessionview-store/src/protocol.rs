@@ -195,12 +195,14 @@ pub(crate) trait Write: Database {
         commit: Commit<'c>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'c;
 
-    /// Appends the batch's live events (non-empty) to the session event log, numbered after the
-    /// log's head, and tells the query services when the transaction commits (the last step:
-    /// the head's row lock orders the commits of several instances).
+    /// Appends the batch's live events to the session event log, numbered after the log's head,
+    /// notes which sessions it changed (`note`, numbered by the head's `changes`), and tells the
+    /// query services when the transaction commits (the last step: the head's row lock orders
+    /// the commits of several instances). Called when there are events or a note.
     fn publish<'c>(
         conn: &'c mut Self::Connection,
         events: &'c [sessionview_projection::LiveEvent],
+        note: Option<&'c crate::changes::Note>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'c;
 }
 
@@ -228,11 +230,13 @@ pub(crate) async fn commit<D: Write>(
     }
     D::rare(&mut tx, commit).await?;
     let live = &commit.changes.live;
-    if !live.is_empty() {
-        D::publish(&mut tx, live).await?;
+    let note = crate::changes::note(commit.changes)?;
+    let published = !live.is_empty() || note.is_some();
+    if published {
+        D::publish(&mut tx, live, note.as_ref()).await?;
     }
     tx.commit().await?;
-    if !live.is_empty() {
+    if published {
         crate::live::COMMITTED.notify_waiters();
     }
     Ok(CommitOutcome::Committed)

@@ -1,5 +1,6 @@
 //! The query side's interface: scoped, filtered, ordered, paginated reads and keypairs.
 
+use crate::changes::ChangesAfter;
 use crate::live::{CommittedPosition, LogExtent, SessionEvent};
 use std::future::Future;
 use std::pin::Pin;
@@ -272,6 +273,10 @@ pub trait ReadModel: Send + Sync + 'static {
 
     /// Every committed source position (what read-your-writes compares with).
     fn committed_positions(&self) -> ReadFuture<'_, Vec<CommittedPosition>>;
+
+    /// Up to `limit` notes of what commits changed after `after`, oldest first, and the newest
+    /// note's number (what response caches follow).
+    fn changes_after(&self, after: i64, limit: i64) -> ReadFuture<'_, ChangesAfter>;
 
     /// Wakes (yields) whenever a commit may have logged events: every commit in this process,
     /// and on PostgreSQL every commit of any process (LISTEN). Wake-ups may be spurious or,

@@ -23,7 +23,9 @@ use crate::StoreError;
 /// `schema_compatibility` by a migration that older binaries cannot work with.
 ///
 /// 2: event ids are recorded per session (`session_seen`); `seen_events` is gone.
-pub const SCHEMA_COMPATIBILITY: i32 = 2;
+/// 3: every commit that changes a session notes it in `session_changes` (response caches follow
+/// it).
+pub const SCHEMA_COMPATIBILITY: i32 = 3;
 
 /// This build's version: what `migrate` records as `written_by` when it applies something.
 pub const BUILD_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -16,6 +16,7 @@ use std::collections::HashSet;
 use sessionview_events::{DEFAULT_MAX_EVENT_BYTES, Event, Status};
 use sessionview_projection::{Batch, EventKey, Fold, Position, SessionState};
 use sessionview_simulator::{SimConfig, Simulator};
+use sessionview_store::changes::Owner;
 use sessionview_store::live::CommittedPosition;
 use sessionview_store::prelude::*;
 use sessionview_store::{
@@ -104,6 +105,7 @@ conformance!(
     a_long_sessions_record_spans_chunks,
     positions_advance_only_by_compare_and_set,
     the_session_event_log_holds_what_commits_applied,
+    commits_note_the_sessions_they_change,
     racing_instances_apply_a_batch_once,
     an_event_recorded_meanwhile_voids_the_batch,
     parked_events_survive_between_batches,
@@ -471,6 +473,93 @@ async fn the_session_event_log_holds_what_commits_applied<S: Backend>(store: &S)
             partition: 0,
             next_offset: msgs.len() as i64,
         }]
+    );
+}
+
+/// Every commit that changes a session notes it, with its owner, in commit order and densely
+/// numbered (what response caches follow); a commit that changes no session notes nothing; a
+/// reset notes that everything changed.
+async fn commits_note_the_sessions_they_change<S: Backend>(store: &S) {
+    let before = store.changes_after(0, 10).await.unwrap();
+    assert_eq!((before.head, before.changes.len()), (0, 0));
+    let msgs = stream(20, 31, false);
+    project(store, &msgs, 0, 37).await;
+    let noted = store.changes_after(0, 1_000_000).await.unwrap();
+    let seqs: Vec<i64> = noted.changes.iter().map(|c| c.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=noted.head).collect::<Vec<_>>(),
+        "dense, in order"
+    );
+    assert!(noted.head >= 2, "several batches changed sessions");
+    let mut all: HashSet<Uuid> = HashSet::new();
+    for change in &noted.changes {
+        assert!(!change.everything);
+        assert!(change.sessions.is_sorted(), "{change:?}");
+        let rows = store
+            .sessions_by_ids(&change.sessions, &Scope::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            rows.len(),
+            change.sessions.len(),
+            "every noted session exists"
+        );
+        let mut owners: Vec<Owner> = rows
+            .iter()
+            .map(|r| Owner {
+                access_key: r.access_key.clone(),
+                domain_name: r.domain_name.clone(),
+                group_id: r.group_id,
+            })
+            .collect();
+        owners.sort();
+        owners.dedup();
+        assert_eq!(change.owners, owners, "the owners of what it changed");
+        all.extend(&change.sessions);
+    }
+    let sessions = store
+        .list_sessions(&SessionListQuery {
+            limit: 1000,
+            ..SessionListQuery::default()
+        })
+        .await
+        .unwrap();
+    let stored: HashSet<Uuid> = sessions.items.iter().map(|s| s.id).collect();
+    assert_eq!(all, stored, "every session was noted by some commit");
+    let tail = store.changes_after(noted.head - 2, 1).await.unwrap();
+    assert_eq!(tail.head, noted.head);
+    assert_eq!(tail.changes, noted.changes[noted.changes.len() - 2..][..1]);
+
+    // The same events again, on another partition: all duplicates, nothing changed.
+    let again = fold_at(store, &msgs, 1, 0).await;
+    let adv = [Advance {
+        partition: 1,
+        expected: None,
+        next: msgs.len() as i64,
+    }];
+    let outcome = store
+        .commit(Commit {
+            source: SOURCE,
+            advances: &adv,
+            changes: &again,
+            retire: &[],
+        })
+        .await
+        .unwrap();
+    assert_eq!(outcome, CommitOutcome::Committed);
+    assert_eq!(store.changes_after(0, 1).await.unwrap().head, noted.head);
+
+    store.reset_read_model().await.unwrap();
+    let reset = store.changes_after(noted.head, 10).await.unwrap();
+    assert_eq!(reset.head, noted.head + 1);
+    assert_eq!(
+        reset
+            .changes
+            .iter()
+            .map(|c| (c.seq, c.everything, c.sessions.len(), c.owners.len()))
+            .collect::<Vec<_>>(),
+        [(noted.head + 1, true, 0, 0)]
     );
 }
 

@@ -325,8 +325,8 @@ fn level_2<D: Db>() -> Vec<MigrationId> {
     level_2
 }
 
-/// The database as the build before level 2 left it: those migrations' history rows and objects
-/// gone, `seen_events` and `session_events` back, level 1.
+/// The database as the build before level 2 left it: the history rows and objects of those
+/// migrations and of every later one gone, `seen_events` and `session_events` back, level 1.
 async fn undo_level_2<D: Db>(db: &D) {
     for m in level_2::<D>() {
         db.execute(&format!(
@@ -337,6 +337,9 @@ async fn undo_level_2<D: Db>(db: &D) {
     }
     db.execute("DROP TABLE session_seen").await;
     db.execute("DROP TABLE session_event_pages").await;
+    db.execute("DROP TABLE session_changes").await;
+    db.execute("ALTER TABLE session_events_head DROP COLUMN changes")
+        .await;
     db.execute(D::LEVEL_1_TABLES).await;
     db.execute("UPDATE schema_compatibility SET level = 1")
         .await;

@@ -202,11 +202,15 @@ pub(super) async fn counts(pool: &PgPool) -> Result<StoreCounts, StoreError> {
     counts_from(&mut PgCells::at(&r, 0, "counts"))
 }
 
-/// Empties the read model's tables.
+/// Empties the read model's tables, and notes that everything changed.
 pub(super) async fn reset_read_model(pool: &PgPool) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await?;
     sqlx::query(&format!("TRUNCATE {}", crate::READ_MODEL_TABLES.join(", ")))
-        .execute(pool)
+        .execute(&mut *tx)
         .await?;
+    super::commit::note_everything(&mut tx, None).await?;
+    tx.commit().await?;
+    crate::live::COMMITTED.notify_waiters();
     Ok(())
 }
 
@@ -373,7 +377,10 @@ impl Freeze {
             .execute(&mut *self.tx)
             .await?;
         }
+        // The change log stays in the live schema; every cached answer is stale now.
+        super::commit::note_everything(&mut self.tx, Some(LIVE_SCHEMA)).await?;
         self.tx.commit().await?;
+        crate::live::COMMITTED.notify_waiters();
         Ok(())
     }
 

@@ -11,6 +11,7 @@ use sqlx::postgres::PgArguments;
 use sqlx::{PgConnection, PgPool, Postgres, Row};
 use uuid::Uuid;
 
+use crate::changes::{Note, everything, prune_through};
 use crate::columns::{
     DEAD_LETTERS, KERNELS, Kind, PARKED_EVENTS, SESSIONS, Table, Value, dead_letter_values,
     kernel_values, parked_values, session_values,
@@ -90,40 +91,82 @@ impl Write for Postgres {
         write_rare(conn, &commit).await
     }
 
-    async fn publish(conn: &mut PgConnection, events: &[LiveEvent]) -> Result<(), StoreError> {
+    async fn publish(
+        conn: &mut PgConnection,
+        events: &[LiveEvent],
+        note: Option<&Note>,
+    ) -> Result<(), StoreError> {
         let n = i64::try_from(events.len()).unwrap_or(i64::MAX);
-        let head: i64 = sqlx::query_scalar(
-            "UPDATE session_events_head SET seq = seq + $1 WHERE id = 1 RETURNING seq",
+        // Numbers for the events and the note, the note itself and the wake-up of every
+        // follower (delivered when, and only if, the transaction commits): one round trip.
+        let (head, noted): (i64, i64) = sqlx::query_as(
+            "WITH h AS (UPDATE session_events_head SET seq = seq + $1, changes = changes + $2 \
+                WHERE id = 1 RETURNING seq, changes), \
+             c AS (INSERT INTO session_changes (seq, everything, sessions, owners) \
+                SELECT changes, false, $3, $4 FROM h WHERE $2 = 1) \
+             SELECT seq, changes FROM h, pg_notify($5, seq::text)",
         )
         .bind(n)
+        .bind(i64::from(note.is_some()))
+        .bind(note.map(|n| n.sessions.as_slice()))
+        .bind(note.map(|n| n.owners.as_str()))
+        .bind(SESSION_EVENTS_CHANNEL)
         .fetch_one(&mut *conn)
         .await?;
-        let pages = pages(events, head - n + 1)?;
-        let firsts: Vec<i64> = pages.iter().map(|p| p.first_seq).collect();
-        let lasts: Vec<i64> = pages.iter().map(|p| p.last_seq).collect();
-        let texts: Vec<&str> = pages.iter().map(|p| p.events.as_str()).collect();
-        sqlx::query(
-            "INSERT INTO session_event_pages (first_seq, last_seq, events) \
-             SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::text[])",
-        )
-        .bind(&firsts)
-        .bind(&lasts)
-        .bind(&texts)
-        .execute(&mut *conn)
-        .await?;
+        if n > 0 {
+            let pages = pages(events, head - n + 1)?;
+            let firsts: Vec<i64> = pages.iter().map(|p| p.first_seq).collect();
+            let lasts: Vec<i64> = pages.iter().map(|p| p.last_seq).collect();
+            let texts: Vec<&str> = pages.iter().map(|p| p.events.as_str()).collect();
+            sqlx::query(
+                "INSERT INTO session_event_pages (first_seq, last_seq, events) \
+                 SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::text[])",
+            )
+            .bind(&firsts)
+            .bind(&lasts)
+            .bind(&texts)
+            .execute(&mut *conn)
+            .await?;
+        }
         if let Some(below) = prune_below(head, n) {
             sqlx::query("DELETE FROM session_event_pages WHERE last_seq < $1")
                 .bind(below)
                 .execute(&mut *conn)
                 .await?;
         }
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(SESSION_EVENTS_CHANNEL)
-            .bind(head.to_string())
-            .execute(&mut *conn)
-            .await?;
+        if note.is_some()
+            && let Some(through) = prune_through(noted)
+        {
+            sqlx::query("DELETE FROM session_changes WHERE seq <= $1")
+                .bind(through)
+                .execute(&mut *conn)
+                .await?;
+        }
         Ok(())
     }
+}
+
+/// Notes in the change log (`schema`'s, or the search path's) that everything may have changed
+/// (a swap or reset of the read model), and wakes every follower when the transaction commits.
+pub(super) async fn note_everything(
+    conn: &mut PgConnection,
+    schema: Option<&str>,
+) -> Result<(), StoreError> {
+    let everything = everything();
+    let schema = schema.map(|s| format!("{s}.")).unwrap_or_default();
+    sqlx::query(&format!(
+        "WITH h AS (UPDATE {schema}session_events_head SET changes = changes + 1 \
+            WHERE id = 1 RETURNING seq, changes), \
+         c AS (INSERT INTO {schema}session_changes (seq, everything, sessions, owners) \
+            SELECT changes, true, $1, $2 FROM h) \
+         SELECT 1 FROM h, pg_notify($3, seq::text)"
+    ))
+    .bind(everything.sessions)
+    .bind(everything.owners)
+    .bind(SESSION_EVENTS_CHANNEL)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// One table's rows as one array per column, for `UNNEST`.

@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use super::{PgCells, PgStore};
 use crate::StoreError;
+use crate::changes::{self, ChangesAfter};
 use crate::columns::{
     KERNEL_SCALARS, KERNELS, KEYPAIRS, SESSIONS, kernel_from, keypair_from, keypair_values,
     session_from,
@@ -305,6 +306,17 @@ impl ReadModel for PgStore {
                 .iter()
                 .map(|r| live::page_from(&mut PgCells::at(r, 0, live::PAGES_TABLE)));
             live::events_after(pages, after, limit)
+        })
+    }
+
+    fn changes_after(&self, after: i64, limit: i64) -> ReadFuture<'_, ChangesAfter> {
+        Box::pin(async move {
+            let mut qb = changes::changes_query::<Postgres>(after, limit);
+            let rows = self.reads.fetch_all(qb.build()).await?;
+            changes::changes_after(
+                rows.iter()
+                    .map(|r| changes::change_from(&mut PgCells::at(r, 0, changes::CHANGES_TABLE))),
+            )
         })
     }
 

@@ -33,7 +33,7 @@ pub(super) async fn refresh_statistics(_pool: &SqlitePool) -> Result<Vec<String>
     Ok(Vec::new())
 }
 
-/// Empties the read model's tables in one transaction.
+/// Empties the read model's tables in one transaction, and notes that everything changed.
 pub(super) async fn reset_read_model(pool: &SqlitePool) -> Result<(), StoreError> {
     let mut tx = pool.begin().await?;
     // PostgreSQL's list of tables less `session_counts`, which SQLite does not keep.
@@ -45,6 +45,8 @@ pub(super) async fn reset_read_model(pool: &SqlitePool) -> Result<(), StoreError
             .execute(&mut *tx)
             .await?;
     }
+    super::commit::note_everything(&mut tx).await?;
     tx.commit().await?;
+    crate::live::COMMITTED.notify_waiters();
     Ok(())
 }

@@ -9,6 +9,7 @@ use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
 use super::CHUNK;
+use crate::changes::{Note, everything, prune_through};
 use crate::columns::{
     DEAD_LETTERS, KERNELS, PARKED_EVENTS, SESSIONS, Value, dead_letter_values, kernel_values,
     parked_values, session_values,
@@ -70,12 +71,18 @@ impl Write for Sqlite {
         write_rare(conn, commit).await
     }
 
-    async fn publish(conn: &mut SqliteConnection, events: &[LiveEvent]) -> Result<(), StoreError> {
+    async fn publish(
+        conn: &mut SqliteConnection,
+        events: &[LiveEvent],
+        note: Option<&Note>,
+    ) -> Result<(), StoreError> {
         let n = i64::try_from(events.len()).unwrap_or(i64::MAX);
-        let head: i64 = sqlx::query_scalar(
-            "UPDATE session_events_head SET seq = seq + ? WHERE id = 1 RETURNING seq",
+        let (head, noted): (i64, i64) = sqlx::query_as(
+            "UPDATE session_events_head SET seq = seq + ?, changes = changes + ? WHERE id = 1 \
+             RETURNING seq, changes",
         )
         .bind(n)
+        .bind(i64::from(note.is_some()))
         .fetch_one(&mut *conn)
         .await?;
         for page in pages(events, head - n + 1)? {
@@ -94,8 +101,45 @@ impl Write for Sqlite {
                 .execute(&mut *conn)
                 .await?;
         }
+        if let Some(note) = note {
+            insert_note(conn, noted, false, note).await?;
+            if let Some(through) = prune_through(noted) {
+                sqlx::query("DELETE FROM session_changes WHERE seq <= ?")
+                    .bind(through)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+        }
         Ok(())
     }
+}
+
+async fn insert_note(
+    conn: &mut SqliteConnection,
+    seq: i64,
+    everything: bool,
+    note: &Note,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO session_changes (seq, everything, sessions, owners) VALUES (?, ?, ?, ?)",
+    )
+    .bind(seq)
+    .bind(everything)
+    .bind(note.sessions.as_slice())
+    .bind(note.owners.as_str())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Notes in the change log that everything may have changed (a reset of the read model).
+pub(super) async fn note_everything(conn: &mut SqliteConnection) -> Result<(), StoreError> {
+    let seq: i64 = sqlx::query_scalar(
+        "UPDATE session_events_head SET changes = changes + 1 WHERE id = 1 RETURNING changes",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    insert_note(conn, seq, true, &everything()).await
 }
 
 /// Appends the batch's event ids to their sessions' records; `false` when a chunk no longer holds

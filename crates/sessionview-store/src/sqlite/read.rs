@@ -8,6 +8,7 @@ use sqlx::{QueryBuilder, Sqlite};
 use uuid::Uuid;
 
 use super::{CHUNK, SqliteCells, SqliteStore, push_ids};
+use crate::changes::{self, ChangesAfter};
 use crate::columns::{
     Cells, KERNELS, KEYPAIRS, SESSIONS, Value, kernel_from, keypair_from, keypair_values,
     session_from,
@@ -194,6 +195,18 @@ impl ReadModel for SqliteStore {
                 .iter()
                 .map(|r| live::page_from(&mut SqliteCells::at(r, 0, live::PAGES_TABLE)));
             live::events_after(pages, after, limit)
+        })
+    }
+
+    fn changes_after(&self, after: i64, limit: i64) -> ReadFuture<'_, ChangesAfter> {
+        Box::pin(async move {
+            let mut qb = changes::changes_query::<Sqlite>(after, limit);
+            let rows = qb.build().fetch_all(&self.pool).await?;
+            changes::changes_after(
+                rows.iter().map(|r| {
+                    changes::change_from(&mut SqliteCells::at(r, 0, changes::CHANGES_TABLE))
+                }),
+            )
         })
     }
 

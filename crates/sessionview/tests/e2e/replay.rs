@@ -132,6 +132,11 @@ async fn zero_downtime_rebuild_under_live_load() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("swapped in the rebuilt tables"), "{text}");
+    let noted = store.changes_after(0, 1_000_000).await.unwrap();
+    assert!(
+        noted.changes.iter().any(|c| c.everything),
+        "the swap tells response caches that everything changed"
+    );
 
     assert!(publisher.wait().await.unwrap().success());
     let total = n_first + messages(&second).len() as i64;
