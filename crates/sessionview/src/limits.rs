@@ -135,6 +135,12 @@ pub(crate) struct ApiArgs {
         value_parser = parse_origin
     )]
     cors_origins: Vec<axum::http::HeaderValue>,
+    /// Most bytes of answers the response cache keeps (0: no cache). Repeated identical
+    /// requests of one keypair are answered from it until a commit changes what the answer read
+    /// (every replica follows every commit's note of what it changed); an answer is never older
+    /// than the positions the response reports. Least recently used answers go first.
+    #[arg(long, env = "SESSIONVIEW_RESPONSE_CACHE_BYTES", default_value_t = 64 << 20)]
+    response_cache_bytes: usize,
 }
 
 /// `*`, or an origin: `scheme://host[:port]` with nothing after it.
@@ -181,6 +187,7 @@ impl ApiArgs {
             keypair_cache: Duration::from_millis(self.keypair_cache_ms),
             metric_operations: self.metrics_operations.clone().into(),
             cors_origins: self.cors_origins.clone(),
+            response_cache_bytes: self.response_cache_bytes,
         }
     }
 

@@ -26,9 +26,10 @@ use sessionview_store::live::SessionEvent;
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
+use super::cache::ResponseCache;
 use super::positions::{Positions, Tracker};
 use super::problem::problem;
-use super::telemetry::{EVENT_STREAMS, EVENT_STREAMS_CUT};
+use super::telemetry::{EVENT_STREAMS, EVENT_STREAMS_CUT, RESPONSE_CACHE_BYTES};
 use crate::schema::{Caller, Db};
 
 /// Events buffered for the slowest stream before it is cut off.
@@ -47,6 +48,8 @@ pub(super) struct Hub {
     events: broadcast::Sender<Arc<Told>>,
     /// The committed positions, re-read after every wake-up.
     pub(super) positions: Tracker,
+    /// The response cache, which learns each commit's changes from this follower.
+    cache: Option<Arc<ResponseCache>>,
     /// The newest event broadcast (streams read anything after their own position up to it
     /// from the log).
     head: AtomicI64,
@@ -54,11 +57,12 @@ pub(super) struct Hub {
 
 impl Hub {
     /// Starts following `store`'s log from its newest event.
-    pub(super) fn start(store: Db) -> Arc<Self> {
+    pub(super) fn start(store: Db, cache: Option<Arc<ResponseCache>>) -> Arc<Self> {
         let (events, _) = broadcast::channel(STREAM_BUFFER);
         let hub = Arc::new(Self {
             events,
             positions: Tracker::new(),
+            cache,
             head: AtomicI64::new(-1),
         });
         tokio::spawn(follow(store, Arc::downgrade(&hub)));
@@ -103,8 +107,19 @@ async fn follow(store: Db, hub: Weak<Hub>) {
                 }
             }
         }
+        // Positions first, then the changes: every commit up to those positions is among the
+        // changes read after them, so the cache serves answers up to them.
         match store.committed_positions().await {
-            Ok(committed) => h.positions.update(Positions::from_committed(committed)),
+            Ok(committed) => {
+                let read = Positions::from_committed(committed);
+                if let Some(cache) = &h.cache {
+                    if let Err(e) = cache.follow(&store, read.clone()).await {
+                        tracing::warn!(error = %e, "the response cache cannot follow the commits");
+                    }
+                    gauge!(RESPONSE_CACHE_BYTES).set(cache.bytes() as f64);
+                }
+                h.positions.update(read);
+            }
             Err(e) => tracing::warn!(error = %e, "cannot read the committed positions"),
         }
         drop(h);

@@ -1,8 +1,9 @@
 //! The HTTP surface (axum): Backend.AI's endpoints, the request pipeline (authenticate → the
 //! key's turn → body → precheck → execute) and its answer in the endpoint's shape. Errors are
 //! `problem`, callers `keys`, parsed documents `documents`, metrics `telemetry`, the event stream
-//! `events`, read-your-writes `positions`, the browser pages `web`.
+//! `events`, read-your-writes `positions`, repeated answers `cache`, the browser pages `web`.
 
+mod cache;
 mod documents;
 mod events;
 mod keys;
@@ -35,10 +36,14 @@ use crate::schema::{Db, Limits, QuerySchema, UNAVAILABLE, build_schema, execute,
 pub use positions::{DEFAULT_WAIT, MAX_WAIT, MIN_POSITIONS, POSITIONS, WAIT_MS};
 pub use telemetry::{
     DB_CONNECTIONS, DB_CONNECTIONS_MAX, DB_WAITING, REQUEST_SECONDS, REQUEST_SECONDS_BUCKETS,
-    REQUESTS, describe_metrics, record_read_connections,
+    REQUESTS, RESPONSE_CACHE, RESPONSE_CACHE_BYTES, describe_metrics, record_read_connections,
 };
+
+/// Whether an answer came from the response cache (`hit`) or was computed (`miss`).
+pub const CACHE: HeaderName = HeaderName::from_static("x-sessionview-cache");
 pub use web::{CONTENT_SECURITY_POLICY, has_graphiql_assets};
 
+use cache::{Recorder, ResponseCache};
 use documents::DocumentCache;
 use keys::{KeyCache, KeyTurns, authenticate};
 use problem::{auth_problem, bad_params, graphql_problem, problem, unavailable};
@@ -65,6 +70,8 @@ pub struct ServerConfig {
     pub metric_operations: Arc<[String]>,
     /// Origins whose web pages may call the API (CORS); `*` allows any. Empty: no CORS headers.
     pub cors_origins: Vec<HeaderValue>,
+    /// Most bytes of answers the response cache holds (0: no cache). See `cache`.
+    pub response_cache_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -79,6 +86,7 @@ impl Default for ServerConfig {
             keypair_cache: Duration::ZERO,
             metric_operations: Arc::from([]),
             cors_origins: Vec::new(),
+            response_cache_bytes: 64 << 20,
         }
     }
 }
@@ -90,6 +98,7 @@ struct AppState {
     documents: DocumentCache,
     turns: KeyTurns,
     hub: Arc<events::Hub>,
+    cache: Option<Arc<ResponseCache>>,
     cfg: ServerConfig,
 }
 
@@ -98,9 +107,11 @@ struct AppState {
 pub fn router(store: impl ReadModel, cfg: ServerConfig) -> Router {
     let cors = cors(&cfg.cors_origins);
     let store: Db = Arc::new(store);
+    let cache = ResponseCache::new(cfg.response_cache_bytes);
     let state = Arc::new(AppState {
         schema: build_schema(cfg.limits),
-        hub: events::Hub::start(Arc::clone(&store)),
+        hub: events::Hub::start(Arc::clone(&store), cache.clone()),
+        cache,
         store,
         keys: KeyCache::new(cfg.keypair_cache),
         documents: DocumentCache::new(),
@@ -211,7 +222,7 @@ fn cors(origins: &[HeaderValue]) -> Option<CorsLayer> {
             .allow_origin(allow)
             .allow_methods([Method::GET, Method::POST])
             .allow_headers(CORS_ALLOWED_HEADERS.map(HeaderName::from_static))
-            .expose_headers([POSITIONS])
+            .expose_headers([POSITIONS, CACHE])
             .max_age(Duration::from_secs(600)),
     )
 }
@@ -354,6 +365,31 @@ async fn handle(
                 return (resp, "anonymous".to_owned(), outcome);
             }
         };
+        // The same request of the same caller, answered since with nothing it read changed.
+        let cached = state.cache.as_ref().map(|cache| {
+            let key = cache::Key {
+                endpoint,
+                access_key: caller.keypair.access_key.clone(),
+                body: body.clone(),
+            };
+            (Arc::clone(cache), key)
+        });
+        if let Some((cache, key)) = &cached {
+            let reported = reached
+                .clone()
+                .unwrap_or_else(|| state.hub.positions.current());
+            match cache.lookup(key, &caller.keypair, &reported) {
+                Ok(answer) => {
+                    counter!(RESPONSE_CACHE, "outcome" => "hit").increment(1);
+                    let mut resp = json_response(answer.body.clone(), "hit");
+                    if let Some(p) = reached {
+                        resp.headers_mut().insert(POSITIONS, p.header());
+                    }
+                    return (resp, answer.operation.clone(), "ok");
+                }
+                Err(miss) => counter!(RESPONSE_CACHE, "outcome" => miss.label()).increment(1),
+            }
+        }
         let parsed: GraphQlBody = match serde_json::from_slice(&body) {
             Ok(p) => p,
             Err(e) => {
@@ -407,7 +443,17 @@ async fn handle(
         }
         // Parsing was one uninterrupted stretch of CPU: let other callers' tasks run first.
         tokio::task::yield_now().await;
-        let run = execute(&state.schema, prepare(request, state.store.clone(), caller));
+        // Where the answer stands in the change log, taken before anything is read; and what
+        // it reads, recorded on the way.
+        let ticket = cached.as_ref().map(|(cache, _)| cache.ticket());
+        let recorder = Recorder::new(state.store.clone());
+        let db: Db = if cached.is_some() {
+            recorder.clone()
+        } else {
+            state.store.clone()
+        };
+        let keypair = caller.keypair.clone();
+        let run = execute(&state.schema, prepare(request, db, caller));
         let Ok(result) =
             tokio::time::timeout(deadline.saturating_sub(started.elapsed()), run).await
         else {
@@ -432,7 +478,23 @@ async fn handle(
         } else {
             "graphql_error"
         };
-        let mut resp = respond(&flavor, result);
+        let mut resp = match (result.errors.is_empty(), cached, ticket) {
+            (true, Some((cache, key)), Some(ticket)) => match success_body(&flavor, &result) {
+                Some(body) => {
+                    cache.insert(
+                        key,
+                        &keypair,
+                        ticket,
+                        recorder.reads(),
+                        operation.clone(),
+                        body.clone(),
+                    );
+                    json_response(body, "miss")
+                }
+                None => respond(&flavor, result),
+            },
+            _ => respond(&flavor, result),
+        };
         if let Some(p) = reached {
             resp.headers_mut().insert(POSITIONS, p.header());
         }
@@ -446,6 +508,30 @@ async fn handle(
         .increment(1);
     histogram!(REQUEST_SECONDS, "endpoint" => endpoint).record(started.elapsed().as_secs_f64());
     response
+}
+
+/// A successful result's body in the endpoint's shape (what [`respond`] would send).
+fn success_body(flavor: &Flavor, result: &async_graphql::Response) -> Option<Bytes> {
+    let body = match flavor {
+        Flavor::Standard => serde_json::to_vec(result),
+        Flavor::Bare => serde_json::to_vec(&result.data),
+    };
+    body.ok().map(Bytes::from)
+}
+
+/// A JSON body, marked with where it came from (`CACHE`).
+fn json_response(body: Bytes, cache: &'static str) -> Response {
+    (
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+            (CACHE, HeaderValue::from_static(cache)),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 /// A GraphQL result in the endpoint's shape.

@@ -92,7 +92,7 @@ impl Positions {
             .collect()
     }
 
-    fn reaches(&self, wanted: &Positions) -> bool {
+    pub(super) fn reaches(&self, wanted: &Positions) -> bool {
         wanted
             .0
             .iter()

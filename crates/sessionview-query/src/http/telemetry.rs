@@ -8,6 +8,8 @@ pub const REQUEST_SECONDS: &str = "sessionview_query_request_seconds";
 pub const DB_CONNECTIONS: &str = "sessionview_query_db_connections";
 pub const DB_CONNECTIONS_MAX: &str = "sessionview_query_db_connections_max";
 pub const DB_WAITING: &str = "sessionview_query_db_waiting";
+pub const RESPONSE_CACHE: &str = "sessionview_query_response_cache_total";
+pub const RESPONSE_CACHE_BYTES: &str = "sessionview_query_response_cache_bytes";
 pub(crate) const EVENT_STREAMS: &str = "sessionview_event_streams";
 pub(crate) const EVENT_STREAMS_CUT: &str = "sessionview_event_streams_cut_total";
 /// Histogram buckets for [`REQUEST_SECONDS`].
@@ -38,6 +40,16 @@ pub fn describe_metrics() {
         "The most database connections the reads may open (--db-max-connections)."
     );
     describe_gauge!(EVENT_STREAMS, "Open GET /events/session streams.");
+    describe_counter!(
+        RESPONSE_CACHE,
+        "GraphQL requests the response cache was asked about, by outcome: hit (answered from \
+         it), miss (no answer kept), stale (one kept, changed since), behind (its follower had \
+         not applied the commits up to the positions the response reports)."
+    );
+    describe_gauge!(
+        RESPONSE_CACHE_BYTES,
+        "Bytes of answers the response cache holds (--response-cache-bytes bounds it)."
+    );
     describe_counter!(
         EVENT_STREAMS_CUT,
         "Event streams closed because they fell more than the buffer behind (the client may \

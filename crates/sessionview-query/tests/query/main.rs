@@ -8,6 +8,7 @@
     reason = "a panic is a failed test"
 )]
 
+mod cache;
 mod common;
 mod events;
 mod http;
