@@ -300,37 +300,41 @@ pub(crate) async fn query(bench: &mut Bench, args: &QueryArgs, peer: bool) -> an
     let url = query_db(bench, args.sessions, seed).await?;
     let (q, filter) = queries(&url).await?;
     let (ak, sk) = harness::superadmin(bench, &url).await?;
-    let port = harness::free_port()?;
-    let host = format!("127.0.0.1:{port}");
-    let mut server = bench
-        .sessionview()
-        .args(["serve", "--database-url", &url, "--listen", &host])
-        .stdout(Stdio::null())
-        .spawn()
-        .context("starting sessionview serve")?;
-    harness::wait_http(&format!("http://{host}/healthz"), 30).await?;
-    let server_pid = server.id().context("no server pid")?;
-    let signer = Signer::new(host.clone(), ak, sk);
-    for (body, _) in [&q.list, &q.single] {
-        let v = signer.post(body).await?;
-        if v.get("errors").is_some() || v.as_object().is_none_or(|o| o.values().any(Value::is_null))
-        {
-            bail!("sessionview answered {v} to {body}");
+    let names = ["compute_session_list", "compute_session"];
+    // sessionview with its response cache (the default), then without it: the same requests.
+    let mut sv: Vec<(&str, u32, Run, Run)> = Vec::new();
+    let mut rss = [0.0; 2];
+    for (pass, cache) in [(0, None), (1, Some("0"))] {
+        let port = harness::free_port()?;
+        let host = format!("127.0.0.1:{port}");
+        let mut cmd = bench.sessionview();
+        cmd.args(["serve", "--database-url", &url, "--listen", &host]);
+        if let Some(bytes) = cache {
+            cmd.args(["--response-cache-bytes", bytes]);
         }
-    }
-    let headers = signer.headers()?;
-    let mut sv = Vec::new();
-    for (name, (body, _)) in [
-        ("compute_session_list", &q.list),
-        ("compute_session", &q.single),
-    ] {
-        for c in &args.concurrency {
-            harness::quiet_database(&url).await?;
-            eprintln!("sessionview: {name} at concurrency {c}...");
-            sv.push((
-                name,
-                *c,
-                load(
+        let mut server = cmd
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting sessionview serve")?;
+        harness::wait_http(&format!("http://{host}/healthz"), 30).await?;
+        let server_pid = server.id().context("no server pid")?;
+        let signer = Signer::new(host.clone(), ak.clone(), sk.clone());
+        for (body, _) in [&q.list, &q.single] {
+            let v = signer.post(body).await?;
+            if v.get("errors").is_some()
+                || v.as_object().is_none_or(|o| o.values().any(Value::is_null))
+            {
+                bail!("sessionview answered {v} to {body}");
+            }
+        }
+        let headers = signer.headers()?;
+        let mut i = 0;
+        for (name, (body, _)) in names.into_iter().zip([&q.list, &q.single]) {
+            for c in &args.concurrency {
+                harness::quiet_database(&url).await?;
+                let what = if cache.is_some() { "without" } else { "with" };
+                eprintln!("sessionview {what} the response cache: {name} at concurrency {c}...");
+                let run = load(
                     &oha,
                     &signer.url(),
                     &headers,
@@ -339,12 +343,30 @@ pub(crate) async fn query(bench: &mut Bench, args: &QueryArgs, peer: bool) -> an
                     *c,
                     server_pid,
                 )
-                .await?,
-            ));
+                .await?;
+                if pass == 0 {
+                    sv.push((name, *c, run, Run::default()));
+                } else if let Some(row) = sv.get_mut(i) {
+                    row.3 = run;
+                }
+                i += 1;
+            }
+        }
+        rss[pass] = harness::ProcStat::read(server_pid).map_or(0.0, |p| p.rss_mib);
+        let _ = server.kill().await;
+    }
+
+    // The plain-SQL floor: the very statements sessionview runs, prepared, by pgbench.
+    let pgbench = pgbench()?;
+    let (list_sql, single_sql) = statements(&q)?;
+    let mut floor = Vec::new();
+    for (name, (sql, params)) in names.into_iter().zip([&list_sql, &single_sql]) {
+        for c in &args.concurrency {
+            harness::quiet_database(&url).await?;
+            eprintln!("pgbench (prepared): {name} at concurrency {c}...");
+            floor.push(sql_floor(bench, &pgbench, &url, sql, params, args.seconds, *c).await?);
         }
     }
-    let rss = harness::ProcStat::read(server_pid).map_or(0.0, |p| p.rss_mib);
-    let _ = server.kill().await;
 
     let mut peer_runs = Vec::new();
     if peer {
@@ -432,29 +454,37 @@ pub(crate) async fn query(bench: &mut Bench, args: &QueryArgs, peer: bool) -> an
             ("data", format!("{} simulated sessions with their containers (seed {seed}), PostgreSQL", thousands(args.sessions as f64))),
             ("list query", format!("compute_session_list(limit: 10, offset: 0, access_key, status) {{ total_count items {{ id name status status_changed occupied_slots containers {{ id role agent }} }} }}; filter: {filter}")),
             ("single query", "compute_session(id) { same fields }".into()),
-            ("load", format!("oha, closed loop, {} s per row, signed requests (HMAC-SHA256)", args.seconds)),
-            ("server", format!("sessionview serve, default settings (8 database connections); RSS after the runs {rss:.0} MiB")),
+            ("load", format!("oha, closed loop, {} s per row, signed requests (HMAC-SHA256), the same request repeated", args.seconds)),
+            ("server", format!("sessionview serve, default settings (8 database connections): with the response cache (64 MiB; RSS after the runs {:.0} MiB), and with --response-cache-bytes 0 (RSS {:.0} MiB)", rss[0], rss[1])),
+            ("SQL floor", "pgbench -M prepared running the statement sessionview runs for the query (PgStore::read_statements) with the same values, as many clients as the concurrency; latencies from its per-transaction log".into()),
         ],
     );
     let mut rows = Vec::new();
-    for (i, (name, c, r)) in sv.iter().enumerate() {
+    for (i, (name, c, cached, plain)) in sv.iter().enumerate() {
+        let f = floor.get(i).copied().unwrap_or_default();
         let mut row = vec![
             (*name).to_owned(),
             c.to_string(),
-            thousands(r.rps),
-            format!("{:.2}", r.p50_ms),
-            format!("{:.2}", r.p99_ms),
-            format!("{:.2}", r.server_cores),
-            format!("{:.2}", r.postgres_cores),
-            r.non_2xx.to_string(),
+            thousands(cached.rps),
+            format!("{:.2}", cached.p99_ms),
+            thousands(plain.rps),
+            format!("{:.2}", plain.p50_ms),
+            format!("{:.2}", plain.p99_ms),
+            format!("{:.2}", plain.server_cores),
+            format!("{:.2}", plain.postgres_cores),
+            thousands(f.rps),
+            format!("{:.2}", f.p99_ms),
+            format!("{:.2}", f.postgres_cores),
+            format!("{:.1}×", cached.rps / f.rps),
+            (cached.non_2xx + plain.non_2xx).to_string(),
         ];
         if let Some(p) = peer_runs.get(i) {
             row.extend([
                 thousands(p.rps),
                 format!("{:.2}", p.p99_ms),
                 format!("{:.2}", p.server_cores),
-                format!("**{:.1}×**", r.rps / p.rps),
-                format!("{:.2}", r.p99_ms / p.p99_ms),
+                format!("**{:.1}×**", plain.rps / p.rps),
+                format!("{:.1}×", cached.rps / p.rps),
             ]);
         }
         rows.push(row);
@@ -462,11 +492,17 @@ pub(crate) async fn query(bench: &mut Bench, args: &QueryArgs, peer: bool) -> an
     let mut header = vec![
         "query",
         "concurrency",
-        "req/s",
-        "p50 ms",
-        "p99 ms",
-        "server cores",
-        "PostgreSQL cores",
+        "cached req/s",
+        "cached p99 ms",
+        "uncached req/s",
+        "uncached p50 ms",
+        "uncached p99 ms",
+        "server cores (uncached)",
+        "PostgreSQL cores (uncached)",
+        "SQL floor req/s",
+        "SQL floor p99 ms",
+        "SQL floor PostgreSQL cores",
+        "cached / floor",
         "errors",
     ];
     if peer {
@@ -474,10 +510,139 @@ pub(crate) async fn query(bench: &mut Bench, args: &QueryArgs, peer: bool) -> an
             "PostGraphile req/s",
             "PostGraphile p99 ms",
             "PostGraphile cores",
-            "req/s ratio",
-            "p99 ratio (lower is better)",
+            "uncached / PostGraphile",
+            "cached / PostGraphile",
         ]);
     }
     table(&header, &rows);
     Ok(())
+}
+
+/// pgbench from PATH or PostgreSQL's own directory (Debian keeps it out of PATH).
+fn pgbench() -> anyhow::Result<PathBuf> {
+    let mut candidates = vec![PathBuf::from("pgbench")];
+    if let Ok(dirs) = std::fs::read_dir("/usr/lib/postgresql") {
+        let mut found: Vec<PathBuf> = dirs
+            .filter_map(Result::ok)
+            .map(|d| d.path().join("bin/pgbench"))
+            .filter(|p| p.exists())
+            .collect();
+        found.sort();
+        candidates.extend(found.into_iter().rev());
+    }
+    candidates
+        .into_iter()
+        .find(|c| {
+            std::process::Command::new(c)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .context("pgbench not found (it comes with PostgreSQL's server package)")
+}
+
+/// A statement and its parameters in order, as text.
+type Statement = (String, Vec<String>);
+
+/// The statements sessionview runs for the two queries, with the values they bind.
+fn statements(q: &Queries) -> anyhow::Result<(Statement, Statement)> {
+    let vars = &q.list.0["variables"];
+    let text = |v: &Value| v.as_str().map(str::to_owned).context("a text variable");
+    let (ak, status) = (text(&vars["ak"])?, text(&vars["st"])?);
+    let id = text(&q.single.0["variables"]["id"])?;
+    let list = sessionview_store::SessionListQuery {
+        access_key: Some(ak.clone()),
+        statuses: vec![status.parse::<sessionview_events::Status>()?],
+        limit: 10,
+        offset: 0,
+        ..Default::default()
+    };
+    // The containers' fields asked for (id role agent) need none of their JSON columns.
+    let (list_sql, single_sql) = sessionview_store::PgStore::read_statements(
+        &list,
+        sessionview_store::KernelFields::WithoutJson,
+    )?;
+    // The filters are bound for the page, then again for the total.
+    Ok((
+        (list_sql, vec![ak.clone(), status.clone(), ak, status]),
+        (single_sql, vec![id]),
+    ))
+}
+
+/// pgbench running `sql` with `params` prepared, `concurrency` clients, for `seconds`.
+async fn sql_floor(
+    bench: &Bench,
+    pgbench: &PathBuf,
+    url: &str,
+    sql: &str,
+    params: &[String],
+    seconds: u64,
+    concurrency: u32,
+) -> anyhow::Result<Run> {
+    let dir = bench.dir.join("pgbench");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    // `$n` becomes `:pn` (highest first, so that `$1` does not match the start of `$10`).
+    let mut script = sql.to_owned();
+    for n in (1..=params.len()).rev() {
+        script = script.replace(&format!("${n}"), &format!(":p{n}"));
+    }
+    let file = dir.join("statement.sql");
+    std::fs::write(&file, format!("{script};\n"))?;
+    let mut cmd = Command::new(pgbench);
+    cmd.args(["-n", "-M", "prepared", "-l"])
+        .arg(format!("--log-prefix={}", dir.join("log").display()))
+        .args(["-c", &concurrency.to_string()])
+        .args(["-j", &concurrency.min(4).to_string()])
+        .args(["-T", &seconds.to_string()])
+        .arg("-f")
+        .arg(&file);
+    for (n, p) in params.iter().enumerate() {
+        cmd.args(["-D", &format!("p{}={p}", n + 1)]);
+    }
+    cmd.arg(url);
+    // pgbench's connections are backends that exit with it: count them with the postmaster's.
+    let pg_before = harness::postgres_cpu_secs();
+    let (m, out, _) = measure(cmd, "pgbench").await?;
+    let pg_cpu = harness::postgres_cpu_secs() - pg_before;
+    let tps = out
+        .lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|t| t.parse::<f64>().ok())
+        .with_context(|| format!("no tps in pgbench's output: {out}"))?;
+    // Per-transaction log lines: client, transaction, latency (µs), script, epoch, µs.
+    let mut micros = Vec::new();
+    for entry in std::fs::read_dir(&dir)? {
+        let path = entry?.path();
+        if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("log"))
+        {
+            for line in std::fs::read_to_string(&path)?.lines() {
+                if let Some(us) = line
+                    .split_whitespace()
+                    .nth(2)
+                    .and_then(|t| t.parse::<f64>().ok())
+                {
+                    micros.push(us);
+                }
+            }
+        }
+    }
+    micros.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        micros
+            .get(((micros.len() as f64 * p) as usize).min(micros.len().saturating_sub(1)))
+            .map_or(f64::NAN, |us| us / 1000.0)
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(Run {
+        rps: tps,
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        non_2xx: 0,
+        server_cores: 0.0,
+        postgres_cores: pg_cpu / m.wall.as_secs_f64(),
+    })
 }

@@ -11,6 +11,7 @@ mod harness;
 mod hostile;
 mod kafka;
 mod load;
+mod peer_write;
 mod scenarios;
 
 /// Benchmarks of sessionview: the hardware ceiling, projection, freshness, queries, a peer, rebuild.
@@ -90,6 +91,15 @@ struct FreshnessArgs {
     listeners: usize,
 }
 
+#[derive(Debug, Clone, Copy, Args)]
+struct PeerWriteArgs {
+    #[command(flatten)]
+    size: Size,
+    /// The sink's tasks (`tasks.max`; the topic has 4 partitions).
+    #[arg(long, env = "SESSIONVIEW_BENCH_CONNECT_TASKS", default_value_t = 4)]
+    tasks: u32,
+}
+
 #[derive(Debug, Clone, Args)]
 struct QueryArgs {
     /// Sessions in the read model under load.
@@ -123,6 +133,9 @@ enum Scenario {
     Query(QueryArgs),
     /// The query scenario against sessionview and PostGraphile v4 on the same tables.
     Peer(QueryArgs),
+    /// `sessionview project` beside Kafka Connect (standalone) with the Debezium JDBC sink
+    /// writing the same topic into the same PostgreSQL: events/s, CPU, memory, bytes.
+    PeerWrite(PeerWriteArgs),
     /// `sessionview replay` of the stream from a file and from Kafka.
     Rebuild(Size),
     /// `sessionview project` as 1, 2 and 4 instances of one consumer group on an 8-partition
@@ -147,6 +160,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Freshness(a) => scenarios::freshness(&mut bench, a).await,
             Scenario::Query(a) => load::query(&mut bench, &a, false).await,
             Scenario::Peer(a) => load::query(&mut bench, &a, true).await,
+            Scenario::PeerWrite(a) => peer_write::peer_write(&mut bench, a.size, a.tasks).await,
             Scenario::Rebuild(s) => scenarios::rebuild(&mut bench, s).await,
             Scenario::ScaleOut(a) => scenarios::scale_out(&mut bench, a).await,
             Scenario::Hostile(a) => hostile::hostile_scenario(&mut bench, a).await,

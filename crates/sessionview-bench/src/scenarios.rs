@@ -228,7 +228,7 @@ pub(crate) async fn project(
 /// partitions: the consumer group's join, which the broker holds back for its initial rebalance
 /// delay (Apache Kafka's `group.initial.rebalance.delay.ms`: 3 s by default, 0 on the bench's
 /// own broker).
-fn joined_after(m: &Measured, stderr: &str) -> anyhow::Result<Duration> {
+pub(crate) fn joined_after(m: &Measured, stderr: &str) -> anyhow::Result<Duration> {
     let at = stderr
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -427,7 +427,10 @@ impl Footprint {
 }
 
 /// Publishes the stream to a new 4-partition topic; returns the topic and the publish figures.
-async fn publish(bench: &mut Bench, size: Size) -> anyhow::Result<(String, String, u64, Duration)> {
+pub(crate) async fn publish(
+    bench: &mut Bench,
+    size: Size,
+) -> anyhow::Result<(String, String, u64, Duration)> {
     publish_to(bench, size, 4).await
 }
 

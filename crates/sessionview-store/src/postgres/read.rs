@@ -95,29 +95,7 @@ impl PgStore {
         q: &SessionListQuery,
         kernels: Option<KernelFields>,
     ) -> Result<PageWithContainers, StoreError> {
-        let cols = SESSIONS.prefixed("s");
-        let mut qb = QueryBuilder::new(format!(
-            "WITH page AS (SELECT {cols}, s.last_touched FROM sessions s"
-        ));
-        push_session_filters(&mut qb, q);
-        push_order(&mut qb, "s", q.order, SESSION_ORDER_KEYS)?;
-        push_page(&mut qb, q.limit, q.offset);
-        qb.push("), total AS (SELECT coalesce(sum(s.n), 0)::int8 AS n FROM session_counts s");
-        push_session_filters(&mut qb, q);
-        match kernels {
-            Some(fields) => qb.push(format!(
-                ") SELECT t.n, {cols}, {} FROM total t \
-                 LEFT JOIN (page s LEFT JOIN kernels k ON k.session_id = s.id) ON true",
-                kernel_columns(fields)
-            )),
-            None => qb.push(format!(
-                ") SELECT t.n, {cols} FROM total t LEFT JOIN page s ON true"
-            )),
-        };
-        push_order(&mut qb, "s", q.order, SESSION_ORDER_KEYS)?;
-        if kernels.is_some() {
-            qb.push(", k.ordinal");
-        }
+        let mut qb = session_page_query(q, kernels)?;
         let rows = self
             .reads
             .fetch_all(qb.build().persistent(generic_plan_fits(q)))
@@ -130,6 +108,68 @@ impl PgStore {
         let (items, containers) = sessions_and_containers(&rows, 1, kernels)?;
         Ok((Page { items, total_count }, containers))
     }
+
+    /// The text of the statements a list with containers (`q`) and a single session with
+    /// containers run, `$n` for their parameters: the list binds its filters in the order
+    /// domain, access key, group, statuses, once for the page and once more for the total; the
+    /// single session binds its id. For the bench's plain-SQL floor (pgbench runs them with the
+    /// same values).
+    #[doc(hidden)]
+    pub fn read_statements(
+        q: &SessionListQuery,
+        fields: KernelFields,
+    ) -> Result<(String, String), StoreError> {
+        let list = session_page_query(q, Some(fields))?.sql().to_owned();
+        let single = session_query(Uuid::nil(), &q.scope, fields)
+            .sql()
+            .to_owned();
+        Ok((list, single))
+    }
+}
+
+/// The statement of one page of sessions, its total and (with `kernels`) its containers.
+fn session_page_query<'a>(
+    q: &'a SessionListQuery,
+    kernels: Option<KernelFields>,
+) -> Result<QueryBuilder<'a, Postgres>, StoreError> {
+    let cols = SESSIONS.prefixed("s");
+    let mut qb = QueryBuilder::new(format!(
+        "WITH page AS (SELECT {cols}, s.last_touched FROM sessions s"
+    ));
+    push_session_filters(&mut qb, q);
+    push_order(&mut qb, "s", q.order, SESSION_ORDER_KEYS)?;
+    push_page(&mut qb, q.limit, q.offset);
+    qb.push("), total AS (SELECT coalesce(sum(s.n), 0)::int8 AS n FROM session_counts s");
+    push_session_filters(&mut qb, q);
+    match kernels {
+        Some(fields) => qb.push(format!(
+            ") SELECT t.n, {cols}, {} FROM total t \
+                 LEFT JOIN (page s LEFT JOIN kernels k ON k.session_id = s.id) ON true",
+            kernel_columns(fields)
+        )),
+        None => qb.push(format!(
+            ") SELECT t.n, {cols} FROM total t LEFT JOIN page s ON true"
+        )),
+    };
+    push_order(&mut qb, "s", q.order, SESSION_ORDER_KEYS)?;
+    if kernels.is_some() {
+        qb.push(", k.ordinal");
+    }
+    Ok(qb)
+}
+
+/// The statement of one session by id inside `scope`, with its containers.
+fn session_query(id: Uuid, scope: &Scope, fields: KernelFields) -> QueryBuilder<'_, Postgres> {
+    let cols = SESSIONS.prefixed("s");
+    let kcols = kernel_columns(fields);
+    let mut qb = QueryBuilder::new(format!(
+        "SELECT {cols}, {kcols} FROM sessions s \
+         LEFT JOIN kernels k ON k.session_id = s.id WHERE s.id = "
+    ));
+    qb.push_bind(id);
+    push_scope(&mut qb, "s", scope);
+    qb.push(" ORDER BY k.ordinal");
+    qb
 }
 
 impl ReadModel for PgStore {
@@ -155,15 +195,7 @@ impl ReadModel for PgStore {
         fields: KernelFields,
     ) -> ReadFuture<'a, Option<SessionWithContainers>> {
         Box::pin(async move {
-            let cols = SESSIONS.prefixed("s");
-            let kcols = kernel_columns(fields);
-            let mut qb = QueryBuilder::new(format!(
-                "SELECT {cols}, {kcols} FROM sessions s \
-                 LEFT JOIN kernels k ON k.session_id = s.id WHERE s.id = "
-            ));
-            qb.push_bind(id);
-            push_scope(&mut qb, "s", scope);
-            qb.push(" ORDER BY k.ordinal");
+            let mut qb = session_query(id, scope, fields);
             let rows = self.reads.fetch_all(qb.build()).await?;
             self.count_statements(1);
             let (mut sessions, containers) = sessions_and_containers(&rows, 0, Some(fields))?;
