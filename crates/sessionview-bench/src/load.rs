@@ -297,7 +297,9 @@ async fn postgraphile(bench: &Bench) -> anyhow::Result<PathBuf> {
 pub(crate) async fn query(bench: &mut Bench, args: &QueryArgs, peer: bool) -> anyhow::Result<()> {
     let seed = 42;
     let oha = oha().await?;
-    let url = query_db(bench, args.sessions, seed).await?;
+    // Every client of the database over the loopback without TLS: PostgreSQL here has TLS on,
+    // which libpq and sqlx would use by default and PostGraphile's driver would not.
+    let url = without_tls(&query_db(bench, args.sessions, seed).await?);
     let (q, filter) = queries(&url).await?;
     let (ak, sk) = harness::superadmin(bench, &url).await?;
     let names = ["compute_session_list", "compute_session"];
@@ -455,7 +457,7 @@ pub(crate) async fn query(bench: &mut Bench, args: &QueryArgs, peer: bool) -> an
             ("list query", format!("compute_session_list(limit: 10, offset: 0, access_key, status) {{ total_count items {{ id name status status_changed occupied_slots containers {{ id role agent }} }} }}; filter: {filter}")),
             ("single query", "compute_session(id) { same fields }".into()),
             ("load", format!("oha, closed loop, {} s per row, signed requests (HMAC-SHA256), the same request repeated", args.seconds)),
-            ("server", format!("sessionview serve, default settings (8 database connections): with the response cache (64 MiB; RSS after the runs {:.0} MiB), and with --response-cache-bytes 0 (RSS {:.0} MiB)", rss[0], rss[1])),
+            ("server", format!("sessionview serve, default settings (8 database connections; every client reaches PostgreSQL over the loopback without TLS): with the response cache (64 MiB; RSS after the runs {:.0} MiB), and with --response-cache-bytes 0 (RSS {:.0} MiB)", rss[0], rss[1])),
             ("SQL floor", "pgbench -M prepared running the statement sessionview runs for the query (PgStore::read_statements) with the same values, as many clients as the concurrency; latencies from its per-transaction log".into()),
         ],
     );
@@ -516,6 +518,12 @@ pub(crate) async fn query(bench: &mut Bench, args: &QueryArgs, peer: bool) -> an
     }
     table(&header, &rows);
     Ok(())
+}
+
+/// `url` with `sslmode=disable`.
+fn without_tls(url: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}sslmode=disable")
 }
 
 /// pgbench from PATH or PostgreSQL's own directory (Debian keeps it out of PATH).
