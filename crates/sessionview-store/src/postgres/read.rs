@@ -378,35 +378,66 @@ impl ReadModel for PgStore {
         use futures_util::StreamExt;
         let pool = self.pool().clone();
         // LISTEN on a connection of its own (re-established after a failure, a second later);
-        // every wake-up of the in-process signal too.
-        let listened = futures_util::stream::unfold(None, move |listener| {
-            let pool = pool.clone();
-            async move {
-                let mut listener: sqlx::postgres::PgListener = match listener {
-                    Some(l) => l,
-                    None => loop {
-                        match sqlx::postgres::PgListener::connect_with(&pool).await {
-                            Ok(mut l) => match l.listen(live::SESSION_EVENTS_CHANNEL).await {
-                                Ok(()) => break l,
-                                Err(e) => tracing::warn!(error = %e, "LISTEN failed; retrying"),
-                            },
-                            Err(e) => {
-                                tracing::warn!(error = %e, "cannot connect to LISTEN; retrying")
+        // every wake-up of the in-process signal too. A hot standby refuses LISTEN: that is said
+        // once, the stream then wakes its follower every `STANDBY_POLL` instead (what the standby
+        // has replayed is read that often), and LISTEN is tried again every minute (the standby
+        // may be promoted).
+        let listened = futures_util::stream::unfold(
+            (None, false, None::<std::time::Instant>),
+            move |(listener, told, retry_at)| {
+                let pool = pool.clone();
+                async move {
+                    let mut told = told;
+                    let mut listener: sqlx::postgres::PgListener = match listener {
+                        Some(l) => l,
+                        None => {
+                            if let Some(at) = retry_at
+                                && std::time::Instant::now() < at
+                            {
+                                tokio::time::sleep(STANDBY_POLL).await;
+                                return Some(((), (None, told, retry_at)));
+                            }
+                            loop {
+                                match sqlx::postgres::PgListener::connect_with(&pool).await {
+                                    Ok(mut l) => match l.listen(live::SESSION_EVENTS_CHANNEL).await
+                                    {
+                                        Ok(()) => break l,
+                                        Err(e) if in_recovery(&e) => {
+                                            if !told {
+                                                tracing::info!(
+                                                    "the database is a hot standby, which refuses \
+                                                     LISTEN: commits are followed by reading it \
+                                                     every 100 ms"
+                                                );
+                                                told = true;
+                                            }
+                                            let at = std::time::Instant::now()
+                                                + std::time::Duration::from_secs(60);
+                                            return Some(((), (None, told, Some(at))));
+                                        }
+                                        Err(e) => {
+                                            tracing::warn!(error = %e, "LISTEN failed; retrying")
+                                        }
+                                    },
+                                    Err(e) => {
+                                        tracing::warn!(error = %e, "cannot connect to LISTEN; retrying")
+                                    }
+                                }
+                                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                             }
                         }
-                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                    },
-                };
-                match listener.recv().await {
-                    Ok(_) => Some(((), Some(listener))),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "the LISTEN connection failed; reconnecting");
-                        // Wake the follower: it reads what it may have missed.
-                        Some(((), None))
+                    };
+                    match listener.recv().await {
+                        Ok(_) => Some(((), (Some(listener), told, None))),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the LISTEN connection failed; reconnecting");
+                            // Wake the follower: it reads what it may have missed.
+                            Some(((), (None, told, None)))
+                        }
                     }
                 }
-            }
-        });
+            },
+        );
         futures_util::stream::select(listened, crate::read::in_process_wakeups()).boxed()
     }
 
@@ -417,6 +448,18 @@ impl ReadModel for PgStore {
     fn read_connections(&self) -> Option<ReadConnections> {
         Some(self.reads.status())
     }
+}
+
+/// How often a follower of a hot standby (which refuses LISTEN) is woken to read what the
+/// standby has replayed.
+const STANDBY_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Whether `e` is PostgreSQL refusing a statement because the server is in recovery (a hot
+/// standby): SQLSTATE 25006, `read_only_sql_transaction`.
+fn in_recovery(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c == "25006")
 }
 
 impl KeyPairAdmin for PgStore {

@@ -620,3 +620,112 @@ async fn readiness_fails_on_a_stall_not_on_lag() {
     live.kill().await.unwrap();
     db.drop().await;
 }
+
+/// A query replica on a hot standby: `serve --no-migrate` answers from a streaming replica of the
+/// primary a projector writes. The standby refuses LISTEN, so the server follows commits by
+/// reading the standby; a request naming the primary's committed positions is answered once the
+/// standby has replayed them, with what they hold; a repeated request is answered from the
+/// response cache, and a later commit makes it read again.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_on_a_hot_standby_follows_the_primary() {
+    let standby = std::env::var("SESSIONVIEW_TEST_STANDBY_URL").expect(
+        "SESSIONVIEW_TEST_STANDBY_URL: a hot standby of the test PostgreSQL (scripts/test sets \
+         one up when run as root)",
+    );
+    let db = TestDb::new().await;
+    let base = standby
+        .rsplit_once('/')
+        .map_or(standby.as_str(), |(b, _)| b);
+    let replica = format!("{base}/{}", db.name);
+    let first = sim_config(40, 301);
+    let topic = unique_topic("standby");
+    publish(&topic, &first).await;
+    project_to_end(&db, &topic, &[]).await;
+    let (ak, sk) = create_superadmin(&db.url).await;
+    wait_for(
+        "the database and the keypair on the standby",
+        30,
+        async || {
+            let Ok(mut conn) = sqlx::PgConnection::connect(&replica).await else {
+                return false;
+            };
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM keypairs")
+                .fetch_one(&mut conn)
+                .await
+                .is_ok_and(|n| n > 0)
+        },
+    )
+    .await;
+    let serving = Listening::spawn(
+        serve_command(&replica).arg("--no-migrate"),
+        1,
+        "serve on the standby",
+    )
+    .await;
+    let host = serving.host("API");
+    let mut server = serving.child;
+    wait_ready(&reqwest::Client::new(), &format!("http://{host}/readyz")).await;
+
+    let store = db.store().await;
+    let positions = async || {
+        store
+            .committed_positions()
+            .await
+            .unwrap()
+            .iter()
+            .map(|p| format!("{}/{}={}", p.source, p.partition, p.next_offset))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let body = json!({"query": "{ compute_session_list(limit: 5, offset: 0) { total_count } }"});
+    let ask = async |min: Option<&str>| {
+        let headers =
+            sessionview_query::auth::signed_headers(&ak, &sk, "POST", "/admin/graphql", &host)
+                .unwrap();
+        let mut request = reqwest::Client::new().post(format!("http://{host}/admin/graphql"));
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        if let Some(min) = min {
+            request = request
+                .header("X-SessionView-Min-Positions", min)
+                .header("X-SessionView-Wait-Ms", "10000");
+        }
+        let resp = request.body(body.to_string()).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let cache = resp
+            .headers()
+            .get("x-sessionview-cache")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let v: serde_json::Value = resp.json().await.unwrap();
+        (
+            v["compute_session_list"]["total_count"].as_i64().unwrap(),
+            cache,
+        )
+    };
+
+    let (total, _) = ask(Some(&positions().await)).await;
+    assert_eq!(total, 40, "what the primary committed, read on the standby");
+    wait_for("an answer from the cache", 10, async || {
+        ask(None).await == (40, Some("hit".to_owned()))
+    })
+    .await;
+
+    publish(&topic, &sim_config(25, 302)).await;
+    project_to_end(&db, &topic, &[]).await;
+    let (total, cache) = ask(Some(&positions().await)).await;
+    assert_eq!(
+        total, 65,
+        "the new sessions, once the standby replayed them"
+    );
+    assert_eq!(
+        cache.as_deref(),
+        Some("miss"),
+        "the commit made the cached answer stale"
+    );
+
+    server.start_kill().unwrap();
+    let _ = server.wait().await;
+    store.close().await;
+    db.drop().await;
+}
