@@ -134,7 +134,9 @@ async fn postgres_followers_of_a_hot_standby_are_woken_by_polling() {
     )
     .await;
     assert!(quiet.is_err(), "no commit, no wake-up");
-    let base = standby.rsplit_once('/').map_or(standby.as_str(), |(b, _)| b);
+    let base = standby
+        .rsplit_once('/')
+        .map_or(standby.as_str(), |(b, _)| b);
     let replica = format!("{base}/{}", db.db.name);
     let mut store = None;
     for _ in 0..100 {
