@@ -172,13 +172,14 @@ pub(crate) async fn peer_write(bench: &mut Bench, size: Size, tasks: u32) -> any
     let (brokers, topic, n, _) = publish(bench, size).await?;
 
     // sessionview: the folded read model.
-    let url = bench.fresh_db("peer_write_sessionview").await?;
-    migrate(bench, &url).await?;
-    harness::quiet_database(&url).await?;
+    let sv_url = bench.fresh_db("peer_write_sessionview").await?;
+    let url = &sv_url;
+    migrate(bench, url).await?;
+    harness::quiet_database(url).await?;
     let group = format!("bench-{}", uuid::Uuid::new_v4().simple());
     let mut cmd = bench.sessionview();
     cmd.env("SESSIONVIEW_LOG", "warn,sessionview_projector::kafka=info")
-        .args(["project", "--log-format", "json", "--database-url", &url])
+        .args(["project", "--log-format", "json", "--database-url", url])
         .arg("--source")
         .arg(format!("kafka://{brokers}/{topic}"))
         .args(["--exit-at-end", "--group", &group]);
@@ -192,7 +193,7 @@ pub(crate) async fn peer_write(bench: &mut Bench, size: Size, tasks: u32) -> any
         cpu_secs: m.cpu_secs,
         postgres_cpu_secs: harness::postgres_cpu_secs() - pg_before,
         peak_rss_mib: m.peak_rss_mib,
-        bytes: bytes_of_tables(&url).await?,
+        bytes: bytes_of_tables(url).await?,
     };
 
     // Kafka Connect with the Debezium JDBC sink: a row per event.
@@ -263,6 +264,7 @@ pub(crate) async fn peer_write(bench: &mut Bench, size: Size, tasks: u32) -> any
         bytes: bytes_of_tables(&url).await?,
     };
     let _ = child.kill().await;
+    let reads = one_session_reads(&sv_url, &url).await?;
 
     bench.header(
         "peer-write (sessionview project vs Kafka Connect's JDBC sink)",
@@ -324,7 +326,113 @@ pub(crate) async fn peer_write(bench: &mut Bench, size: Size, tasks: u32) -> any
     println!(
         "The sink's rows are the events as published: a query over them must fold each session's \
          events itself (status, containers, summed slots) at every read, while sessionview's rows \
-         are the answer.\n"
+         are the answer. One session's state, asked {READS} times of each (median):\n"
     );
+    table(
+        &["read", "median ms", "what it answers"],
+        &[
+            vec![
+                "sessionview: the statement `compute_session(id)` with its containers runs".into(),
+                format!("{:.3}", reads.sessionview_ms),
+                "every field of the session and its containers".into(),
+            ],
+            vec![
+                "the sink's rows, through a view (the session's last `session_*` event), no index"
+                    .into(),
+                format!("{:.1}", reads.view_scan_ms),
+                "the last session-level event's type and time only".into(),
+            ],
+            vec![
+                format!(
+                    "the same view with an index on the event's session id (built in {:.1} s)",
+                    reads.index_build_s
+                ),
+                format!("{:.3}", reads.view_indexed_ms),
+                "the same".into(),
+            ],
+        ],
+    );
+    println!();
     Ok(())
+}
+
+/// How many times each read of [`one_session_reads`] runs.
+const READS: usize = 20;
+
+/// One session's state read from each writer's tables: the median milliseconds of each read.
+struct Reads {
+    sessionview_ms: f64,
+    view_scan_ms: f64,
+    index_build_s: f64,
+    view_indexed_ms: f64,
+}
+
+/// What an operator of the sink would write to ask for one session: a view over the raw events
+/// (the last session-level event of each session), first as it is, then with an expression index
+/// on the session id; beside the statement sessionview runs for `compute_session(id)`.
+async fn one_session_reads(sv_url: &str, raw_url: &str) -> anyhow::Result<Reads> {
+    let mut sv = sqlx::PgConnection::connect(sv_url).await?;
+    let id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM sessions ORDER BY id LIMIT 1")
+        .fetch_one(&mut sv)
+        .await?;
+    let (_, single) = sessionview_store::PgStore::read_statements(
+        &sessionview_store::SessionListQuery::default(),
+        sessionview_store::KernelFields::All,
+    )?;
+    let mut times = Vec::with_capacity(READS);
+    for _ in 0..READS {
+        let t = Instant::now();
+        sqlx::query(&single).bind(id).fetch_all(&mut sv).await?;
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let sessionview_ms = median(&mut times);
+
+    let mut raw = sqlx::PgConnection::connect(raw_url).await?;
+    sqlx::query(&format!(
+        "CREATE VIEW session_last_event AS \
+         SELECT DISTINCT ON (session_id) session_id, e->>'event_type' AS last_event, \
+             e->>'occurred_at' AS occurred_at \
+         FROM (SELECT (event::jsonb)->>'session_id' AS session_id, event::jsonb AS e \
+               FROM {RAW_TABLE}) r \
+         WHERE e->>'event_type' LIKE 'session\\_%' \
+         ORDER BY session_id, e->>'occurred_at' DESC"
+    ))
+    .execute(&mut raw)
+    .await?;
+    let ask = "SELECT * FROM session_last_event WHERE session_id = $1";
+    let text = id.to_string();
+    let time = async |n: usize, raw: &mut sqlx::PgConnection| -> anyhow::Result<f64> {
+        let mut times = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            let rows = sqlx::query(ask).bind(&text).fetch_all(&mut *raw).await?;
+            anyhow::ensure!(rows.len() == 1, "the view has no row for session {text}");
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        Ok(median(&mut times))
+    };
+    // A scan of every event per read: a few runs are enough.
+    let view_scan_ms = time(3, &mut raw).await?;
+    let t = Instant::now();
+    sqlx::query(&format!(
+        "CREATE INDEX session_events_raw_session ON {RAW_TABLE} (((event::jsonb)->>'session_id'))"
+    ))
+    .execute(&mut raw)
+    .await?;
+    sqlx::query(&format!("ANALYZE {RAW_TABLE}"))
+        .execute(&mut raw)
+        .await?;
+    let index_build_s = t.elapsed().as_secs_f64();
+    let view_indexed_ms = time(READS, &mut raw).await?;
+    Ok(Reads {
+        sessionview_ms,
+        view_scan_ms,
+        index_build_s,
+        view_indexed_ms,
+    })
+}
+
+fn median(times: &mut [f64]) -> f64 {
+    times.sort_by(f64::total_cmp);
+    times.get(times.len() / 2).copied().unwrap_or(f64::NAN)
 }
