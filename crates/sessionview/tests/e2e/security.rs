@@ -10,7 +10,7 @@
 
 use std::path::PathBuf;
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::*;
 use serde_json::{Value, json};
@@ -136,8 +136,9 @@ async fn kafka_over_sasl_ssl_with_scram_projects_like_plaintext() {
     simulate_and_project(&var("SESSIONVIEW_TEST_KAFKA_SASL_SSL"), &[], &env, 702).await;
 }
 
-/// A refusal is an error within seconds that names its cause, from the projector and from the
-/// simulator alike.
+/// A refusal is an error that names its cause as soon as the client reports it, from the projector
+/// and from the simulator alike: not the answer to waiting out the start-up check's 15 s
+/// ("no answer within"), which would also name the last error reported.
 async fn assert_refused(addr: &str, flags: &[String], env: &[(String, String)], cause: &[&str]) {
     let db = TestDb::new().await;
     let source = format!("kafka://{addr}/{}", unique_topic("refused"));
@@ -152,7 +153,6 @@ async fn assert_refused(addr: &str, flags: &[String], env: &[(String, String)], 
     simulate.push(source);
     simulate.extend(flags.iter().cloned());
     for args in [project, simulate] {
-        let started = Instant::now();
         let out = run(&args, env, Duration::from_secs(60)).await;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} succeeded:\n{stderr}");
@@ -162,10 +162,9 @@ async fn assert_refused(addr: &str, flags: &[String], env: &[(String, String)], 
             args[0]
         );
         assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "{} took {:?} to refuse",
-            args[0],
-            started.elapsed()
+            !stderr.contains("no answer within"),
+            "{} waited out the start-up check instead of refusing on the reported cause:\n{stderr}",
+            args[0]
         );
     }
     db.drop().await;
