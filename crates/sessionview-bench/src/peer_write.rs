@@ -15,7 +15,7 @@ use tokio::process::Command;
 
 use crate::Size;
 use crate::harness::{self, Bench, ProcStat, cpu_secs, measure, table, thousands};
-use crate::scenarios::{joined_after, migrate, publish};
+use crate::scenarios::{joined_after, migrate, project_kafka_command, publish, published_stream};
 
 /// The table the sink writes.
 const RAW_TABLE: &str = "session_events_raw";
@@ -176,13 +176,7 @@ pub(crate) async fn peer_write(bench: &mut Bench, size: Size, tasks: u32) -> any
     let url = &sv_url;
     migrate(bench, url).await?;
     harness::quiet_database(url).await?;
-    let group = format!("bench-{}", uuid::Uuid::new_v4().simple());
-    let mut cmd = bench.sessionview();
-    cmd.env("SESSIONVIEW_LOG", "warn,sessionview_projector::kafka=info")
-        .args(["project", "--log-format", "json", "--database-url", url])
-        .arg("--source")
-        .arg(format!("kafka://{brokers}/{topic}"))
-        .args(["--exit-at-end", "--group", &group]);
+    let cmd = project_kafka_command(bench, url, &brokers, &topic);
     eprintln!("sessionview project of {n} events...");
     // The writers' connections end with them: count PostgreSQL's CPU with its exited backends.
     let pg_before = harness::postgres_cpu_secs();
@@ -269,14 +263,7 @@ pub(crate) async fn peer_write(bench: &mut Bench, size: Size, tasks: u32) -> any
     bench.header(
         "peer-write (sessionview project vs Kafka Connect's JDBC sink)",
         &[
-            (
-                "stream",
-                format!(
-                    "{} events (seed {}), published first to a 4-partition topic",
-                    thousands(n as f64),
-                    size.seed
-                ),
-            ),
+            published_stream(n, size),
             ("broker", bench.broker_description()),
             (
                 "sessionview",

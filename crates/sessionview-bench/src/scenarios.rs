@@ -449,6 +449,37 @@ async fn publish_to(
     Ok((brokers, topic, n, took))
 }
 
+/// The report's line for a stream [`publish`] published.
+pub(crate) fn published_stream(n: u64, size: Size) -> (&'static str, String) {
+    (
+        "stream",
+        format!(
+            "{} events (seed {}), published first to a 4-partition topic",
+            thousands(n as f64),
+            size.seed
+        ),
+    )
+}
+
+/// `sessionview project` of `topic` into `url` to the topic's end, as a new consumer group,
+/// logging JSON with its partitions' assignment (which [`joined_after`] reads).
+pub(crate) fn project_kafka_command(
+    bench: &Bench,
+    url: &str,
+    brokers: &str,
+    topic: &str,
+) -> tokio::process::Command {
+    let group = format!("bench-{}", uuid::Uuid::new_v4().simple());
+    let mut cmd = bench.sessionview();
+    // The assignment is logged at info (the bench's processes log warnings only by default).
+    cmd.env("SESSIONVIEW_LOG", "warn,sessionview_projector::kafka=info")
+        .args(["project", "--log-format", "json", "--database-url", url])
+        .arg("--source")
+        .arg(format!("kafka://{brokers}/{topic}"))
+        .args(["--exit-at-end", "--group", &group]);
+    cmd
+}
+
 pub(crate) async fn project_kafka(bench: &mut Bench, size: Size) -> anyhow::Result<()> {
     let (brokers, topic, n, publish_took) = publish(bench, size).await?;
     let (b, t) = (brokers.clone(), topic.clone());
@@ -456,14 +487,7 @@ pub(crate) async fn project_kafka(bench: &mut Bench, size: Size) -> anyhow::Resu
         tokio::task::spawn_blocking(move || kafka::consume_only(&b, &t)).await??;
     let url = bench.fresh_db("project_kafka").await?;
     migrate(bench, &url).await?;
-    let group = format!("bench-{}", uuid::Uuid::new_v4().simple());
-    let mut cmd = bench.sessionview();
-    // The assignment is logged at info (the bench's processes log warnings only by default).
-    cmd.env("SESSIONVIEW_LOG", "warn,sessionview_projector::kafka=info")
-        .args(["project", "--log-format", "json", "--database-url", &url])
-        .arg("--source")
-        .arg(format!("kafka://{brokers}/{topic}"))
-        .args(["--exit-at-end", "--group", &group]);
+    let cmd = project_kafka_command(bench, &url, &brokers, &topic);
     let (m, _, stderr) = measure(cmd, "sessionview project").await?;
     let joined = joined_after(&m, &stderr)?;
     let projecting = m.wall.saturating_sub(joined);
@@ -471,14 +495,7 @@ pub(crate) async fn project_kafka(bench: &mut Bench, size: Size) -> anyhow::Resu
     bench.header(
         "project-kafka",
         &[
-            (
-                "stream",
-                format!(
-                    "{} events (seed {}), published first to a 4-partition topic",
-                    thousands(n as f64),
-                    size.seed
-                ),
-            ),
+            published_stream(n, size),
             ("broker", bench.broker_description()),
             (
                 "command",

@@ -123,10 +123,6 @@ const SOURCE: &str = "test.events";
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_followers_of_a_hot_standby_are_woken_by_polling() {
     use futures_util::StreamExt;
-    let standby = std::env::var("SESSIONVIEW_TEST_STANDBY_URL").expect(
-        "SESSIONVIEW_TEST_STANDBY_URL: a hot standby of the test PostgreSQL (scripts/test sets \
-         one up when run as root)",
-    );
     let db = PgDb::new().await;
     let quiet = tokio::time::timeout(
         std::time::Duration::from_millis(700),
@@ -134,10 +130,7 @@ async fn postgres_followers_of_a_hot_standby_are_woken_by_polling() {
     )
     .await;
     assert!(quiet.is_err(), "no commit, no wake-up");
-    let base = standby
-        .rsplit_once('/')
-        .map_or(standby.as_str(), |(b, _)| b);
-    let replica = format!("{base}/{}", db.db.name);
+    let replica = db.db.standby_url();
     let mut store = None;
     for _ in 0..100 {
         if let Ok(s) = PgStore::connect(&replica, 2).await {

@@ -51,9 +51,20 @@ impl PgDatabase {
             .execute(&mut conn)
             .await
             .unwrap();
-        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
-        let url = format!("{base}/{name}");
+        let url = on_server(&admin, &name);
         Self { name, url }
+    }
+
+    /// Its URL on the hot standby of the test server (`SESSIONVIEW_TEST_STANDBY_URL`, which
+    /// `scripts/test` sets up when run as root), where it appears once replicated.
+    pub fn standby_url(&self) -> String {
+        let standby = std::env::var("SESSIONVIEW_TEST_STANDBY_URL").unwrap_or_else(|_| {
+            panic!(
+                "SESSIONVIEW_TEST_STANDBY_URL: a hot standby of the test PostgreSQL is needed for \
+                 this test (scripts/test sets one up when run as root)"
+            )
+        });
+        on_server(&standby, &self.name)
     }
 
     /// Drops the database, ending the sessions still connected to it.
@@ -64,6 +75,12 @@ impl PgDatabase {
         ))
         .await;
     }
+}
+
+/// Database `name` on the server of the URL `server` (whose own database is replaced).
+fn on_server(server: &str, name: &str) -> String {
+    let base = server.rsplit_once('/').map_or(server, |(b, _)| b);
+    format!("{base}/{name}")
 }
 
 /// An SQLite database file in a directory of its own; [`SqliteDatabase::drop`] removes both.

@@ -6,13 +6,12 @@
 
 use std::time::{Duration, Instant};
 
-use chrono::{SecondsFormat, Utc};
 use serde_json::{Value, json};
 use sessionview_query::ServerConfig;
 use sessionview_store::KeyPair;
 use uuid::Uuid;
 
-use crate::common::{Fixture, Server, apply, lifecycle, signed, start};
+use crate::common::{Fixture, Server, apply, item_names, lifecycle, post_graphql, start};
 
 struct Answer {
     cache: Option<String>,
@@ -20,22 +19,8 @@ struct Answer {
 }
 
 async fn post(srv: &Server, kp: &KeyPair, query: &str, headers: &[(&str, &str)]) -> Answer {
-    let date = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, false);
-    let mut req = signed(
-        reqwest::Method::POST,
-        &srv.base,
-        &srv.host,
-        "/admin/gql",
-        kp,
-        &date,
-        Some("application/json"),
-    )
-    .header("Date", &date)
-    .body(json!({ "query": query }).to_string());
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = req.send().await.unwrap();
+    let body = json!({ "query": query });
+    let resp = post_graphql(srv, "/admin/gql", kp, &body, headers).await;
     assert_eq!(resp.status(), 200);
     let cache = resp
         .headers()
@@ -72,12 +57,7 @@ const LIST: &str =
     "{ compute_session_list(limit: 100, offset: 0) { total_count items { id name status } } }";
 
 fn names(v: &Value) -> Vec<String> {
-    v["data"]["compute_session_list"]["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["name"].as_str().unwrap().to_owned())
-        .collect()
+    item_names(&v["data"]["compute_session_list"])
 }
 
 #[tokio::test(flavor = "multi_thread")]

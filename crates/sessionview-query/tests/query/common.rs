@@ -223,6 +223,52 @@ pub(crate) fn signed(
     req
 }
 
+/// A POST to `path` with the headers and signature backend.ai-client sends (no date header).
+pub(crate) fn signed_post(
+    srv: &Server,
+    path: &str,
+    kp: &KeyPair,
+    date: &str,
+) -> reqwest::RequestBuilder {
+    signed(
+        reqwest::Method::POST,
+        &srv.base,
+        &srv.host,
+        path,
+        kp,
+        date,
+        Some("application/json"),
+    )
+}
+
+/// `body` POSTed to `path` as backend.ai-client sends it, dated now, with `headers` added.
+pub(crate) async fn post_graphql(
+    srv: &Server,
+    path: &str,
+    kp: &KeyPair,
+    body: &serde_json::Value,
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
+    let date = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, false);
+    let mut req = signed_post(srv, path, kp, &date)
+        .header("Date", &date)
+        .body(body.to_string());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.send().await.unwrap()
+}
+
+/// The `name` of each item of a list answer (`{ items { name } }`).
+pub(crate) fn item_names(list: &serde_json::Value) -> Vec<String> {
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 /// A session of `ak` in `domain` (id `0xfeed_0000 + n`): enqueued, its master started, then
 /// terminated, as raw events.
 pub(crate) fn lifecycle(n: u128, name: &str, ak: &str, domain: &str) -> Vec<Vec<u8>> {

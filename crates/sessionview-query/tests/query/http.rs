@@ -1,7 +1,7 @@
 //! End-to-end HTTP tests: the real router on a real socket, requests signed as Backend.AI clients
 //! sign them, against a real PostgreSQL read model.
 
-use crate::common::{Fixture, SEED_USER_AK, Server, signed, start};
+use crate::common::{Fixture, SEED_USER_AK, Server, signed_post, start};
 use chrono::{SecondsFormat, TimeDelta, Utc};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -575,17 +575,4 @@ async fn post_from(srv: &Server, kp: &KeyPair, body: &Value, origin: &str) -> re
         .send()
         .await
         .unwrap()
-}
-
-/// A POST to `path` with the headers and signature backend.ai-client sends (no date header).
-fn signed_post(srv: &Server, path: &str, kp: &KeyPair, date: &str) -> reqwest::RequestBuilder {
-    signed(
-        reqwest::Method::POST,
-        &srv.base,
-        &srv.host,
-        path,
-        kp,
-        date,
-        Some("application/json"),
-    )
 }

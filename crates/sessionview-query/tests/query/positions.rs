@@ -4,32 +4,16 @@
 
 use std::time::Duration;
 
-use chrono::{SecondsFormat, Utc};
 use serde_json::{Value, json};
 use sessionview_query::ServerConfig;
 use sessionview_store::KeyPair;
 
-use crate::common::{Fixture, Server, apply, lifecycle, signed, start};
+use crate::common::{Fixture, Server, apply, item_names, lifecycle, post_graphql, start};
 
 /// `compute_session_list` of the user's sessions, with `headers` added.
 async fn list(srv: &Server, kp: &KeyPair, headers: &[(&str, &str)]) -> reqwest::Response {
-    let date = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, false);
     let body = json!({"query": "{ compute_session_list(limit: 100, offset: 0) { total_count items { name } } }"});
-    let mut req = signed(
-        reqwest::Method::POST,
-        &srv.base,
-        &srv.host,
-        "/admin/graphql",
-        kp,
-        &date,
-        Some("application/json"),
-    )
-    .header("Date", &date)
-    .body(body.to_string());
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    req.send().await.unwrap()
+    post_graphql(srv, "/admin/graphql", kp, &body, headers).await
 }
 
 fn positions(resp: &reqwest::Response) -> String {
@@ -42,12 +26,7 @@ fn positions(resp: &reqwest::Response) -> String {
 }
 
 fn names(v: &Value) -> Vec<String> {
-    v["compute_session_list"]["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["name"].as_str().unwrap().to_owned())
-        .collect()
+    item_names(&v["compute_session_list"])
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -628,15 +628,8 @@ async fn readiness_fails_on_a_stall_not_on_lag() {
 /// response cache, and a later commit makes it read again.
 #[tokio::test(flavor = "multi_thread")]
 async fn serve_on_a_hot_standby_follows_the_primary() {
-    let standby = std::env::var("SESSIONVIEW_TEST_STANDBY_URL").expect(
-        "SESSIONVIEW_TEST_STANDBY_URL: a hot standby of the test PostgreSQL (scripts/test sets \
-         one up when run as root)",
-    );
     let db = TestDb::new().await;
-    let base = standby
-        .rsplit_once('/')
-        .map_or(standby.as_str(), |(b, _)| b);
-    let replica = format!("{base}/{}", db.name);
+    let replica = db.standby_url();
     let first = sim_config(40, 301);
     let topic = unique_topic("standby");
     publish(&topic, &first).await;
