@@ -117,39 +117,6 @@ conformance!(
 
 const SOURCE: &str = "test.events";
 
-/// A hot standby refuses LISTEN ("cannot execute LISTEN during recovery"): a store on one still
-/// wakes its followers, by polling, with no commit at all. On the primary, without commits,
-/// nothing wakes them.
-#[tokio::test(flavor = "multi_thread")]
-async fn postgres_followers_of_a_hot_standby_are_woken_by_polling() {
-    use futures_util::StreamExt;
-    let db = PgDb::new().await;
-    let quiet = tokio::time::timeout(
-        std::time::Duration::from_millis(700),
-        db.store.commit_wakeups().next(),
-    )
-    .await;
-    assert!(quiet.is_err(), "no commit, no wake-up");
-    let replica = db.db.standby_url();
-    let mut store = None;
-    for _ in 0..100 {
-        if let Ok(s) = PgStore::connect(&replica, 2).await {
-            store = Some(s);
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    let store = store.expect("the database replicated to the standby within 10 s");
-    let mut wakeups = store.commit_wakeups();
-    for _ in 0..5 {
-        tokio::time::timeout(std::time::Duration::from_secs(5), wakeups.next())
-            .await
-            .expect("woken without LISTEN");
-    }
-    store.close().await;
-    db.drop().await;
-}
-
 /// A client's generic plan for a lookup, cached while `sessions` was empty, scans the table
 /// whole however large it grows until its statistics change; `refresh_statistics` changes them
 /// once the table has grown, and leaves tables that have not grown alone.
