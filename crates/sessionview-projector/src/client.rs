@@ -168,7 +168,15 @@ pub fn env_key(var: &str) -> Option<String> {
 /// (librdkafka reports a refused login or certificate there, then retries forever).
 #[derive(Debug, Clone, Default)]
 pub struct ClientErrors {
-    last: Arc<Mutex<Option<ReportedError>>>,
+    reported: Arc<Mutex<Reported>>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Reported {
+    last: Option<ReportedError>,
+    /// The newest error that retrying cannot fix. Kept apart from `last`: librdkafka follows a
+    /// failed handshake with "all brokers are down", which must not hide it.
+    fatal: Option<ReportedError>,
 }
 
 #[derive(Debug, Clone)]
@@ -177,23 +185,11 @@ struct ReportedError {
     reason: String,
 }
 
-impl ClientErrors {
-    /// Records an error a client context's `error` callback received.
-    pub fn record(&self, error: &KafkaError, reason: &str) {
-        let code = error.rdkafka_error_code();
-        if let Ok(mut last) = self.last.lock() {
-            *last = Some(ReportedError {
-                code,
-                reason: reason.to_owned(),
-            });
-        }
-    }
-
-    /// An error that retrying cannot fix: authentication refused, TLS handshake failed.
-    pub fn fatal(&self) -> Option<String> {
-        let last = self.last.lock().ok()?.clone()?;
-        let fatal = matches!(
-            last.code,
+impl ReportedError {
+    /// Whether retrying cannot fix it: authentication refused, TLS handshake failed.
+    fn is_fatal(&self) -> bool {
+        matches!(
+            self.code,
             Some(
                 RDKafkaErrorCode::Authentication
                     | RDKafkaErrorCode::SaslAuthenticationFailed
@@ -204,13 +200,34 @@ impl ClientErrors {
                     | RDKafkaErrorCode::TopicAuthorizationFailed
                     | RDKafkaErrorCode::GroupAuthorizationFailed
             )
-        );
-        fatal.then(|| explain(&last))
+        )
+    }
+}
+
+impl ClientErrors {
+    /// Records an error a client context's `error` callback received.
+    pub fn record(&self, error: &KafkaError, reason: &str) {
+        let reported = ReportedError {
+            code: error.rdkafka_error_code(),
+            reason: reason.to_owned(),
+        };
+        if let Ok(mut r) = self.reported.lock() {
+            if reported.is_fatal() {
+                r.fatal = Some(reported.clone());
+            }
+            r.last = Some(reported);
+        }
+    }
+
+    /// An error that retrying cannot fix, if one was reported (whatever came after it).
+    pub fn fatal(&self) -> Option<String> {
+        let fatal = self.reported.lock().ok()?.fatal.clone()?;
+        Some(explain(&fatal))
     }
 
     /// The last error reported, explained.
     pub fn last(&self) -> Option<String> {
-        let last = self.last.lock().ok()?.clone()?;
+        let last = self.reported.lock().ok()?.last.clone()?;
         Some(explain(&last))
     }
 }
@@ -392,5 +409,30 @@ mod tests {
         assert!(d.contains("sasl.username=alice"), "{d}");
         assert!(!d.contains("hunter2") && !d.contains("=k"), "{d}");
         assert!(!format!("{o:?}").contains("hunter2"));
+    }
+
+    /// librdkafka follows a failed handshake with "all brokers are down": the refusal stays the
+    /// cause (the start-up check failed to see it when the later error came first, and waited
+    /// out its 15 s).
+    #[test]
+    fn a_refusal_is_not_hidden_by_the_errors_that_follow_it() {
+        let errors = ClientErrors::default();
+        errors.record(
+            &KafkaError::Global(RDKafkaErrorCode::BrokerTransportFailure),
+            "transport",
+        );
+        assert_eq!(errors.fatal(), None, "a transport failure is retried");
+        errors.record(
+            &KafkaError::Global(RDKafkaErrorCode::SSL),
+            "SSL handshake failed: certificate verify failed",
+        );
+        errors.record(
+            &KafkaError::Global(RDKafkaErrorCode::AllBrokersDown),
+            "1/1 brokers are down",
+        );
+        let fatal = errors.fatal().unwrap();
+        assert!(fatal.contains("certificate verify failed"), "{fatal}");
+        assert!(fatal.contains("check ssl.ca.location"), "{fatal}");
+        assert_eq!(errors.last().as_deref(), Some("1/1 brokers are down"));
     }
 }
