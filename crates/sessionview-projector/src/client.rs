@@ -269,10 +269,28 @@ pub struct Unreachable {
     pub why: String,
 }
 
+/// Serves `consumer`'s pending events before anything is assigned, recording the errors among
+/// them. A consumer hands an error to its context's `error` callback when it arrives on the main
+/// queue, but returns it from `poll` when it arrives on the consumer's own queue (with a
+/// `group.id` the main queue is forwarded there): both are kept.
+pub fn drain_errors<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &rdkafka::consumer::BaseConsumer<C>,
+    errors: &ClientErrors,
+) {
+    // Bounded: nothing is assigned, so no message is expected; at most a few events wait.
+    for _ in 0..64 {
+        match consumer.poll(Duration::ZERO) {
+            Some(Err(e)) => errors.record(&e, &e.to_string()),
+            Some(Ok(_)) => {}
+            None => break,
+        }
+    }
+}
+
 /// Reads the metadata through `fetch`, retrying until `timeout`, and fails at once with the cause
 /// when the client reported one that retrying cannot fix (a refused login, an untrusted
-/// certificate). librdkafka hands its errors to the context only while the client is polled:
-/// `poll` (e.g. `consumer.poll(Duration::ZERO)` before anything is assigned) runs between tries.
+/// certificate). librdkafka hands its errors over only while the client is polled: `poll`
+/// ([`drain_errors`] for a consumer) runs between tries.
 pub fn metadata_or_cause(
     brokers: &str,
     errors: &ClientErrors,

@@ -476,9 +476,7 @@ fn topic_partitions<S: Store>(
         Duration::from_secs(15),
         |timeout| consumer.fetch_metadata(Some(topic), timeout),
         // Nothing is assigned yet: polling only serves the client's events (errors among them).
-        || {
-            let _ = consumer.poll(Duration::ZERO);
-        },
+        || crate::client::drain_errors(consumer, &consumer.context().errors),
     )?;
     let partitions: Vec<i32> = metadata
         .topics()

@@ -108,9 +108,7 @@ pub(crate) fn check_broker(brokers: &str, options: &KafkaOptions) -> anyhow::Res
         &errors,
         Duration::from_secs(15),
         |timeout| probe.fetch_metadata(None, timeout),
-        || {
-            let _ = probe.poll(Duration::ZERO);
-        },
+        || sessionview_projector::client::drain_errors(&probe, &errors),
     )?;
     Ok(())
 }
