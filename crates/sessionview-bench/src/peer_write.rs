@@ -15,7 +15,9 @@ use tokio::process::Command;
 
 use crate::Size;
 use crate::harness::{self, Bench, ProcStat, cpu_secs, measure, table, thousands};
-use crate::scenarios::{joined_after, migrate, project_kafka_command, publish, published_stream};
+use crate::scenarios::{
+    PUBLISH_PARTITIONS, joined_after, migrate, project_kafka_command, publish, published_stream,
+};
 
 /// The table the sink writes.
 const RAW_TABLE: &str = "session_events_raw";
@@ -230,7 +232,7 @@ pub(crate) async fn peer_write(bench: &mut Bench, size: Size, tasks: u32) -> any
                 dir.join("connect.log").display()
             );
         }
-        let count = raw_rows(&url, &topic, 4).await;
+        let count = raw_rows(&url, &topic, PUBLISH_PARTITIONS).await;
         if count > 0 && first.is_none() {
             first = Some(started.elapsed());
         }

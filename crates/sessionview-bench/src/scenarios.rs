@@ -426,12 +426,16 @@ impl Footprint {
     }
 }
 
-/// Publishes the stream to a new 4-partition topic; returns the topic and the publish figures.
+/// The partitions of the topic [`publish`] makes.
+pub(crate) const PUBLISH_PARTITIONS: i32 = 4;
+
+/// Publishes the stream to a new topic of [`PUBLISH_PARTITIONS`]; returns the topic and the
+/// publish figures.
 pub(crate) async fn publish(
     bench: &mut Bench,
     size: Size,
 ) -> anyhow::Result<(String, String, u64, Duration)> {
-    publish_to(bench, size, 4).await
+    publish_to(bench, size, PUBLISH_PARTITIONS).await
 }
 
 /// Publishes the stream to a new topic of `partitions`; returns the topic and the publish figures.
@@ -454,7 +458,7 @@ pub(crate) fn published_stream(n: u64, size: Size) -> (&'static str, String) {
     (
         "stream",
         format!(
-            "{} events (seed {}), published first to a 4-partition topic",
+            "{} events (seed {}), published first to a {PUBLISH_PARTITIONS}-partition topic",
             thousands(n as f64),
             size.seed
         ),

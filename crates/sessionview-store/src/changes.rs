@@ -7,7 +7,6 @@
 
 use std::collections::BTreeSet;
 
-use serde::{Deserialize, Serialize};
 use sessionview_projection::Changes;
 use sqlx::QueryBuilder;
 use uuid::Uuid;
@@ -23,7 +22,7 @@ pub const CHANGES_WINDOW: i64 = 10_000;
 pub(crate) const CHANGES_TABLE: &str = "session_changes";
 
 /// Whose a session is: what a list's filter and the caller's scope compare.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Owner {
     pub access_key: String,
     pub domain_name: String,
@@ -54,9 +53,11 @@ pub struct ChangesAfter {
     pub changes: Vec<Change>,
 }
 
-/// A commit's note as it is stored: the session ids, 16 bytes each, and the owners as JSON.
+/// A commit's note as it is stored: the session ids, 16 bytes each, and the owners as JSON;
+/// or that everything may have changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Note {
+    pub everything: bool,
     pub sessions: Vec<u8>,
     pub owners: String,
 }
@@ -80,6 +81,7 @@ pub(crate) fn note(changes: &Changes) -> Result<Option<Note>, StoreError> {
         detail: format!("an owner could not be written as JSON: {e}"),
     })?;
     Ok(Some(Note {
+        everything: false,
         sessions: ids.iter().flat_map(|id| *id.as_bytes()).collect(),
         owners,
     }))
@@ -88,6 +90,7 @@ pub(crate) fn note(changes: &Changes) -> Result<Option<Note>, StoreError> {
 /// The note that says everything may have changed.
 pub(crate) fn everything() -> Note {
     Note {
+        everything: true,
         sessions: Vec::new(),
         owners: "[]".to_owned(),
     }

@@ -207,6 +207,12 @@ pub(crate) trait Write: Database {
 }
 
 /// Writes a folded batch and advances its positions, in one transaction.
+/// Notes in the change log that everything may have changed (a swap or reset of the read
+/// model), in `conn`'s transaction; followers are woken when it commits.
+pub(crate) async fn note_everything<D: Write>(conn: &mut D::Connection) -> Result<(), StoreError> {
+    D::publish(conn, &[], Some(&crate::changes::everything())).await
+}
+
 pub(crate) async fn commit<D: Write>(
     pool: &Pool<D>,
     commit: Commit<'_>,

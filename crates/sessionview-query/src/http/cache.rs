@@ -417,7 +417,6 @@ impl ResponseCache {
     /// Keeps an answer computed since `ticket` with what it read, unless a change it read was
     /// applied meanwhile, it read something no note describes, or it is larger than an eighth
     /// of the budget. Returns whether it was kept.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn insert(
         &self,
         key: Key,
@@ -444,9 +443,10 @@ impl ResponseCache {
         if !inner.fresh(answer.at, &answer.reads) {
             return false;
         }
-        let size = key.bytes() + answer.bytes();
-        if let Some(old) = inner.answers.put(key.clone(), Arc::new(answer)) {
-            inner.bytes = inner.bytes.saturating_sub(key.bytes() + old.bytes());
+        let key_bytes = key.bytes();
+        let size = key_bytes + answer.bytes();
+        if let Some(old) = inner.answers.put(key, Arc::new(answer)) {
+            inner.bytes = inner.bytes.saturating_sub(key_bytes + old.bytes());
         }
         inner.bytes += size;
         inner.evict_to(self.budget);

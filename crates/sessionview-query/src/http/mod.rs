@@ -38,10 +38,10 @@ pub use telemetry::{
     DB_CONNECTIONS, DB_CONNECTIONS_MAX, DB_WAITING, REQUEST_SECONDS, REQUEST_SECONDS_BUCKETS,
     REQUESTS, RESPONSE_CACHE, RESPONSE_CACHE_BYTES, describe_metrics, record_read_connections,
 };
+pub use web::{CONTENT_SECURITY_POLICY, has_graphiql_assets};
 
 /// Whether an answer came from the response cache (`hit`) or was computed (`miss`).
 pub const CACHE: HeaderName = HeaderName::from_static("x-sessionview-cache");
-pub use web::{CONTENT_SECURITY_POLICY, has_graphiql_assets};
 
 use cache::{Recorder, ResponseCache};
 use documents::DocumentCache;
@@ -443,14 +443,15 @@ async fn handle(
         }
         // Parsing was one uninterrupted stretch of CPU: let other callers' tasks run first.
         tokio::task::yield_now().await;
-        // Where the answer stands in the change log, taken before anything is read; and what
-        // it reads, recorded on the way.
-        let ticket = cached.as_ref().map(|(cache, _)| cache.ticket());
-        let recorder = Recorder::new(state.store.clone());
-        let db: Db = if cached.is_some() {
-            recorder.clone()
-        } else {
-            state.store.clone()
+        // With a cache: where the answer stands in the change log, taken before anything is
+        // read, and what it reads, recorded on the way.
+        let keeping = cached.map(|(cache, key)| {
+            let ticket = cache.ticket();
+            (cache, key, ticket, Recorder::new(state.store.clone()))
+        });
+        let db: Db = match &keeping {
+            Some((.., recorder)) => recorder.clone(),
+            None => state.store.clone(),
         };
         let keypair = caller.keypair.clone();
         let run = execute(&state.schema, prepare(request, db, caller));
@@ -478,23 +479,24 @@ async fn handle(
         } else {
             "graphql_error"
         };
-        let mut resp = match (result.errors.is_empty(), cached, ticket) {
-            (true, Some((cache, key)), Some(ticket)) => match success_body(&flavor, &result) {
-                Some(body) => {
+        let kept = match keeping {
+            Some((cache, key, ticket, recorder)) if result.errors.is_empty() => {
+                success_body(&flavor, &result).map(|body| {
+                    let reads = recorder.reads();
                     cache.insert(
                         key,
                         &keypair,
                         ticket,
-                        recorder.reads(),
+                        reads,
                         operation.clone(),
                         body.clone(),
                     );
                     json_response(body, "miss")
-                }
-                None => respond(&flavor, result),
-            },
-            _ => respond(&flavor, result),
+                })
+            }
+            _ => None,
         };
+        let mut resp = kept.unwrap_or_else(|| respond(&flavor, result));
         if let Some(p) = reached {
             resp.headers_mut().insert(POSITIONS, p.header());
         }

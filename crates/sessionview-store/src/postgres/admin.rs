@@ -208,7 +208,7 @@ pub(super) async fn reset_read_model(pool: &PgPool) -> Result<(), StoreError> {
     sqlx::query(&format!("TRUNCATE {}", crate::READ_MODEL_TABLES.join(", ")))
         .execute(&mut *tx)
         .await?;
-    super::commit::note_everything(&mut tx, None).await?;
+    crate::protocol::note_everything::<Postgres>(&mut tx).await?;
     tx.commit().await?;
     crate::live::COMMITTED.notify_waiters();
     Ok(())
@@ -378,7 +378,7 @@ impl Freeze {
             .await?;
         }
         // The change log stays in the live schema; every cached answer is stale now.
-        super::commit::note_everything(&mut self.tx, Some(LIVE_SCHEMA)).await?;
+        crate::protocol::note_everything::<Postgres>(&mut self.tx).await?;
         self.tx.commit().await?;
         crate::live::COMMITTED.notify_waiters();
         Ok(())

@@ -11,7 +11,7 @@ use sqlx::postgres::PgArguments;
 use sqlx::{PgConnection, PgPool, Postgres, Row};
 use uuid::Uuid;
 
-use crate::changes::{Note, everything, prune_through};
+use crate::changes::{Note, prune_through};
 use crate::columns::{
     DEAD_LETTERS, KERNELS, Kind, PARKED_EVENTS, SESSIONS, Table, Value, dead_letter_values,
     kernel_values, parked_values, session_values,
@@ -103,7 +103,7 @@ impl Write for Postgres {
             "WITH h AS (UPDATE session_events_head SET seq = seq + $1, changes = changes + $2 \
                 WHERE id = 1 RETURNING seq, changes), \
              c AS (INSERT INTO session_changes (seq, everything, sessions, owners) \
-                SELECT changes, false, $3, $4 FROM h WHERE $2 = 1) \
+                SELECT changes, $6, $3, $4 FROM h WHERE $2 = 1) \
              SELECT seq, changes FROM h, pg_notify($5, seq::text)",
         )
         .bind(n)
@@ -111,6 +111,7 @@ impl Write for Postgres {
         .bind(note.map(|n| n.sessions.as_slice()))
         .bind(note.map(|n| n.owners.as_str()))
         .bind(SESSION_EVENTS_CHANNEL)
+        .bind(note.is_some_and(|n| n.everything))
         .fetch_one(&mut *conn)
         .await?;
         if n > 0 {
@@ -144,29 +145,6 @@ impl Write for Postgres {
         }
         Ok(())
     }
-}
-
-/// Notes in the change log (`schema`'s, or the search path's) that everything may have changed
-/// (a swap or reset of the read model), and wakes every follower when the transaction commits.
-pub(super) async fn note_everything(
-    conn: &mut PgConnection,
-    schema: Option<&str>,
-) -> Result<(), StoreError> {
-    let everything = everything();
-    let schema = schema.map(|s| format!("{s}.")).unwrap_or_default();
-    sqlx::query(&format!(
-        "WITH h AS (UPDATE {schema}session_events_head SET changes = changes + 1 \
-            WHERE id = 1 RETURNING seq, changes), \
-         c AS (INSERT INTO {schema}session_changes (seq, everything, sessions, owners) \
-            SELECT changes, true, $1, $2 FROM h) \
-         SELECT 1 FROM h, pg_notify($3, seq::text)"
-    ))
-    .bind(everything.sessions)
-    .bind(everything.owners)
-    .bind(SESSION_EVENTS_CHANNEL)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
 }
 
 /// One table's rows as one array per column, for `UNNEST`.

@@ -45,7 +45,7 @@ pub(super) async fn reset_read_model(pool: &SqlitePool) -> Result<(), StoreError
             .execute(&mut *tx)
             .await?;
     }
-    super::commit::note_everything(&mut tx).await?;
+    crate::protocol::note_everything::<sqlx::Sqlite>(&mut tx).await?;
     tx.commit().await?;
     crate::live::COMMITTED.notify_waiters();
     Ok(())

@@ -9,7 +9,7 @@ use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
 use super::CHUNK;
-use crate::changes::{Note, everything, prune_through};
+use crate::changes::{Note, prune_through};
 use crate::columns::{
     DEAD_LETTERS, KERNELS, PARKED_EVENTS, SESSIONS, Value, dead_letter_values, kernel_values,
     parked_values, session_values,
@@ -102,7 +102,7 @@ impl Write for Sqlite {
                 .await?;
         }
         if let Some(note) = note {
-            insert_note(conn, noted, false, note).await?;
+            insert_note(conn, noted, note).await?;
             if let Some(through) = prune_through(noted) {
                 sqlx::query("DELETE FROM session_changes WHERE seq <= ?")
                     .bind(through)
@@ -114,32 +114,17 @@ impl Write for Sqlite {
     }
 }
 
-async fn insert_note(
-    conn: &mut SqliteConnection,
-    seq: i64,
-    everything: bool,
-    note: &Note,
-) -> Result<(), StoreError> {
+async fn insert_note(conn: &mut SqliteConnection, seq: i64, note: &Note) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO session_changes (seq, everything, sessions, owners) VALUES (?, ?, ?, ?)",
     )
     .bind(seq)
-    .bind(everything)
+    .bind(note.everything)
     .bind(note.sessions.as_slice())
     .bind(note.owners.as_str())
     .execute(&mut *conn)
     .await?;
     Ok(())
-}
-
-/// Notes in the change log that everything may have changed (a reset of the read model).
-pub(super) async fn note_everything(conn: &mut SqliteConnection) -> Result<(), StoreError> {
-    let seq: i64 = sqlx::query_scalar(
-        "UPDATE session_events_head SET changes = changes + 1 WHERE id = 1 RETURNING changes",
-    )
-    .fetch_one(&mut *conn)
-    .await?;
-    insert_note(conn, seq, true, &everything()).await
 }
 
 /// Appends the batch's event ids to their sessions' records; `false` when a chunk no longer holds
